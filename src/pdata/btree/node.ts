@@ -1,0 +1,73 @@
+// B-tree nodes as the kernel lays them out: a 32-byte header, max_entries u64 keys, then values.
+import { BLOCK_SIZE } from '../../io/block-io.js';
+import { BTREE_CSUM_XOR, blockChecksum } from '../checksum.js';
+import { readU64 } from '../le.js';
+
+export const NODE_HEADER_SIZE = 32;
+export const INTERNAL_NODE = 1;
+export const LEAF_NODE = 2;
+
+/** Entries a node holds for a value size: what fits, rounded down to a multiple of 3. */
+export function maxEntriesFor(valueSize: number): number {
+  const fit = Math.floor((BLOCK_SIZE - NODE_HEADER_SIZE) / (8 + valueSize));
+  return fit - (fit % 3);
+}
+
+/** A read-only view of one node; values are read straight from the block buffer. */
+export class BTreeNode {
+  readonly flags: number;
+  readonly nrEntries: number;
+  readonly maxEntries: number;
+  readonly valueSize: number;
+
+  constructor(readonly block: number, readonly buf: Buffer) {
+    this.flags = buf.readUInt32LE(4);
+    this.nrEntries = buf.readUInt32LE(16);
+    this.maxEntries = buf.readUInt32LE(20);
+    this.valueSize = buf.readUInt32LE(24);
+  }
+
+  get isLeaf(): boolean {
+    return (this.flags & LEAF_NODE) !== 0;
+  }
+
+  get blocknr(): number {
+    return readU64(this.buf, 8);
+  }
+
+  key(i: number): number {
+    return readU64(this.buf, NODE_HEADER_SIZE + 8 * i);
+  }
+
+  /** Byte offset of value i inside the block. */
+  valueOffset(i: number): number {
+    return NODE_HEADER_SIZE + 8 * this.maxEntries + this.valueSize * i;
+  }
+
+  /** A u64 value (a child block in internal nodes, a mapping or root in leaves). */
+  valueU64(i: number): number {
+    return readU64(this.buf, this.valueOffset(i));
+  }
+}
+
+/**
+ * Why a node can't be trusted, or null if its header and keys are sound.
+ * `valueSize` is what the tree stores in its leaves; internal nodes always hold u64 children.
+ */
+export function nodeDefect(node: BTreeNode, location: number, leafValueSize: number): string | null {
+  const buf = node.buf;
+  if (buf.readUInt32LE(0) !== blockChecksum(buf, BTREE_CSUM_XOR)) return 'bad checksum in btree node';
+  if (node.blocknr !== location) return `block number mismatch: node says ${node.blocknr}`;
+  if (node.flags !== INTERNAL_NODE && node.flags !== LEAF_NODE) return `bad node flags ${node.flags}`;
+  const expectedValueSize = node.isLeaf ? leafValueSize : 8;
+  if (node.valueSize !== expectedValueSize) {
+    return `value size mismatch: expected ${expectedValueSize}, but got ${node.valueSize}`;
+  }
+  if (node.maxEntries !== maxEntriesFor(node.valueSize)) {
+    return `max entries ${node.maxEntries} inconsistent with value size ${node.valueSize}`;
+  }
+  if (node.nrEntries > node.maxEntries) {
+    return `too many entries: ${node.nrEntries} > max ${node.maxEntries}`;
+  }
+  return null;
+}

@@ -1,0 +1,130 @@
+// Depth-first B-tree walk with full validation: every node is checked (checksum, blocknr, flags,
+// sizes), keys must rise strictly and stay in the parent's range, leaves sit at one depth, and a
+// block may appear once per tree (so cycles are caught). Shared subtrees can be visited once.
+import { BlockReader } from '../../io/block-io.js';
+import { BTreeNode, nodeDefect } from './node.js';
+
+/** A damaged node or subtree; the keys in [lowKey, highKey) could not be read through it. */
+export class BTreeError extends Error {
+  constructor(
+    readonly block: number,
+    readonly reason: string,
+    readonly lowKey: number,
+    readonly highKey: number,
+  ) {
+    super(`${reason} (block ${block})`);
+  }
+}
+
+export interface BTreeVisitor {
+  /** A validated leaf, in key order. */
+  leaf(node: BTreeNode): void;
+  /** Every reference to a node (root included), even one to a shared subtree not walked again. */
+  nodeRef?(block: number): void;
+  /** A defect; the subtree under it is skipped. */
+  error(err: BTreeError): void;
+}
+
+/** What a walked subtree spans, remembered so a second parent can be checked without a re-walk. */
+export interface SubtreeSummary {
+  height: number;
+  minKey: number;
+  maxKey: number;
+  empty: boolean;
+}
+
+/** Subtrees already walked, shared between walks of trees that may share nodes (snapshots). */
+export type SubtreeMemo = Map<number, SubtreeSummary | null>;
+
+export interface WalkOptions {
+  /** Visit each shared subtree once across every walk given the same memo. */
+  memo?: SubtreeMemo;
+  lowKey?: number;
+  highKey?: number;
+}
+
+const NO_LIMIT = Number.MAX_SAFE_INTEGER + 1;
+
+/** Walks the tree at `root`; returns its summary, or null if the root itself was unreadable. */
+export function walkBTree(
+  io: BlockReader,
+  root: number,
+  leafValueSize: number,
+  visitor: BTreeVisitor,
+  opts: WalkOptions = {},
+): SubtreeSummary | null {
+  const inThisTree = new Set<number>();
+  const memo = opts.memo;
+
+  const walk = (block: number, lowKey: number, highKey: number): SubtreeSummary | null => {
+    visitor.nodeRef?.(block);
+    const fail = (reason: string): null => {
+      visitor.error(new BTreeError(block, reason, lowKey, highKey));
+      return null;
+    };
+    if (inThisTree.has(block)) return fail('block referenced twice in one tree (cycle or cross-link)');
+    inThisTree.add(block);
+
+    if (memo?.has(block)) {
+      const s = memo.get(block)!;
+      if (s && !s.empty && (s.minKey < lowKey || s.maxKey >= highKey)) {
+        return fail(`shared node keys [${s.minKey}, ${s.maxKey}] outside parent range`);
+      }
+      return s;
+    }
+
+    let node: BTreeNode;
+    try {
+      if (block >= io.nrBlocks) return fail(`block ${block} is beyond the end of the metadata device`);
+      node = new BTreeNode(block, io.read(block));
+    } catch (e) {
+      return fail((e as Error).message);
+    }
+    const result = walkNode(node, lowKey, highKey, fail);
+    memo?.set(block, result);
+    return result;
+  };
+
+  const walkNode = (
+    node: BTreeNode,
+    lowKey: number,
+    highKey: number,
+    fail: (reason: string) => null,
+  ): SubtreeSummary | null => {
+    const defect = nodeDefect(node, node.block, leafValueSize);
+    if (defect) return fail(defect);
+    const n = node.nrEntries;
+    let prev = -1;
+    for (let i = 0; i < n; i++) {
+      const k = node.key(i);
+      if (k <= prev && i > 0) return fail(`keys out of order: ${k} after ${prev}`);
+      if (k < lowKey || k >= highKey) return fail(`key ${k} outside parent range [${lowKey}, ${highKey})`);
+      prev = k;
+    }
+    if (node.isLeaf) {
+      visitor.leaf(node);
+      return n === 0
+        ? { height: 0, minKey: 0, maxKey: 0, empty: true }
+        : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false };
+    }
+    if (n === 0) return fail('internal node with no entries');
+    let height = -1;
+    let minKey = NO_LIMIT;
+    let maxKey = -1;
+    for (let i = 0; i < n; i++) {
+      const childHigh = i + 1 < n ? node.key(i + 1) : highKey;
+      const child = walk(node.valueU64(i), node.key(i), childHigh);
+      if (!child) continue;
+      if (height === -1) height = child.height;
+      else if (child.height !== height) return fail('leaves at different depths');
+      if (!child.empty) {
+        minKey = Math.min(minKey, child.minKey);
+        maxKey = Math.max(maxKey, child.maxKey);
+      }
+    }
+    if (height === -1) return { height: 1, minKey: 0, maxKey: 0, empty: true };
+    return { height: height + 1, minKey, maxKey, empty: maxKey < 0 };
+  };
+
+  return walk(root, opts.lowKey ?? 0, opts.highKey ?? NO_LIMIT);
+}

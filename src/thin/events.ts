@@ -1,0 +1,35 @@
+// The stream every tool shares: dump produces it from disk, restore builds disk from it,
+// repair produces it from salvaged nodes. Mappings arrive sorted by thin block, as runs.
+
+export interface PoolInfo {
+  uuid: string;
+  time: number;
+  transaction: number;
+  flags: number;
+  version: number;
+  dataBlockSize: number;
+  nrDataBlocks: number;
+  /** Block of the held metadata snapshot, when the source names one. */
+  metadataSnap?: number;
+}
+
+export interface DeviceInfo {
+  devId: number;
+  mappedBlocks: number;
+  transaction: number;
+  creationTime: number;
+  snapTime: number;
+}
+
+export interface MetadataVisitor {
+  superblockBegin(pool: PoolInfo): void;
+  superblockEnd(): void;
+  deviceBegin(dev: DeviceInfo): void;
+  deviceEnd(): void;
+  /** `length` consecutive thin blocks from `thinBegin` map to data blocks from `dataBegin`, all at `time`. */
+  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void;
+  /** Shared-subtree form: a named run of mappings defined once (`<def>`), then referenced. */
+  defBegin?(name: string): void;
+  defEnd?(): void;
+  ref?(name: string): void;
+}

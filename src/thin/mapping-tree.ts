@@ -1,0 +1,72 @@
+// Walkers for the two trees of a pool: the two-level mapping tree (dev_id -> device tree ->
+// thin block -> data block/time) and the device-details tree (dev_id -> details).
+import { BlockReader } from '../io/block-io.js';
+import { BTreeNode } from '../pdata/btree/node.js';
+import { BTreeError, BTreeVisitor, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
+
+/** Leaf value sizes of the pool's trees. */
+export const MAPPING_VALUE_SIZE = 8;
+export const TOP_LEVEL_VALUE_SIZE = 8;
+
+export interface DeviceRoot {
+  devId: number;
+  root: number;
+}
+
+type ErrorSink = (err: BTreeError) => void;
+
+/** The top level of the mapping tree: each device's bottom-level root, in dev_id order. */
+export function readDeviceRoots(
+  io: BlockReader,
+  mappingRoot: number,
+  onError: ErrorSink,
+  nodeRef?: (block: number) => void,
+): DeviceRoot[] {
+  const roots: DeviceRoot[] = [];
+  walkBTree(io, mappingRoot, TOP_LEVEL_VALUE_SIZE, {
+    leaf(node: BTreeNode) {
+      for (let i = 0; i < node.nrEntries; i++) roots.push({ devId: node.key(i), root: node.valueU64(i) });
+    },
+    nodeRef,
+    error: onError,
+  });
+  return roots;
+}
+
+export interface DeviceDetailsEntry extends DeviceDetails {
+  devId: number;
+}
+
+/** Every device's details, in dev_id order. */
+export function readDeviceDetails(
+  io: BlockReader,
+  detailsRoot: number,
+  onError: ErrorSink,
+  nodeRef?: (block: number) => void,
+): DeviceDetailsEntry[] {
+  const devices: DeviceDetailsEntry[] = [];
+  walkBTree(io, detailsRoot, DEVICE_DETAILS_SIZE, {
+    leaf(node: BTreeNode) {
+      for (let i = 0; i < node.nrEntries; i++) {
+        devices.push({ devId: node.key(i), ...decodeDeviceDetails(node.buf, node.valueOffset(i)) });
+      }
+    },
+    nodeRef,
+    error: onError,
+  });
+  return devices;
+}
+
+/**
+ * Walks one device's bottom-level tree, leaves in thin-block order. With a memo shared across
+ * devices, a subtree shared by snapshots is visited once (its leaves are not repeated).
+ */
+export function walkDeviceTree(
+  io: BlockReader,
+  root: number,
+  visitor: BTreeVisitor,
+  memo?: SubtreeMemo,
+): void {
+  walkBTree(io, root, MAPPING_VALUE_SIZE, visitor, { memo });
+}

@@ -1,0 +1,19 @@
+// A bottom-level mapping value: (data_block << 24) | time, as a u64 split in two u32 halves
+// so 40-bit data blocks stay exact in JavaScript numbers.
+
+export const TIME_BITS = 24;
+export const MAX_TIME = 0xffffff;
+export const MAX_DATA_BLOCK = 2 ** 40 - 1;
+
+export function mappingDataBlock(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off + 4) * 256 + (buf.readUInt32LE(off) >>> 24);
+}
+
+export function mappingTime(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off) & MAX_TIME;
+}
+
+export function writeMapping(buf: Buffer, off: number, dataBlock: number, time: number): void {
+  buf.writeUInt32LE((((dataBlock % 256) << 24) | (time & MAX_TIME)) >>> 0, off);
+  buf.writeUInt32LE(Math.floor(dataBlock / 256), off + 4);
+}

@@ -1,0 +1,64 @@
+// The reference C++ tools (Debian thin-provisioning-tools 0.9.0): the other side of every
+// interoperability check. A test that needs them fails loudly, saying how to install them.
+import { execFileSync, spawnSync, SpawnSyncReturns } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+const SEARCH = ['/usr/sbin', '/sbin', '/usr/bin', '/usr/local/sbin'];
+
+export function referenceTool(name: string): string {
+  for (const dir of SEARCH) {
+    const p = path.join(dir, name);
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error(
+    `reference tool ${name} not found: install it with ` +
+      '`apt-get update && apt-get install -y thin-provisioning-tools`',
+  );
+}
+
+export interface RunResult {
+  status: number;
+  stdout: string;
+  stderr: string;
+}
+
+function result(r: SpawnSyncReturns<string>): RunResult {
+  if (r.error) throw r.error;
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Runs a reference tool; never throws on a non-zero exit. */
+export function runReference(name: string, args: string[], input?: string): RunResult {
+  return result(spawnSync(referenceTool(name), args, { encoding: 'utf8', input, maxBuffer: 1 << 30 }));
+}
+
+const ROOT = path.resolve(__dirname, '..', '..');
+
+/** Runs one of our tools from bin/ (the built dist/), as a user would. */
+export function runOurs(name: string, args: string[], input?: string): RunResult {
+  return result(
+    spawnSync(process.execPath, [path.join(ROOT, 'bin', name), ...args], {
+      encoding: 'utf8',
+      input,
+      maxBuffer: 1 << 30,
+    }),
+  );
+}
+
+/** A fresh temporary directory, removed by the caller's afterAll. */
+export function tempDir(prefix = 'thin-test-'): string {
+  return fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', prefix));
+}
+
+/** Restores XML with the reference thin_restore into a new metadata file of `sizeMiB`. */
+export function referenceRestore(xmlPath: string, metaPath: string, sizeMiB = 8): void {
+  fs.writeFileSync(metaPath, '');
+  fs.truncateSync(metaPath, sizeMiB * 1024 * 1024);
+  const r = runReference('thin_restore', ['-i', xmlPath, '-o', metaPath]);
+  if (r.status !== 0) throw new Error(`reference thin_restore failed: ${r.stderr}`);
+}
+
+export function sha256(file: string): string {
+  return execFileSync('sha256sum', [file], { encoding: 'utf8' }).split(' ')[0];
+}
