@@ -1,0 +1,111 @@
+// thin_dump: print thin-pool metadata as XML (for thin_restore) or as human-readable text.
+import { Option } from 'commander';
+import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, OutputClosedError, dumpMetadata } from '../tools/dump.js';
+import { Progress, UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
+
+/** Below this many mappings a dump is over before a progress bar would be seen. */
+const PROGRESS_THRESHOLD = 1_000_000;
+
+/** Options that take a separate value, so the -m scan below doesn't mistake a value for an option. */
+const TAKES_VALUE = new Set(['-f', '--format', '-o', '--output', '--dev-id', '--transaction-id', '--data-block-size', '--nr-data-blocks']);
+
+/**
+ * -m takes its block only attached (`-m5`, `--metadata-snap=5`), as with getopt's optional
+ * arguments; commander would swallow a following path instead, so attached blocks are taken out
+ * here and -m is left as a plain flag.
+ */
+function extractSnapBlock(argv: string[]): { argv: string[]; snapBlock?: number } {
+  const out: string[] = [];
+  let snapBlock: number | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (TAKES_VALUE.has(a)) {
+      out.push(a);
+      if (i + 1 < argv.length) out.push(argv[++i]);
+      continue;
+    }
+    const m = /^(?:-m|--metadata-snap=)(.*)$/s.exec(a);
+    if (m && m[1] !== '') {
+      snapBlock = parseNatural(m[1], 'metadata snapshot block');
+      out.push('-m');
+      continue;
+    }
+    out.push(a);
+  }
+  return { argv: out, snapBlock };
+}
+
+async function main(rawArgv: string[]): Promise<number> {
+  const { argv, snapBlock } = extractSnapBlock(rawArgv);
+  const program = newProgram('thin_dump', 'Dump thin-provisioning metadata to standard output or a file.')
+    .argument('<input>', 'metadata device or file')
+    .addOption(new Option('-f, --format <format>', 'output format').choices(DUMP_FORMATS).default('xml'))
+    .option('-m, --metadata-snap', 'dump the metadata snapshot (-m<block> or --metadata-snap=<block> names its block)')
+    .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, prev: number[]) => [...prev, parseNatural(v, '--dev-id')], [] as number[])
+    .option('--skip-mappings', 'do not dump the mappings')
+    .option('-o, --output <file>', 'write to this file instead of standard output')
+    .option('--transaction-id <n>', 'override the transaction id')
+    .option('--data-block-size <sectors>', 'override the data block size')
+    .option('--nr-data-blocks <n>', 'override the number of data blocks')
+    .option('-r, --repair', 'repair the metadata while dumping it')
+    .option('-q, --quiet', 'no progress bar');
+  program.parse(argv, { from: 'user' });
+  const o = program.opts<{
+    format: DumpFormat;
+    metadataSnap?: boolean;
+    devId: number[];
+    skipMappings?: boolean;
+    output?: string;
+    transactionId?: string;
+    dataBlockSize?: string;
+    nrDataBlocks?: string;
+    repair?: boolean;
+    quiet?: boolean;
+  }>();
+  const input = program.args[0];
+  const natural = (v: string | undefined, what: string) => (v === undefined ? undefined : parseNatural(v, what));
+  const transactionId = natural(o.transactionId, '--transaction-id');
+  const dataBlockSize = natural(o.dataBlockSize, '--data-block-size');
+  const nrDataBlocks = natural(o.nrDataBlocks, '--nr-data-blocks');
+  if (o.repair) throw new UsageError('--repair is not supported yet');
+
+  // A bar only when the dump text isn't going to the same terminal.
+  const showProgress = !o.quiet && (o.output !== undefined || !process.stdout.isTTY);
+  let bar: Progress | undefined;
+  try {
+    dumpMetadata(input, {
+      format: o.format,
+      metadataSnap: o.metadataSnap ? (snapBlock ?? true) : undefined,
+      devIds: o.devId.length ? o.devId : undefined,
+      skipMappings: o.skipMappings,
+      transactionId,
+      dataBlockSize,
+      nrDataBlocks,
+      output: o.output,
+      onProgress: showProgress
+        ? (done, total) => {
+            bar ??= progressBar('Dumping', total >= PROGRESS_THRESHOLD ? total : 0, false);
+            bar.update(done);
+          }
+        : undefined,
+    });
+  } catch (e) {
+    if (e instanceof MetadataDamageError) {
+      if (process.env.THIN_TOOLS_DEBUG) process.stderr.write(`${e.detail}\n`);
+      process.stderr.write(`${DAMAGE_MESSAGE}\n`);
+      return 1;
+    }
+    // The reader closed the pipe: nothing more to say to it.
+    if (e instanceof OutputClosedError) return 1;
+    throw e;
+  } finally {
+    bar?.stop();
+  }
+  return 0;
+}
+
+void runTool('thin_dump', main);
