@@ -31,6 +31,8 @@ export interface SubtreeSummary {
   minKey: number;
   maxKey: number;
   empty: boolean;
+  /** Leaf entries readable under this subtree (damaged parts excluded), counted once per walk. */
+  entries?: number;
 }
 
 /** Subtrees already walked, shared between walks of trees that may share nodes (snapshots). */
@@ -104,26 +106,28 @@ export function walkBTree(
     if (node.isLeaf) {
       visitor.leaf(node);
       return n === 0
-        ? { height: 0, minKey: 0, maxKey: 0, empty: true }
-        : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false };
+        ? { height: 0, minKey: 0, maxKey: 0, empty: true, entries: 0 }
+        : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false, entries: n };
     }
     if (n === 0) return fail('internal node with no entries');
     let height = -1;
     let minKey = NO_LIMIT;
     let maxKey = -1;
+    let entries = 0;
     for (let i = 0; i < n; i++) {
       const childHigh = i + 1 < n ? node.key(i + 1) : highKey;
       const child = walk(node.valueU64(i), node.key(i), childHigh);
       if (!child) continue;
       if (height === -1) height = child.height;
       else if (child.height !== height) return fail('leaves at different depths');
+      entries += child.entries ?? 0;
       if (!child.empty) {
         minKey = Math.min(minKey, child.minKey);
         maxKey = Math.max(maxKey, child.maxKey);
       }
     }
-    if (height === -1) return { height: 1, minKey: 0, maxKey: 0, empty: true };
-    return { height: height + 1, minKey, maxKey, empty: maxKey < 0 };
+    if (height === -1) return { height: 1, minKey: 0, maxKey: 0, empty: true, entries: 0 };
+    return { height: height + 1, minKey, maxKey, empty: maxKey < 0, entries };
   };
 
   return walk(root, opts.lowKey ?? 0, opts.highKey ?? NO_LIMIT);

@@ -1,0 +1,89 @@
+// thin_check: validate a pool's metadata (options, output and exit codes as the reference tools).
+import { BlockReader } from '../io/block-io.js';
+import { checkMetadata, clearNeedsCheckFlag, CheckEvent } from '../tools/check.js';
+import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
+import { Progress, UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
+
+const NAME = 'thin_check';
+
+interface Flags {
+  quiet?: boolean;
+  metadataSnap?: boolean;
+  superBlockOnly?: boolean;
+  skipMappings?: boolean;
+  ignoreNonFatalErrors?: boolean;
+  clearNeedsCheckFlag?: boolean;
+  autoRepair?: boolean;
+  overrideMappingRoot?: string;
+  overrideDetailsRoot?: string;
+}
+
+await runTool(NAME, (argv) => {
+  const program = newProgram(NAME, 'Validates thin provisioning metadata on a device or file.')
+    .argument('<input>', 'metadata device or file')
+    .option('-q, --quiet', 'suppress output messages, return only exit code')
+    .option('-m, --metadata-snap', 'check the held metadata snapshot instead of the live metadata')
+    .option('--super-block-only', 'only check the superblock')
+    .option('--skip-mappings', "don't check the mappings of each device")
+    .option('--ignore-non-fatal-errors', "don't fail on leaked blocks")
+    .option('--clear-needs-check-flag', 'clear the needs_check flag if the check passes')
+    .option('--auto-repair', 'fix leaks and other minor problems (not supported yet)')
+    .option('--override-mapping-root <block>', 'check the mapping tree at this block instead')
+    .option('--override-details-root <block>', 'check the device details tree at this block instead');
+  program.parse(argv, { from: 'user' });
+  const flags = program.opts<Flags>();
+  const input = program.args[0];
+
+  if (flags.autoRepair) throw new UsageError('--auto-repair is not supported yet; run thin_repair instead');
+  const overridden = flags.overrideMappingRoot !== undefined || flags.overrideDetailsRoot !== undefined;
+  if (flags.clearNeedsCheckFlag && (flags.metadataSnap || overridden)) {
+    throw new UsageError('--clear-needs-check-flag only applies to the live metadata, without -m or root overrides');
+  }
+
+  const quiet = !!flags.quiet;
+  let bar: Progress | undefined;
+  const stopBar = (): void => {
+    bar?.stop();
+    bar = undefined;
+  };
+  const onEvent = (e: CheckEvent): void => {
+    if (quiet) return;
+    if (e.kind === 'info') {
+      process.stdout.write(`TRANSACTION_ID=${e.transactionId}\nMETADATA_FREE_BLOCKS=${e.metadataFreeBlocks}\n`);
+      return;
+    }
+    stopBar();
+    const indent = e.kind === 'stage' ? '' : '  '.repeat(e.depth);
+    process.stderr.write(`${indent}${e.kind === 'stage' ? e.title : e.message}\n`);
+  };
+
+  const io = new BlockReader(input);
+  let result;
+  try {
+    result = checkMetadata(io, {
+      superBlockOnly: flags.superBlockOnly,
+      skipMappings: flags.skipMappings,
+      ignoreNonFatal: flags.ignoreNonFatalErrors,
+      metadataSnap: flags.metadataSnap,
+      overrideMappingRoot: flags.overrideMappingRoot === undefined
+        ? undefined : parseNatural(flags.overrideMappingRoot, '--override-mapping-root'),
+      overrideDetailsRoot: flags.overrideDetailsRoot === undefined
+        ? undefined : parseNatural(flags.overrideDetailsRoot, '--override-details-root'),
+      onEvent,
+      onProgress: (p) => {
+        bar ??= progressBar('checking', p.total, quiet);
+        bar.update(p.done);
+      },
+    });
+  } finally {
+    stopBar();
+    io.close();
+  }
+
+  if (!result.ok) return 1;
+  if (flags.clearNeedsCheckFlag && result.superblock && (result.superblock.flags & NEEDS_CHECK_FLAG) !== 0) {
+    clearNeedsCheckFlag(input);
+    if (!quiet) process.stderr.write('Cleared needs_check flag\n');
+  }
+  return 0;
+});

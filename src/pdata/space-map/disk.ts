@@ -1,0 +1,42 @@
+// The data space map's index: a B-tree (value size 16) from bitmap number to index entry.
+import { BlockReader } from '../../io/block-io.js';
+import { BTreeNode } from '../btree/node.js';
+import { walkBTree } from '../btree/walk.js';
+import { SpaceMapRoot } from './root.js';
+import { INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink, bitmapsFor, decodeIndexEntry } from './common.js';
+
+/**
+ * Reads every index entry of a data space map, in bitmap order. Missing entries (a damaged
+ * index node, or gaps in the keys) are reported to `sink`; the result then holds only what
+ * could be read, with `blocknr` 0 marking the holes so callers keep positions aligned.
+ */
+export function readDiskIndex(io: BlockReader, root: SpaceMapRoot, sink: SpaceMapSink): IndexEntry[] {
+  const expected = bitmapsFor(root.nrBlocks);
+  const entries: IndexEntry[] = [];
+  let next = 0;
+  walkBTree(io, root.bitmapRoot, INDEX_ENTRY_SIZE, {
+    leaf(node: BTreeNode) {
+      for (let i = 0; i < node.nrEntries; i++) {
+        const key = node.key(i);
+        if (key >= expected) {
+          sink.error(new SpaceMapError(node.block, `index entry for bitmap ${key}, but ${root.nrBlocks} blocks need only ${expected} bitmaps`));
+          continue;
+        }
+        for (; next < key; next++) entries.push({ blocknr: 0, nrFree: 0, noneFreeBefore: 0 });
+        entries.push(decodeIndexEntry(node.buf, node.valueOffset(i)));
+        next = key + 1;
+      }
+    },
+    nodeRef: sink.nodeRef,
+    error: sink.error,
+  });
+  if (next < expected) {
+    sink.error(new SpaceMapError(root.bitmapRoot, `data space map index lacks bitmaps ${next}-${expected - 1}`));
+  }
+  return entries;
+}
+
+/** Opens the data space map described by `root` for reading. */
+export function openDiskSpaceMap(io: BlockReader, root: SpaceMapRoot, sink: SpaceMapSink): SpaceMapReader {
+  return new SpaceMapReader(io, root.nrBlocks, readDiskIndex(io, root, sink), root.refCountRoot);
+}

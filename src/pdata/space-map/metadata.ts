@@ -1,0 +1,45 @@
+// The metadata space map's index: one block of 255 index entries, so at most 255 bitmaps.
+import { BlockReader } from '../../io/block-io.js';
+import { INDEX_CSUM_XOR, blockChecksum } from '../checksum.js';
+import { readU64 } from '../le.js';
+import { SpaceMapRoot } from './root.js';
+import {
+  ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink,
+  bitmapsFor, decodeIndexEntry,
+} from './common.js';
+
+export const INDEX_HEADER_SIZE = 16;
+export const MAX_METADATA_BITMAPS = 255;
+/** The most metadata blocks a metadata space map can describe. */
+export const MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
+
+/**
+ * Reads the index block of a metadata space map: the entries of the bitmaps `root.nrBlocks`
+ * needs. Throws SpaceMapError when the index block itself is unusable.
+ */
+export function readMetadataIndex(io: BlockReader, root: SpaceMapRoot, sink?: SpaceMapSink): IndexEntry[] {
+  const loc = root.bitmapRoot;
+  if (root.nrBlocks > MAX_METADATA_BLOCKS) {
+    throw new SpaceMapError(loc, `metadata space map claims ${root.nrBlocks} blocks, more than the ${MAX_METADATA_BLOCKS} it can describe`);
+  }
+  sink?.nodeRef?.(loc);
+  if (loc >= io.nrBlocks) {
+    throw new SpaceMapError(loc, `metadata space map index is beyond the end of the metadata device (${io.nrBlocks} blocks)`);
+  }
+  const buf = io.read(loc);
+  if (buf.readUInt32LE(0) !== blockChecksum(buf, INDEX_CSUM_XOR)) {
+    throw new SpaceMapError(loc, 'bad checksum in metadata space map index');
+  }
+  const blocknr = readU64(buf, 8);
+  if (blocknr !== loc) throw new SpaceMapError(loc, `metadata space map index says it is block ${blocknr}`);
+  const entries: IndexEntry[] = [];
+  for (let i = 0; i < bitmapsFor(root.nrBlocks); i++) {
+    entries.push(decodeIndexEntry(buf, INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE));
+  }
+  return entries;
+}
+
+/** Opens the metadata space map described by `root` for reading. */
+export function openMetadataSpaceMap(io: BlockReader, root: SpaceMapRoot, sink?: SpaceMapSink): SpaceMapReader {
+  return new SpaceMapReader(io, root.nrBlocks, readMetadataIndex(io, root, sink), root.refCountRoot);
+}

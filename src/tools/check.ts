@@ -1,0 +1,564 @@
+// thin_check as a library: validates a pool's metadata and streams what it finds.
+// Stages follow the reference tools (superblock, devices tree, mapping tree, space map counts);
+// on top of 0.9.0 it checks mapped_blocks, data blocks against nr_data_blocks and the data
+// space map's counts, as the upstream 1.x tools do.
+import * as fs from 'node:fs';
+import { BlockReader, BLOCK_SIZE } from '../io/block-io.js';
+import { BTreeNode } from '../pdata/btree/node.js';
+import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
+import { IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink } from '../pdata/space-map/common.js';
+import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
+import { MAX_METADATA_BLOCKS, openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
+import { SpaceMapRoot } from '../pdata/space-map/root.js';
+import { DEVICE_DETAILS_SIZE } from '../thin/device-details.js';
+import { mappingDataBlock } from '../thin/mapping.js';
+import {
+  DeviceDetailsEntry, DeviceRoot, TOP_LEVEL_VALUE_SIZE, readDeviceDetails, readDeviceRoots, walkDeviceTree,
+} from '../thin/mapping-tree.js';
+import {
+  NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
+  readSuperblock,
+} from '../thin/superblock.js';
+import { DataCounts, MetadataCounts } from './check-counts.js';
+
+export type Severity = 'fatal' | 'non-fatal';
+
+/** What the check reports, in order: stage titles, findings (nested by depth) and the pool info. */
+export type CheckEvent =
+  | { kind: 'stage'; title: string }
+  | { kind: 'error'; severity: Severity; depth: number; message: string }
+  | { kind: 'detail'; depth: number; message: string }
+  | { kind: 'info'; transactionId: number; metadataFreeBlocks: number };
+
+export interface CheckProgress {
+  /** Metadata blocks referenced so far, against the metadata space map's allocated count. */
+  done: number;
+  total: number;
+}
+
+export interface CheckOptions {
+  superBlockOnly?: boolean;
+  /** Check the devices tree and the top level of the mapping tree only. */
+  skipMappings?: boolean;
+  /** Leaks (blocks counted but unreferenced) don't fail the check. */
+  ignoreNonFatal?: boolean;
+  /** Check the held metadata snapshot instead of the live metadata (no space map counts). */
+  metadataSnap?: boolean;
+  overrideMappingRoot?: number;
+  overrideDetailsRoot?: number;
+  onEvent?: (e: CheckEvent) => void;
+  onProgress?: (p: CheckProgress) => void;
+}
+
+export interface CheckResult {
+  ok: boolean;
+  fatalErrors: number;
+  nonFatalErrors: number;
+  /** The live superblock, when it could be read. */
+  superblock?: Superblock;
+}
+
+/** Differences listed per space map before the rest are only counted. */
+const MAX_LISTED_DIFFERENCES = 32;
+/** Out-of-range mappings listed per device before the rest are only counted. */
+const MAX_LISTED_BAD_MAPPINGS = 4;
+const PROGRESS_EVERY = 1024;
+
+const MIN_DATA_BLOCK_SIZE = 128;
+const MAX_DATA_BLOCK_SIZE = 2097152;
+const METADATA_BLOCK_SECTORS = BLOCK_SIZE / 512;
+
+function keyRange(what: string, err: BTreeError): string {
+  const unbounded = err.highKey > Number.MAX_SAFE_INTEGER;
+  if (unbounded) return `${what} ${err.lowKey} and above`;
+  if (err.highKey - 1 === err.lowKey) return `${what} ${err.lowKey}`;
+  return `${what} ${err.lowKey}-${err.highKey - 1}`;
+}
+
+class Reporter {
+  fatal = 0;
+  nonFatal = 0;
+  constructor(private readonly emit: (e: CheckEvent) => void) {}
+
+  stage(title: string): void {
+    this.emit({ kind: 'stage', title });
+  }
+
+  error(depth: number, message: string, severity: Severity = 'fatal'): void {
+    if (severity === 'fatal') this.fatal++;
+    else this.nonFatal++;
+    this.emit({ kind: 'error', severity, depth, message });
+  }
+
+  /** A fatal finding already summarised by another line. */
+  countFatal(): void {
+    this.fatal++;
+  }
+
+  detail(depth: number, message: string): void {
+    this.emit({ kind: 'detail', depth, message });
+  }
+
+  info(transactionId: number, metadataFreeBlocks: number): void {
+    this.emit({ kind: 'info', transactionId, metadataFreeBlocks });
+  }
+}
+
+/** Does the start of the input look like thin_dump XML (a common mix-up)? */
+function looksLikeXml(io: BlockReader): boolean {
+  try {
+    const head = io.read(0).toString('latin1', 0, 64).trimStart();
+    return head.startsWith('<superblock') || head.startsWith('<?xml');
+  } catch {
+    return false;
+  }
+}
+
+/** Sizes and flags of a superblock that the kernel would refuse; returns the findings. */
+function superblockDefects(sb: Superblock, io: BlockReader): string[] {
+  const out: string[] = [];
+  if (sb.version < 1 || sb.version > 2) out.push(`unsupported metadata version ${sb.version} (expected 1 or 2)`);
+  if (sb.incompatFlags !== 0) out.push(`unknown incompatible feature flags 0x${sb.incompatFlags.toString(16)}`);
+  if (sb.metadataBlockSize !== METADATA_BLOCK_SECTORS) {
+    out.push(`metadata block size is ${sb.metadataBlockSize} sectors, expected ${METADATA_BLOCK_SECTORS}`);
+  }
+  const dbs = sb.dataBlockSize;
+  if (dbs < MIN_DATA_BLOCK_SIZE || dbs > MAX_DATA_BLOCK_SIZE || dbs % MIN_DATA_BLOCK_SIZE !== 0) {
+    out.push(`data block size ${dbs} sectors is not a multiple of 128 between 128 and 2097152`);
+  }
+  let msm: SpaceMapRoot;
+  let dsm: SpaceMapRoot;
+  try {
+    msm = metadataSpaceMapRoot(sb);
+    dsm = dataSpaceMapRoot(sb);
+  } catch (e) {
+    out.push(`space map root is garbage: ${(e as Error).message}`);
+    return out;
+  }
+  if (msm.nrBlocks > io.nrBlocks) {
+    out.push(`metadata space map covers ${msm.nrBlocks} blocks but the metadata device holds only ${io.nrBlocks} (truncated?)`);
+  }
+  if (msm.nrBlocks > MAX_METADATA_BLOCKS) {
+    out.push(`metadata space map covers ${msm.nrBlocks} blocks, more than the ${MAX_METADATA_BLOCKS} it can describe`);
+  }
+  if (msm.nrAllocated > msm.nrBlocks) {
+    out.push(`metadata space map has ${msm.nrAllocated} blocks allocated out of ${msm.nrBlocks}`);
+  }
+  if (dsm.nrAllocated > dsm.nrBlocks) {
+    out.push(`data space map has ${dsm.nrAllocated} blocks allocated out of ${dsm.nrBlocks}`);
+  }
+  for (const [what, b] of [
+    ['mapping tree root', sb.dataMappingRoot],
+    ['device details root', sb.deviceDetailsRoot],
+    ['metadata space map index', msm.bitmapRoot],
+    ['metadata ref-count tree root', msm.refCountRoot],
+    ['data space map index root', dsm.bitmapRoot],
+    ['data ref-count tree root', dsm.refCountRoot],
+  ] as const) {
+    if (b === SUPERBLOCK_LOCATION || b >= msm.nrBlocks) out.push(`${what} is block ${b}, outside the metadata (1-${msm.nrBlocks - 1})`);
+  }
+  return out;
+}
+
+/** One pool's trees as the checker sees them: what it found and what every node referenced. */
+interface TreesSeen {
+  details: Map<number, DeviceDetailsEntry>;
+  roots: DeviceRoot[];
+  /** Devices whose mapping walk hit damage (their mapped_blocks can't be judged). */
+  damaged: Set<number>;
+}
+
+/**
+ * Checks the metadata read through `io`. Never writes. Findings arrive through `onEvent` as they
+ * are made; the result says whether the pool passed.
+ */
+export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckResult {
+  const rep = new Reporter(opts.onEvent ?? (() => {}));
+  const result = (superblock?: Superblock): CheckResult => ({
+    ok: rep.fatal === 0 && (rep.nonFatal === 0 || !!opts.ignoreNonFatal),
+    fatalErrors: rep.fatal,
+    nonFatalErrors: rep.nonFatal,
+    superblock,
+  });
+
+  // ---- superblock
+  rep.stage('examining superblock');
+  let sb: Superblock;
+  try {
+    sb = readSuperblock(io, SUPERBLOCK_LOCATION);
+  } catch (e) {
+    if (!(e instanceof SuperblockError)) throw e;
+    rep.error(1, 'superblock is corrupt');
+    rep.detail(2, e.message);
+    if (looksLikeXml(io)) rep.detail(1, 'This looks like XML.  thin_check only checks the binary metadata format.');
+    return result();
+  }
+  for (const defect of superblockDefects(sb, io)) {
+    rep.error(1, 'superblock is corrupt');
+    rep.detail(2, defect);
+  }
+  if (rep.fatal > 0) return result(sb);
+  const msmRoot = metadataSpaceMapRoot(sb);
+  rep.info(sb.transactionId, msmRoot.nrBlocks - msmRoot.nrAllocated);
+
+  let target = sb;
+  if (opts.metadataSnap) {
+    if (sb.heldRoot === 0) {
+      rep.error(1, 'no metadata snapshot is held (held_root is 0); run without -m');
+      return result(sb);
+    }
+    try {
+      target = readSuperblock(io, sb.heldRoot);
+    } catch (e) {
+      if (!(e instanceof SuperblockError)) throw e;
+      rep.error(1, `superblock is corrupt: the metadata snapshot's copy at block ${sb.heldRoot}`);
+      rep.detail(2, e.message);
+      return result(sb);
+    }
+  }
+  const mappingRoot = opts.overrideMappingRoot ?? target.dataMappingRoot;
+  const detailsRoot = opts.overrideDetailsRoot ?? target.deviceDetailsRoot;
+  if (opts.superBlockOnly) return result(sb);
+
+  // ---- devices tree and top level of the mapping tree (full reads: they are small)
+  rep.stage('examining devices tree');
+  const details = new Map<number, DeviceDetailsEntry>();
+  for (const d of readDeviceDetails(io, detailsRoot, (err) => {
+    rep.error(1, `missing devices: ${keyRange('dev ids', err)} of the device details tree`);
+    rep.detail(2, err.message);
+  })) {
+    details.set(d.devId, d);
+  }
+
+  rep.stage(opts.skipMappings ? 'examining top level of mapping tree' : 'examining mapping tree');
+  const roots = readDeviceRoots(io, mappingRoot, (err) => {
+    rep.error(1, `missing all mappings for devices: ${keyRange('dev ids', err)} of the mapping tree's top level`);
+    rep.detail(2, err.message);
+  });
+  checkDeviceSets(rep, details, roots, '');
+  if (opts.skipMappings) return result(sb);
+
+  // ---- every device's mappings, counting references as we go
+  const live = !opts.metadataSnap;
+  const metaCounts = live ? new MetadataCounts(msmRoot.nrBlocks) : undefined;
+  const dataSmRoot = dataSpaceMapRoot(sb);
+  const dataCounts = live ? new DataCounts(dataSmRoot.nrBlocks) : undefined;
+  let lastProgress = 0;
+  const nodeRef = (block: number): void => {
+    if (!metaCounts) return;
+    metaCounts.inc(block);
+    if (opts.onProgress && metaCounts.references - lastProgress >= PROGRESS_EVERY) {
+      lastProgress = metaCounts.references;
+      opts.onProgress({ done: lastProgress, total: msmRoot.nrAllocated });
+    }
+  };
+  const memos: Memos = { details: new Map(), top: new Map(), mapping: new Map() };
+  const walker = new TreeWalker(io, rep, memos, nodeRef, dataCounts, dataSmRoot.nrBlocks);
+
+  metaCounts?.inc(SUPERBLOCK_LOCATION);
+  const seen = walker.walkPool(mappingRoot, detailsRoot, '', 1);
+  checkMappedBlocks(rep, memos.mapping, { ...seen, details, roots }, '');
+  if (!live || rep.fatal > 0) return result(sb);
+
+  // ---- space map counts
+  rep.stage('checking space map counts');
+  if (sb.heldRoot !== 0) {
+    metaCounts!.inc(sb.heldRoot);
+    checkHeldSnapshot(io, rep, walker, sb.heldRoot);
+    if (rep.fatal > 0) return result(sb);
+  }
+  checkSpaceMaps(io, rep, sb, metaCounts!, dataCounts!);
+  opts.onProgress?.({ done: msmRoot.nrAllocated, total: msmRoot.nrAllocated });
+  return result(sb);
+}
+
+/** Devices must appear in both the details tree and the mapping tree's top level. */
+function checkDeviceSets(rep: Reporter, details: Map<number, DeviceDetailsEntry>, roots: DeviceRoot[], where: string): void {
+  const mapped = new Set<number>();
+  for (const { devId } of roots) {
+    mapped.add(devId);
+    if (!details.has(devId)) rep.error(1, `${where}thin device ${devId} has a mapping tree but no entry in the device details tree`);
+  }
+  for (const devId of details.keys()) {
+    if (!mapped.has(devId)) rep.error(1, `${where}thin device ${devId} is in the device details tree but has no mapping tree`);
+  }
+}
+
+/** mapped_blocks in each device's details must equal the mappings its tree holds. */
+function checkMappedBlocks(rep: Reporter, memo: SubtreeMemo, seen: TreesSeen, where: string): void {
+  for (const { devId, root } of seen.roots) {
+    const d = seen.details.get(devId);
+    if (!d || seen.damaged.has(devId)) continue;
+    const actual = memo.get(root)?.entries;
+    if (actual === undefined) continue;
+    if (actual !== d.mappedBlocks) {
+      rep.error(1, `${where}thin device ${devId} has ${actual} mappings but its device details say mapped_blocks = ${d.mappedBlocks}`);
+    }
+  }
+}
+
+interface Memos {
+  details: SubtreeMemo;
+  top: SubtreeMemo;
+  mapping: SubtreeMemo;
+}
+
+/**
+ * Walks a pool's trees once per node across the live metadata and the held snapshot (shared
+ * subtrees are visited once, through the memos), counting metadata references to every node
+ * and data references from every distinct leaf.
+ */
+class TreeWalker {
+  constructor(
+    private readonly io: BlockReader,
+    private readonly rep: Reporter,
+    readonly memos: Memos,
+    private readonly nodeRef: (block: number) => void,
+    private readonly dataCounts: DataCounts | undefined,
+    private readonly nrDataBlocks: number,
+  ) {}
+
+  /**
+   * Walks the details tree and the mapping tree under these roots. Damage in the two small trees
+   * is reported by the full reads, so only nodes not yet seen are walked here, for their counts.
+   * `depth`/`where` place the findings (the snapshot's are prefixed).
+   */
+  walkPool(mappingRoot: number, detailsRoot: number, where: string, depth: number, reportTopDamage = false): { damaged: Set<number> } {
+    const ignore = (): void => {};
+    walkBTree(this.io, detailsRoot, DEVICE_DETAILS_SIZE, { leaf: ignore, nodeRef: this.nodeRef, error: reportTopDamage ? (err) => {
+      this.rep.error(depth, `${where}missing devices: ${keyRange('dev ids', err)} of the device details tree`);
+      this.rep.detail(depth + 1, err.message);
+    } : ignore }, { memo: this.memos.details });
+
+    const newRoots: DeviceRoot[] = [];
+    walkBTree(this.io, mappingRoot, TOP_LEVEL_VALUE_SIZE, {
+      leaf(node: BTreeNode) {
+        for (let i = 0; i < node.nrEntries; i++) newRoots.push({ devId: node.key(i), root: node.valueU64(i) });
+      },
+      nodeRef: this.nodeRef,
+      error: reportTopDamage ? (err) => {
+        this.rep.error(depth, `${where}missing all mappings for devices: ${keyRange('dev ids', err)} of the mapping tree's top level`);
+        this.rep.detail(depth + 1, err.message);
+      } : ignore,
+    }, { memo: this.memos.top });
+
+    const damaged = new Set<number>();
+    for (const { devId, root } of newRoots) {
+      if (!this.walkDevice(devId, root, where, depth)) damaged.add(devId);
+    }
+    return { damaged };
+  }
+
+  /** Walks one device's tree; false if it is damaged. */
+  private walkDevice(devId: number, root: number, where: string, depth: number): boolean {
+    let sound = true;
+    let beyond = 0;
+    const { rep, dataCounts, nrDataBlocks } = this;
+    walkDeviceTree(this.io, root, {
+      leaf(node: BTreeNode) {
+        const buf = node.buf;
+        const n = node.nrEntries;
+        for (let i = 0; i < n; i++) {
+          const dataBlock = mappingDataBlock(buf, node.valueOffset(i));
+          if (dataBlock >= nrDataBlocks) {
+            if (beyond++ < MAX_LISTED_BAD_MAPPINGS) {
+              rep.error(depth, `${where}thin device ${devId} maps thin block ${node.key(i)} to data block ${dataBlock}, ` +
+                `beyond the end of the data device (${nrDataBlocks} blocks) (leaf block ${node.block})`);
+            }
+            continue;
+          }
+          dataCounts?.inc(dataBlock);
+        }
+      },
+      nodeRef: this.nodeRef,
+      error(err) {
+        sound = false;
+        rep.error(depth, `${where}thin device ${devId} is missing mappings: ${keyRange('thin blocks', err)}`);
+        rep.detail(depth + 1, err.message);
+      },
+    }, this.memos.mapping);
+    if (beyond > MAX_LISTED_BAD_MAPPINGS) {
+      rep.error(depth, `${where}thin device ${devId} has ${beyond - MAX_LISTED_BAD_MAPPINGS} more mappings beyond the end of the data device`);
+    }
+    return sound;
+  }
+}
+
+/** The held metadata snapshot: its superblock copy and the trees it keeps alive. */
+function checkHeldSnapshot(io: BlockReader, rep: Reporter, walker: TreeWalker, heldRoot: number): void {
+  const where = `metadata snapshot (block ${heldRoot}): `;
+  let snap: Superblock;
+  try {
+    snap = readSuperblock(io, heldRoot);
+  } catch (e) {
+    if (!(e instanceof SuperblockError)) throw e;
+    rep.error(1, `${where}superblock copy is corrupt`);
+    rep.detail(2, e.message);
+    return;
+  }
+  const seen = walker.walkPool(snap.dataMappingRoot, snap.deviceDetailsRoot, where, 1, true);
+  if (rep.fatal > 0) return;
+  // Full reads for the device lists: the walk above skipped leaves shared with the live trees.
+  const details = new Map<number, DeviceDetailsEntry>();
+  for (const d of readDeviceDetails(io, snap.deviceDetailsRoot, () => {})) details.set(d.devId, d);
+  const roots = readDeviceRoots(io, snap.dataMappingRoot, () => {});
+  checkDeviceSets(rep, details, roots, where);
+  checkMappedBlocks(rep, walker.memos.mapping, { details, roots, damaged: seen.damaged }, where);
+}
+
+/** Runs of consecutive blocks whose (expected, actual) counts differ the same way, listed with a cap. */
+class DifferenceList {
+  private start = -1;
+  private end = -1;
+  private expected = 0;
+  private actual = 0;
+  listed = 0;
+  unlisted = 0;
+  leaked = 0;
+
+  constructor(private readonly rep: Reporter, private readonly kind: string) {}
+
+  add(block: number, expected: number, actual: number): void {
+    if (expected === 0 && actual === 1) this.leaked++;
+    if (this.start >= 0 && block === this.end + 1 && expected === this.expected && actual === this.actual) {
+      this.end = block;
+      return;
+    }
+    this.flush();
+    this.start = this.end = block;
+    this.expected = expected;
+    this.actual = actual;
+  }
+
+  flush(): void {
+    if (this.start < 0) return;
+    const leak = this.expected === 0 && this.actual === 1;
+    const blocks = this.start === this.end ? `block ${this.start}` : `blocks ${this.start}-${this.end}`;
+    const n = this.end - this.start + 1;
+    if (this.listed < MAX_LISTED_DIFFERENCES) {
+      this.listed++;
+      const message = leak
+        ? `${this.kind} ${blocks}: counted once in the space map but referenced by nothing (leaked)`
+        : `${this.kind} reference counts differ for ${blocks}: expected ${this.expected}, but the space map says ${this.actual}`;
+      // Leaks are reported by the summary below; only real differences count as fatal here.
+      if (leak) this.rep.detail(1, message);
+      else this.rep.error(1, message);
+    } else {
+      if (!leak) this.rep.countFatal();
+      this.unlisted += n;
+    }
+    this.start = -1;
+  }
+
+  finish(): void {
+    this.flush();
+    if (this.unlisted > 0) this.rep.detail(1, `... and ${this.unlisted} more ${this.kind}s whose counts differ`);
+    if (this.leaked > 0) {
+      this.rep.error(1, `${this.leaked} ${this.kind}s have leaked (the space map counts them but nothing references them)`, 'non-fatal');
+    }
+  }
+}
+
+/** Compares one on-disk space map with the counts computed from the trees. */
+function compareSpaceMap(
+  rep: Reporter,
+  kind: 'metadata block' | 'data block',
+  sm: SpaceMapReader,
+  overflow: Map<number, number>,
+  expectedAt: (block: number) => number,
+  sink: SpaceMapSink,
+): number {
+  const diffs = new DifferenceList(rep, kind);
+  let allocated = 0;
+  const overflowSeen = new Set<number>();
+  sm.forEachBitmap(sink, (first, counts, bitmapBlock) => {
+    for (let i = 0; i < counts.length; i++) {
+      let actual = counts[i];
+      const block = first + i;
+      if (actual !== 0) allocated++;
+      if (actual === 3) {
+        const big = overflow.get(block);
+        if (big === undefined) {
+          rep.error(1, `${kind} ${block}: its bitmap (block ${bitmapBlock}) says 3 or more references, but the ref-count tree has no entry for it`);
+          continue;
+        }
+        overflowSeen.add(block);
+        actual = big;
+      }
+      const expected = expectedAt(block);
+      if (expected !== actual) diffs.add(block, expected, actual);
+    }
+  });
+  diffs.finish();
+  for (const [block, count] of overflow) {
+    if (!overflowSeen.has(block)) {
+      rep.error(1, `${kind} ${block}: the ref-count tree holds a count of ${count}, but its bitmap entry is not 3 (or the block is outside the space map)`);
+    }
+  }
+  return allocated;
+}
+
+function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCounts: MetadataCounts, dataCounts: DataCounts): void {
+  const msmRoot = metadataSpaceMapRoot(sb);
+  const dsmRoot = dataSpaceMapRoot(sb);
+  const sinkFor = (name: string, count: boolean): SpaceMapSink => ({
+    nodeRef: count ? (b) => metaCounts.inc(b) : undefined,
+    error: (err: SpaceMapError | BTreeError) => {
+      rep.error(1, `${name} is damaged`);
+      rep.detail(2, err.message);
+    },
+  });
+
+  // First count every block the space maps occupy, so the comparison below sees all references.
+  let metadataSm: SpaceMapReader;
+  try {
+    metadataSm = openMetadataSpaceMap(io, msmRoot, sinkFor('metadata space map', true));
+  } catch (e) {
+    if (!(e instanceof SpaceMapError)) throw e;
+    rep.error(1, 'metadata space map is damaged');
+    rep.detail(2, e.message);
+    return;
+  }
+  const metaOverflow = metadataSm.readOverflowCounts(sinkFor('metadata space map ref-count tree', true));
+  const dataSm = openDiskSpaceMap(io, dsmRoot, sinkFor('data space map index', true));
+  const dataOverflow = dataSm.readOverflowCounts(sinkFor('data space map ref-count tree', true));
+  for (const e of [...metadataSm.index, ...dataSm.index] as IndexEntry[]) if (e.blocknr !== 0) metaCounts.inc(e.blocknr);
+  if (rep.fatal > 0) return;
+
+  for (const [block, n] of metaCounts.outside) {
+    rep.error(1, `metadata block ${block} is referenced ${n} time(s) but lies outside the metadata space map (${msmRoot.nrBlocks} blocks)`);
+  }
+  const counts = metaCounts.counts;
+  const metaAllocated = compareSpaceMap(rep, 'metadata block', metadataSm, metaOverflow, (b) => counts[b], sinkFor('metadata space map', false));
+  const dataAllocated = compareSpaceMap(rep, 'data block', dataSm, dataOverflow, (b) => dataCounts.get(b), sinkFor('data space map', false));
+  if (rep.fatal > 0) return;
+  if (metaAllocated !== msmRoot.nrAllocated) {
+    rep.error(1, `metadata space map root says ${msmRoot.nrAllocated} blocks are allocated, but its bitmaps count ${metaAllocated}`);
+  }
+  if (dataAllocated !== dsmRoot.nrAllocated) {
+    rep.error(1, `data space map root says ${dsmRoot.nrAllocated} blocks are allocated, but its bitmaps count ${dataAllocated}`);
+  }
+}
+
+/**
+ * Clears NEEDS_CHECK in the superblock of the metadata at `path`: thin_check's only write,
+ * made only after a passing check. Touches just the flags word and the checksum.
+ * Returns false if the flag wasn't set.
+ */
+export function clearNeedsCheckFlag(path: string): boolean {
+  const fd = fs.openSync(path, 'r+');
+  try {
+    const buf = Buffer.alloc(BLOCK_SIZE);
+    if (fs.readSync(fd, buf, 0, BLOCK_SIZE, 0) !== BLOCK_SIZE) throw new Error(`${path}: short read at block 0`);
+    const flags = buf.readUInt32LE(4);
+    if ((flags & NEEDS_CHECK_FLAG) === 0) return false;
+    buf.writeUInt32LE((flags & ~NEEDS_CHECK_FLAG) >>> 0, 4);
+    sealBlock(buf, SUPERBLOCK_CSUM_XOR);
+    fs.writeSync(fd, buf, 0, BLOCK_SIZE, 0);
+    fs.fsyncSync(fd);
+    return true;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
