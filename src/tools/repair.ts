@@ -1,0 +1,93 @@
+// thin_repair and `thin_dump --repair` as library functions: salvage what damaged metadata
+// still holds (src/thin/salvage.ts) and write it as new metadata or print it.
+import * as fs from 'node:fs';
+import { BlockReader, InputError } from '../io/block-io.js';
+import { HumanReadableWriter } from '../formats/human-readable.js';
+import { AtomicFileSink, FdSink } from '../formats/output.js';
+import { XmlWriter } from '../formats/xml-writer.js';
+import { MetadataVisitor } from '../thin/events.js';
+import { SalvageError, SalvageResult, SuperblockOverrides, salvageMetadata, validDataBlockSize } from '../thin/salvage.js';
+
+export { SalvageError };
+export type { SalvageResult, SuperblockOverrides };
+
+export interface SalvageRunOptions extends SuperblockOverrides {
+  warn?: (message: string) => void;
+  scanProgress?: (done: number, total: number) => void;
+}
+
+/** Identity of a file or device, so an output that is the input can be refused. */
+function fileIdentity(path: string): string | null {
+  try {
+    const st = fs.statSync(path);
+    return st.isBlockDevice() ? `dev:${st.rdev}` : `file:${st.dev}:${st.ino}`;
+  } catch {
+    return null;
+  }
+}
+
+export function sameFile(a: string, b: string): boolean {
+  const ia = fileIdentity(a);
+  return ia !== null && ia === fileIdentity(b);
+}
+
+function checkOverrides(o: SuperblockOverrides): void {
+  if (o.dataBlockSize !== undefined && !validDataBlockSize(o.dataBlockSize)) {
+    throw new InputError(
+      `data block size ${o.dataBlockSize} is invalid: it must be a multiple of 128 sectors between 128 and 2097152`,
+    );
+  }
+}
+
+/** Opens damaged metadata for salvage; an empty or tiny file can't be metadata. */
+function openInput(input: string): BlockReader {
+  const io = new BlockReader(input);
+  if (io.nrBlocks === 0) {
+    io.close();
+    throw new InputError(`${input}: too small to be thin-pool metadata`);
+  }
+  return io;
+}
+
+/** Salvages `input` into any visitor (the on-disk writer, the XML writer, a test's collector). */
+export function salvageFile(input: string, visitor: MetadataVisitor, opts: SalvageRunOptions = {}): SalvageResult {
+  checkOverrides(opts);
+  const io = openInput(input);
+  try {
+    return salvageMetadata(io, visitor, opts);
+  } finally {
+    io.close();
+  }
+}
+
+export interface DumpRepairedOptions extends SalvageRunOptions {
+  format?: 'xml' | 'human_readable';
+  /** A file to write atomically; default standard output. */
+  output?: string;
+  stdoutFd?: number;
+}
+
+/** `thin_dump --repair`: the salvaged metadata printed as XML (or human-readable text). */
+export function dumpRepaired(input: string, opts: DumpRepairedOptions = {}): SalvageResult {
+  if (opts.output !== undefined && sameFile(opts.output, input)) {
+    throw new InputError(`${opts.output}: the output file is the input metadata`);
+  }
+  checkOverrides(opts);
+  const io = openInput(input);
+  try {
+    const sink = opts.output === undefined ? new FdSink(opts.stdoutFd ?? 1) : AtomicFileSink.open(opts.output);
+    const writer = opts.format === 'human_readable' ? new HumanReadableWriter(sink) : new XmlWriter(sink);
+    let result: SalvageResult;
+    try {
+      result = salvageMetadata(io, writer, opts);
+    } catch (e) {
+      if (sink instanceof AtomicFileSink) sink.abort();
+      throw e;
+    }
+    if (sink instanceof AtomicFileSink) sink.commit();
+    else sink.flush();
+    return result;
+  } finally {
+    io.close();
+  }
+}
