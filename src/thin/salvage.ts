@@ -184,6 +184,8 @@ class Salvager {
       devices.set(devId, dev);
     }
     const ordered = [...devices.values()].sort((a, b) => a.devId - b.devId);
+    const lost = ordered.filter((d) => d.root === null && d.details && d.details.mappedBlocks > 0);
+    if (lost.length > 0) this.adoptOrphans(lost);
 
     // Count first: mapped_blocks must be known at each device's start, the highest data block
     // before the superblock.
@@ -249,6 +251,32 @@ class Salvager {
       detailsRoot,
       scanned: this.scan !== null,
     };
+  }
+
+  /**
+   * Devices the mapping tree no longer leads to get back a tree that nothing points at when it
+   * holds exactly the number of mappings their details record and no other such tree does:
+   * the kernel keeps mapped_blocks exact, and an ambiguous match is left alone rather than
+   * risk giving a device another's data.
+   */
+  private adoptOrphans(lost: Device[]): void {
+    const scan = this.blocks();
+    const byCount = new Map<number, number[]>();
+    const wanted = new Set(lost.map((d) => d.details!.mappedBlocks));
+    for (const root of candidateRoots(this.io, scan, BlockKind.MappingLeaf)) {
+      const { mappings } = subtreeStats(this.io, scan, root, this.statsMemo);
+      if (!wanted.has(mappings)) continue;
+      byCount.set(mappings, [...(byCount.get(mappings) ?? []), root]);
+    }
+    for (const dev of lost) {
+      const roots = byCount.get(dev.details!.mappedBlocks) ?? [];
+      if (roots.length === 1) {
+        dev.root = roots[0];
+        this.warn(`device ${dev.devId}: mapping tree found again at block ${roots[0]} (its ${dev.details!.mappedBlocks} mappings match)`);
+      } else if (roots.length > 1) {
+        this.warn(`device ${dev.devId}: ${roots.length} unattached trees hold ${dev.details!.mappedBlocks} mappings; none adopted`);
+      }
+    }
   }
 
   /** The pool's fields: the superblock's, else a metadata snapshot's copy and what the trees say. */
