@@ -1,0 +1,205 @@
+// A MetadataVisitor filter that refuses metadata thin_restore must not write, then forwards
+// every event unchanged (apart from the superblock overrides) to the next visitor.
+//
+//   const v = new StreamValidator(writer, { nrDataBlocks: 1 << 20 });
+//   await readMetadataXml('dump.xml', v);       // errors come out as "dump.xml:12: <reason>"
+//
+// It throws StreamError; a source that knows where the current event came from (the XML reader)
+// prefixes the location. It holds a few numbers per device and per <def>, never per mapping.
+import { DeviceInfo, MetadataVisitor, PoolInfo } from './events.js';
+import { MAX_DATA_BLOCK, MAX_TIME } from './mapping.js';
+
+/** The event stream describes metadata that cannot be written; the message names the problem. */
+export class StreamError extends Error {}
+
+/** thin_restore's --transaction-id, --data-block-size, --nr-data-blocks: replace the source's values. */
+export interface SuperblockOverrides {
+  transactionId?: number;
+  dataBlockSize?: number;
+  nrDataBlocks?: number;
+}
+
+/** dm-thin: data blocks of 64 KiB .. 1 GiB, in 512-byte sectors, a multiple of 64 KiB. */
+export const MIN_DATA_BLOCK_SIZE = 128;
+export const MAX_DATA_BLOCK_SIZE = 2097152;
+/** dm-thin refuses device ids of 24 bits or more. */
+export const MAX_DEV_ID = 2 ** 24 - 1;
+/** Superblock flag bits the kernel defines (needs_check). */
+const KNOWN_FLAGS = 1;
+
+/** Where in a device or def the last mapping ended; enough to check order without the mappings. */
+interface Span {
+  count: number; // mapped blocks so far
+  first: number; // first mapped thin block
+  lastBegin: number; // first thin block of the last run (or ref)
+  end: number; // one past the last mapped thin block
+}
+
+const emptySpan = (): Span => ({ count: 0, first: -1, lastBegin: -1, end: 0 });
+
+export class StreamValidator implements MetadataVisitor {
+  private pool: PoolInfo | undefined;
+  private ended = false;
+  private readonly devIds = new Set<number>();
+  private readonly defs = new Map<string, Span>();
+  private dev: DeviceInfo | undefined;
+  private defName: string | undefined;
+  private span = emptySpan();
+
+  constructor(
+    private readonly next: MetadataVisitor,
+    private readonly overrides: SuperblockOverrides = {},
+  ) {}
+
+  superblockBegin(source: PoolInfo): void {
+    if (this.pool) throw new StreamError('a second superblock');
+    const o = this.overrides;
+    const pool: PoolInfo = {
+      ...source,
+      transaction: o.transactionId ?? source.transaction,
+      dataBlockSize: o.dataBlockSize ?? source.dataBlockSize,
+      nrDataBlocks: o.nrDataBlocks ?? source.nrDataBlocks,
+    };
+    const bs = pool.dataBlockSize;
+    if (bs < MIN_DATA_BLOCK_SIZE || bs > MAX_DATA_BLOCK_SIZE || bs % MIN_DATA_BLOCK_SIZE !== 0) {
+      throw new StreamError(
+        `data_block_size ${bs} is not a multiple of ${MIN_DATA_BLOCK_SIZE} between ` +
+          `${MIN_DATA_BLOCK_SIZE} and ${MAX_DATA_BLOCK_SIZE} sectors`,
+      );
+    }
+    if (pool.nrDataBlocks > MAX_DATA_BLOCK + 1) {
+      throw new StreamError(`nr_data_blocks ${pool.nrDataBlocks} exceeds 2^40, the most a mapping can address`);
+    }
+    if (pool.time > MAX_TIME) {
+      throw new StreamError(`time ${pool.time} does not fit the 24 bits a mapping records (max ${MAX_TIME})`);
+    }
+    if ((pool.flags & ~KNOWN_FLAGS) !== 0) {
+      throw new StreamError(`flags ${pool.flags} has bits other than needs_check (1)`);
+    }
+    if (pool.version !== 1 && pool.version !== 2) {
+      throw new StreamError(`version ${pool.version} is not a metadata version the kernel reads (1 or 2)`);
+    }
+    this.pool = pool;
+    this.next.superblockBegin(pool);
+  }
+
+  superblockEnd(): void {
+    this.needPool('end of superblock');
+    if (this.dev || this.defName !== undefined) throw new StreamError('superblock ends inside a device or def');
+    this.ended = true;
+    this.next.superblockEnd();
+  }
+
+  deviceBegin(dev: DeviceInfo): void {
+    const pool = this.needPool('device');
+    if (this.dev) throw new StreamError(`device ${dev.devId} nested inside device ${this.dev.devId}`);
+    if (this.defName !== undefined) throw new StreamError(`device ${dev.devId} inside def '${this.defName}'`);
+    if (dev.devId > MAX_DEV_ID) throw new StreamError(`dev_id ${dev.devId} exceeds the kernel's limit ${MAX_DEV_ID}`);
+    if (this.devIds.has(dev.devId)) throw new StreamError(`device ${dev.devId} appears twice`);
+    for (const [what, t] of [['creation_time', dev.creationTime], ['snap_time', dev.snapTime]] as const) {
+      if (t > pool.time) {
+        throw new StreamError(`device ${dev.devId}: ${what} ${t} is later than the superblock's time ${pool.time}`);
+      }
+    }
+    this.devIds.add(dev.devId);
+    this.dev = dev;
+    this.span = emptySpan();
+    this.next.deviceBegin(dev);
+  }
+
+  deviceEnd(): void {
+    const dev = this.dev;
+    if (!dev) throw new StreamError('end of a device that was not begun');
+    if (this.span.count !== dev.mappedBlocks) {
+      throw new StreamError(
+        `device ${dev.devId}: mapped_blocks is ${dev.mappedBlocks} but it holds ${this.span.count} mappings`,
+      );
+    }
+    this.dev = undefined;
+    this.next.deviceEnd();
+  }
+
+  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
+    const pool = this.needPool('mapping');
+    if (!this.dev && this.defName === undefined) throw new StreamError('mapping outside a device or def');
+    if (!(length >= 1)) throw new StreamError(`mapping of thin block ${thinBegin} has length ${length}`);
+    const thinLast = thinBegin + length - 1;
+    if (thinLast > Number.MAX_SAFE_INTEGER) {
+      throw new StreamError(
+        `thin blocks ${thinBegin} + length ${length} run past the largest thin block (2^53-1)`,
+      );
+    }
+    const dataLast = dataBegin + length - 1;
+    if (dataLast >= pool.nrDataBlocks) {
+      const bad = Math.max(dataBegin, pool.nrDataBlocks);
+      throw new StreamError(
+        `data block ${bad} (thin block ${thinBegin + bad - dataBegin}) is beyond the data device: ` +
+          `nr_data_blocks is ${pool.nrDataBlocks}`,
+      );
+    }
+    if (time > pool.time) {
+      throw new StreamError(
+        `mapping of thin block ${thinBegin} has time ${time}, later than the superblock's time ${pool.time}`,
+      );
+    }
+    this.follow(thinBegin, thinLast + 1, length);
+    this.next.mapRun(thinBegin, dataBegin, length, time);
+  }
+
+  defBegin(name: string): void {
+    this.needPool('def');
+    if (!this.next.defBegin) throw new StreamError('shared mappings (<def>/<ref>) are not supported here');
+    if (this.dev) throw new StreamError(`def '${name}' inside device ${this.dev.devId}`);
+    if (this.defName !== undefined) throw new StreamError(`def '${name}' nested inside def '${this.defName}'`);
+    if (this.defs.has(name)) throw new StreamError(`def '${name}' is defined twice`);
+    this.defName = name;
+    this.span = emptySpan();
+    this.next.defBegin(name);
+  }
+
+  defEnd(): void {
+    if (this.defName === undefined || !this.next.defEnd) throw new StreamError('end of a def that was not begun');
+    this.defs.set(this.defName, this.span);
+    this.defName = undefined;
+    this.next.defEnd();
+  }
+
+  ref(name: string): void {
+    if (!this.dev && this.defName === undefined) throw new StreamError(`ref '${name}' outside a device or def`);
+    const def = this.defs.get(name);
+    if (!def) throw new StreamError(`ref to undefined def '${name}'`);
+    if (!this.next.ref) throw new StreamError('shared mappings (<def>/<ref>) are not supported here');
+    if (def.count > 0) {
+      // The def's own mappings were checked in order; only its place among its neighbours is new.
+      this.follow(def.first, def.end, def.count, def.lastBegin);
+    }
+    this.next.ref(name);
+  }
+
+  /** The pool, or an error saying `what` came before any superblock. */
+  private needPool(what: string): PoolInfo {
+    if (!this.pool) throw new StreamError(`${what} before the superblock`);
+    if (this.ended) throw new StreamError(`${what} after the end of the superblock`);
+    return this.pool;
+  }
+
+  /** Records `count` mapped blocks spanning [begin, end) after the section's previous ones. */
+  private follow(begin: number, end: number, count: number, lastBegin = begin): void {
+    const s = this.span;
+    if (s.count > 0 && begin < s.end) {
+      const where = this.dev ? `device ${this.dev.devId}` : `def '${this.defName}'`;
+      if (begin >= s.lastBegin) {
+        throw new StreamError(
+          `${where}: thin block ${begin} is mapped twice (the previous mapping covers ${s.lastBegin}..${s.end - 1})`,
+        );
+      }
+      throw new StreamError(
+        `${where}: mappings are not in increasing thin-block order (thin block ${begin} after ${s.lastBegin})`,
+      );
+    }
+    if (s.count === 0) s.first = begin;
+    s.count += count;
+    s.lastBegin = lastBegin;
+    s.end = end;
+  }
+}
