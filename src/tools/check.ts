@@ -3,7 +3,7 @@
 // on top of 0.9.0 it checks mapped_blocks, data blocks against nr_data_blocks and the data
 // space map's counts, as the upstream 1.x tools do.
 import * as fs from 'node:fs';
-import { BlockReader, BLOCK_SIZE } from '../io/block-io.js';
+import { BlockReader, BLOCK_SIZE, InputError } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
@@ -183,6 +183,7 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
   });
 
   // ---- superblock
+  if (io.nrBlocks < 1) throw new InputError(`${io.path}: metadata device/file too small (no complete block); is this binary metadata?`);
   rep.stage('examining superblock');
   let sb: Superblock;
   try {
@@ -417,7 +418,7 @@ class DifferenceList {
   unlisted = 0;
   leaked = 0;
 
-  constructor(private readonly rep: Reporter, private readonly kind: string) {}
+  constructor(private readonly rep: Reporter, private readonly kind: 'metadata' | 'data') {}
 
   add(block: number, expected: number, actual: number): void {
     if (expected === 0 && actual === 1) this.leaked++;
@@ -434,13 +435,13 @@ class DifferenceList {
   flush(): void {
     if (this.start < 0) return;
     const leak = this.expected === 0 && this.actual === 1;
-    const blocks = this.start === this.end ? `block ${this.start}` : `blocks ${this.start}-${this.end}`;
+    const blocks = this.start === this.end ? `${this.kind} block ${this.start}` : `${this.kind} blocks ${this.start}-${this.end}`;
     const n = this.end - this.start + 1;
     if (this.listed < MAX_LISTED_DIFFERENCES) {
       this.listed++;
       const message = leak
-        ? `${this.kind} ${blocks}: counted once in the space map but referenced by nothing (leaked)`
-        : `${this.kind} reference counts differ for ${blocks}: expected ${this.expected}, but the space map says ${this.actual}`;
+        ? `${blocks}: counted once in the space map but referenced by nothing (leaked)`
+        : `reference counts differ for ${blocks}: expected ${this.expected}, but the space map says ${this.actual}`;
       // Leaks are reported by the summary below; only real differences count as fatal here.
       if (leak) this.rep.detail(1, message);
       else this.rep.error(1, message);
@@ -453,9 +454,9 @@ class DifferenceList {
 
   finish(): void {
     this.flush();
-    if (this.unlisted > 0) this.rep.detail(1, `... and ${this.unlisted} more ${this.kind}s whose counts differ`);
+    if (this.unlisted > 0) this.rep.detail(1, `... and ${this.unlisted} more ${this.kind} blocks whose counts differ`);
     if (this.leaked > 0) {
-      this.rep.error(1, `${this.leaked} ${this.kind}s have leaked (the space map counts them but nothing references them)`, 'non-fatal');
+      this.rep.error(1, `${this.leaked} ${this.kind} blocks have leaked (the space map counts them but nothing references them)`, 'non-fatal');
     }
   }
 }
@@ -463,7 +464,7 @@ class DifferenceList {
 /** Compares one on-disk space map with the counts computed from the trees. */
 function compareSpaceMap(
   rep: Reporter,
-  kind: 'metadata block' | 'data block',
+  kind: 'metadata' | 'data',
   sm: SpaceMapReader,
   overflow: Map<number, number>,
   expectedAt: (block: number) => number,
@@ -480,7 +481,7 @@ function compareSpaceMap(
       if (actual === 3) {
         const big = overflow.get(block);
         if (big === undefined) {
-          rep.error(1, `${kind} ${block}: its bitmap (block ${bitmapBlock}) says 3 or more references, but the ref-count tree has no entry for it`);
+          rep.error(1, `${kind} block ${block}: its bitmap (block ${bitmapBlock}) says 3 or more references, but the ref-count tree has no entry for it`);
           continue;
         }
         overflowSeen.add(block);
@@ -493,7 +494,7 @@ function compareSpaceMap(
   diffs.finish();
   for (const [block, count] of overflow) {
     if (!overflowSeen.has(block)) {
-      rep.error(1, `${kind} ${block}: the ref-count tree holds a count of ${count}, but its bitmap entry is not 3 (or the block is outside the space map)`);
+      rep.error(1, `${kind} block ${block}: the ref-count tree holds a count of ${count}, but its bitmap entry is not 3 (or the block is outside the space map)`);
     }
   }
   return allocated;
@@ -530,8 +531,8 @@ function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCoun
     rep.error(1, `metadata block ${block} is referenced ${n} time(s) but lies outside the metadata space map (${msmRoot.nrBlocks} blocks)`);
   }
   const counts = metaCounts.counts;
-  const metaAllocated = compareSpaceMap(rep, 'metadata block', metadataSm, metaOverflow, (b) => counts[b], sinkFor('metadata space map', false));
-  const dataAllocated = compareSpaceMap(rep, 'data block', dataSm, dataOverflow, (b) => dataCounts.get(b), sinkFor('data space map', false));
+  const metaAllocated = compareSpaceMap(rep, 'metadata', metadataSm, metaOverflow, (b) => counts[b], sinkFor('metadata space map', false));
+  const dataAllocated = compareSpaceMap(rep, 'data', dataSm, dataOverflow, (b) => dataCounts.get(b), sinkFor('data space map', false));
   if (rep.fatal > 0) return;
   if (metaAllocated !== msmRoot.nrAllocated) {
     rep.error(1, `metadata space map root says ${msmRoot.nrAllocated} blocks are allocated, but its bitmaps count ${metaAllocated}`);
