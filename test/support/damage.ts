@@ -14,7 +14,7 @@ import { DEVICE_DETAILS_SIZE } from '../../src/thin/device-details.js';
 import { mappingDataBlock, mappingTime, writeMapping } from '../../src/thin/mapping.js';
 import { MAPPING_VALUE_SIZE, readDeviceRoots } from '../../src/thin/mapping-tree.js';
 import {
-  NEEDS_CHECK_FLAG, dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock,
+  NEEDS_CHECK_FLAG, Superblock, dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock,
 } from '../../src/thin/superblock.js';
 
 export function readBlock(file: string, b: number): Buffer {
@@ -44,6 +44,10 @@ function withReader<T>(file: string, fn: (io: BlockReader) => T): T {
   } finally {
     io.close();
   }
+}
+
+export function superblockOf(file: string): Superblock {
+  return withReader(file, (io) => readSuperblock(io));
 }
 
 const fail = (): never => {
