@@ -96,6 +96,13 @@ export class BlockWriter {
     fs.writeSync(this.fd, data, 0, data.length, b * BLOCK_SIZE);
   }
 
+  /** Reads back block `b` (written earlier) into `buf`. */
+  readInto(b: number, buf: Buffer): Buffer {
+    const n = fs.readSync(this.fd, buf, 0, BLOCK_SIZE, b * BLOCK_SIZE);
+    if (n !== BLOCK_SIZE) throw new InputError(`${this.path}: short read at block ${b}`);
+    return buf;
+  }
+
   sync(): void {
     fs.fsyncSync(this.fd);
   }

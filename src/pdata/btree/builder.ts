@@ -1,0 +1,295 @@
+// Builds a B-tree bottom-up from entries arriving in key order, writing each node as soon as it is
+// full. Only a small buffer per level is held, so memory does not grow with the tree.
+//
+// Nodes are packed so the kernel can keep updating them: each level holds back up to two nodes'
+// worth of entries and writes a full node only when more arrive, so the last two nodes of a level
+// share the remainder and every non-root node ends at least half full (the kernel needs a third).
+//
+// Subtrees are shared at the leaf level: a set of leaves built once (a `<def>`) can be pushed
+// into any number of trees, which point at the same leaf blocks. Internal nodes are never shared,
+// so pushing leaves never disturbs another tree.
+import { BTREE_CSUM_XOR, sealBlock } from '../checksum.js';
+import { readU64, writeU64 } from '../le.js';
+import { BlockAllocator } from '../block-allocator.js';
+import { INTERNAL_NODE, LEAF_NODE, NODE_HEADER_SIZE, maxEntriesFor } from './node.js';
+
+/** A written node as its parent sees it. */
+export interface NodeSummary {
+  block: number;
+  firstKey: number;
+  lastKey: number;
+  nrEntries: number;
+}
+
+/** Entries arrive out of order: the tree would be unsearchable. */
+export class KeyOrderError extends Error {}
+
+export interface BuilderOptions {
+  /** Bytes per leaf value. */
+  valueSize: number;
+  /** Called for every value of a leaf this builder writes: the leaf holds a reference through it. */
+  valueRef?: (values: Buffer, off: number) => void;
+  /** Undoes `valueRef` for the values of a leaf that ends up unused. */
+  valueUnref?: (values: Buffer, off: number) => void;
+}
+
+/** Where a level sends the nodes it writes: the level above, or a list of leaves. */
+interface NodeSink {
+  add(node: NodeSummary): void;
+  /** Takes back the last node added (it has not been referenced yet). */
+  removeLast(): void;
+}
+
+/** Buffered entries of one level and the nodes written from them. */
+class Level {
+  readonly maxEntries: number;
+  readonly keys: Float64Array;
+  readonly values: Buffer;
+  len = 0;
+  /** Nodes handed to the sink. */
+  nodesOut = 0;
+
+  constructor(
+    private readonly alloc: BlockAllocator,
+    readonly isLeaf: boolean,
+    readonly valueSize: number,
+    private readonly sink: () => NodeSink,
+    private readonly valueRef?: (values: Buffer, off: number) => void,
+  ) {
+    this.maxEntries = maxEntriesFor(valueSize);
+    // Two nodes' worth are held back; a merge or rebalance can add up to one more node.
+    this.keys = new Float64Array(3 * this.maxEntries);
+    this.values = Buffer.alloc(3 * this.maxEntries * valueSize);
+  }
+
+  /** Appends an entry (keys are checked by the caller), first writing a node if two are held. */
+  push(key: number, src: Buffer, srcOff: number): void {
+    if (this.len >= 2 * this.maxEntries) this.emit(this.maxEntries);
+    this.keys[this.len] = key;
+    src.copy(this.values, this.len * this.valueSize, srcOff, srcOff + this.valueSize);
+    this.len++;
+  }
+
+  /** Writes a node from the first `n` buffered entries. */
+  emit(n: number): void {
+    const { block, buf } = this.alloc.newBlock();
+    const vs = this.valueSize;
+    buf.writeUInt32LE(this.isLeaf ? LEAF_NODE : INTERNAL_NODE, 4);
+    writeU64(buf, 8, block);
+    buf.writeUInt32LE(n, 16);
+    buf.writeUInt32LE(this.maxEntries, 20);
+    buf.writeUInt32LE(vs, 24);
+    for (let i = 0; i < n; i++) writeU64(buf, NODE_HEADER_SIZE + 8 * i, this.keys[i]);
+    const valuesOff = NODE_HEADER_SIZE + 8 * this.maxEntries;
+    this.values.copy(buf, valuesOff, 0, n * vs);
+    sealBlock(buf, BTREE_CSUM_XOR);
+    if (this.valueRef) for (let i = 0; i < n; i++) this.valueRef(this.values, i * vs);
+    if (!this.isLeaf) for (let i = 0; i < n; i++) this.alloc.refCounts.inc(readU64(this.values, i * vs));
+    const node: NodeSummary = {
+      block,
+      firstKey: n > 0 ? this.keys[0] : 0,
+      lastKey: n > 0 ? this.keys[n - 1] : 0,
+      nrEntries: n,
+    };
+    this.keys.copyWithin(0, n, this.len);
+    this.values.copyWithin(0, n * vs, this.len * vs);
+    this.len -= n;
+    this.nodesOut++;
+    this.sink().add(node);
+  }
+
+  /** Writes every buffered entry, as one node or two balanced ones. */
+  emitAll(): void {
+    while (this.len > 2 * this.maxEntries) this.emit(this.maxEntries);
+    if (this.len === 0) return;
+    if (this.len <= this.maxEntries) {
+      this.emit(this.len);
+    } else {
+      const first = Math.floor(this.len / 2);
+      this.emit(first);
+      this.emit(this.len);
+    }
+  }
+
+  /** Puts `n` entries (keys, values) in front of the buffered ones. */
+  prepend(keys: Float64Array, values: Buffer, n: number): void {
+    const vs = this.valueSize;
+    this.keys.copyWithin(n, 0, this.len);
+    this.values.copyWithin(n * vs, 0, this.len * vs);
+    this.keys.set(keys.subarray(0, n), 0);
+    values.copy(this.values, 0, 0, n * vs);
+    this.len += n;
+  }
+}
+
+/** The level above the leaves: it turns node summaries into (first key, child block) entries. */
+class InternalSink implements NodeSink {
+  private readonly child = Buffer.alloc(8);
+  constructor(readonly level: Level) {}
+
+  add(node: NodeSummary): void {
+    writeU64(this.child, 0, node.block);
+    this.level.push(node.firstKey, this.child, 0);
+  }
+
+  removeLast(): void {
+    this.level.len--;
+  }
+}
+
+class ListSink implements NodeSink {
+  readonly nodes: NodeSummary[] = [];
+  add(node: NodeSummary): void {
+    this.nodes.push(node);
+  }
+  removeLast(): void {
+    this.nodes.pop();
+  }
+}
+
+/** The last leaf handed up, kept in case the final leaf needs entries from it. */
+interface LastLeaf {
+  node: NodeSummary;
+  /** Pushed in pre-built (shared) rather than written by this builder. */
+  shared: boolean;
+}
+
+export class BTreeBuilder {
+  private readonly leaves: Level;
+  private readonly internal: Level[] = [];
+  private readonly sinks: InternalSink[] = [];
+  private readonly listSink?: ListSink;
+  private readonly valueSize: number;
+  private readonly half: number;
+  private lastKey = -1;
+  private lastLeaf: LastLeaf | null = null;
+  private done = false;
+
+  /**
+   * `leavesOnly`: build just the leaves (a shared `<def>`), collected by `completeLeaves`
+   * instead of being tied together under a root.
+   */
+  constructor(
+    private readonly alloc: BlockAllocator,
+    private readonly opts: BuilderOptions,
+    leavesOnly = false,
+  ) {
+    this.valueSize = opts.valueSize;
+    if (leavesOnly) this.listSink = new ListSink();
+    // Remember each leaf written, in case the final leaf must take entries back from it.
+    const recordingSink: NodeSink = {
+      add: (node) => {
+        this.lastLeaf = { node, shared: false };
+        this.sinkOfLeaves().add(node);
+      },
+      removeLast: () => this.sinkOfLeaves().removeLast(),
+    };
+    this.leaves = new Level(alloc, true, opts.valueSize, () => recordingSink, opts.valueRef);
+    this.half = Math.floor(this.leaves.maxEntries / 2);
+  }
+
+  /** Adds one entry; `key` must be above every key pushed before. */
+  push(key: number, value: Buffer, valueOff = 0): void {
+    if (key <= this.lastKey) {
+      throw new KeyOrderError(`key ${key} out of order: it follows key ${this.lastKey}`);
+    }
+    this.lastKey = key;
+    this.leaves.push(key, value, valueOff);
+  }
+
+  /**
+   * Adds pre-built leaves (from `completeLeaves` of another builder) in key order. Each is shared
+   * by pointing at it, unless it is too small to stand as a node here, or the entries pushed just
+   * before it are too few to make a node of their own: then its entries are copied instead.
+   */
+  pushLeaves(leaves: NodeSummary[]): void {
+    for (const leaf of leaves) {
+      if (leaf.nrEntries === 0) continue;
+      if (leaf.firstKey <= this.lastKey) {
+        throw new KeyOrderError(`key ${leaf.firstKey} out of order: it follows key ${this.lastKey}`);
+      }
+      const pending = this.leaves.len;
+      if (leaf.nrEntries < this.half || (pending > 0 && pending < this.half)) {
+        const { keys, values } = this.readLeaf(leaf);
+        for (let i = 0; i < leaf.nrEntries; i++) this.push(keys[i], values, i * this.valueSize);
+        continue;
+      }
+      this.leaves.emitAll();
+      this.leaves.nodesOut++;
+      this.sinkOfLeaves().add(leaf);
+      this.lastLeaf = { node: leaf, shared: true };
+      this.lastKey = leaf.lastKey;
+    }
+  }
+
+  /** Finishes a tree; returns its root block (an empty leaf if nothing was pushed). */
+  complete(): number {
+    this.finishLeaves();
+    if (this.leaves.nodesOut === 0) this.leaves.emit(0);
+    for (let i = 0; ; i++) {
+      const level = this.internal[i];
+      if (level.nodesOut === 0 && level.len === 1) return readU64(level.values, 0);
+      level.emitAll();
+    }
+  }
+
+  /** Finishes a leaves-only builder; returns its leaves in key order. */
+  completeLeaves(): NodeSummary[] {
+    this.finishLeaves();
+    return this.listSink!.nodes;
+  }
+
+  private finishLeaves(): void {
+    if (this.done) throw new Error('B-tree builder completed twice');
+    this.done = true;
+    const pending = this.leaves.len;
+    // Rather than end with an underfull leaf, take back the previous leaf and share its entries.
+    if (pending > 0 && pending < this.half && this.leaves.nodesOut > 0 && this.lastLeaf) {
+      this.takeBackLastLeaf(this.lastLeaf);
+    }
+    this.leaves.emitAll();
+  }
+
+  private takeBackLastLeaf(last: LastLeaf): void {
+    const { keys, values } = this.readLeaf(last.node);
+    this.sinkOfLeaves().removeLast();
+    this.leaves.nodesOut--;
+    // A leaf written here and never referenced is dropped: its values no longer count.
+    if (!last.shared && this.opts.valueUnref) {
+      for (let i = 0; i < last.node.nrEntries; i++) this.opts.valueUnref(values, i * this.valueSize);
+    }
+    this.leaves.prepend(keys, values, last.node.nrEntries);
+  }
+
+  /** A leaf's entries, read back from the output. */
+  private readLeaf(node: NodeSummary): { keys: Float64Array; values: Buffer } {
+    const n = node.nrEntries;
+    const keys = new Float64Array(n);
+    const values = Buffer.alloc(n * this.valueSize);
+    const buf = this.alloc.read(node.block);
+    if (!buf) {
+      // Counting mode (the output is full): only the number of entries matters now.
+      for (let i = 0; i < n; i++) keys[i] = node.firstKey + i;
+      return { keys, values };
+    }
+    const maxEntries = buf.readUInt32LE(20);
+    for (let i = 0; i < n; i++) keys[i] = readU64(buf, NODE_HEADER_SIZE + 8 * i);
+    buf.copy(values, 0, NODE_HEADER_SIZE + 8 * maxEntries, NODE_HEADER_SIZE + 8 * maxEntries + n * this.valueSize);
+    return { keys, values };
+  }
+
+  private sinkOfLeaves(): NodeSink {
+    return this.listSink ?? this.parentOf(0);
+  }
+
+  /** The sink above level `i` (0 = leaves), created on first use. */
+  private parentOf(i: number): InternalSink {
+    let level = this.internal[i];
+    if (!level) {
+      level = new Level(this.alloc, false, 8, () => this.parentOf(i + 1));
+      this.internal[i] = level;
+      this.sinks[i] = new InternalSink(level);
+    }
+    return this.sinks[i];
+  }
+}

@@ -1,0 +1,42 @@
+// Writes the data space map: a bitmap per 16320 data blocks, an index B-tree (bitmap number ->
+// index entry) locating them, and a B-tree of the counts of 3 and more.
+import { BTreeBuilder } from '../btree/builder.js';
+import { BlockAllocator, RefCounts } from '../block-allocator.js';
+import { ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, REF_COUNT_VALUE_SIZE, bitmapsFor, encodeIndexEntry } from './common.js';
+import { SpaceMapRoot } from './root.js';
+import { packBitmap } from './bitmap-write.js';
+
+/**
+ * Writes the counts of `nrBlocks` data blocks. The superblock will refer to the two trees, so
+ * their roots are counted here as referenced once.
+ */
+export function writeDataSpaceMap(alloc: BlockAllocator, counts: RefCounts, nrBlocks: number): SpaceMapRoot {
+  const index = new BTreeBuilder(alloc, { valueSize: INDEX_ENTRY_SIZE });
+  const overflowTree = new BTreeBuilder(alloc, { valueSize: REF_COUNT_VALUE_SIZE });
+  const entry = Buffer.alloc(INDEX_ENTRY_SIZE);
+  const count = Buffer.alloc(REF_COUNT_VALUE_SIZE);
+  const overflow: number[] = [];
+  let nrAllocated = 0;
+
+  for (let bm = 0; bm < bitmapsFor(nrBlocks); bm++) {
+    const len = Math.min(ENTRIES_PER_BITMAP, nrBlocks - bm * ENTRIES_PER_BITMAP);
+    const { block, buf } = alloc.newBlock();
+    const ie = packBitmap(buf, block, counts, bm, len, (b, c) => overflow.push(b, c));
+    alloc.refCounts.inc(block);
+    nrAllocated += ENTRIES_PER_BITMAP - ie.nrFree;
+    // The bitmap is sealed: the trees may allocate now.
+    for (let i = 0; i < overflow.length; i += 2) {
+      count.writeUInt32LE(overflow[i + 1], 0);
+      overflowTree.push(overflow[i], count);
+    }
+    overflow.length = 0;
+    encodeIndexEntry(entry, 0, ie);
+    index.push(bm, entry);
+  }
+
+  const refCountRoot = overflowTree.complete();
+  const bitmapRoot = index.complete();
+  alloc.refCounts.inc(refCountRoot);
+  alloc.refCounts.inc(bitmapRoot);
+  return { nrBlocks, nrAllocated, bitmapRoot, refCountRoot };
+}

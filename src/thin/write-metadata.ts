@@ -1,0 +1,245 @@
+// A MetadataVisitor that writes a whole pool: each device's mapping tree is built while its runs
+// stream in, then the details and top-level trees, both space maps, and the superblock last.
+//
+// Crash safety: block 0 is zeroed (and synced) before anything else is written, and the new
+// superblock is written only after every other block is on disk, so an interrupted write never
+// leaves something that looks like valid metadata.
+//
+// Memory: a builder holds a few nodes per tree level; per data block one byte of reference count.
+import { BLOCK_SIZE, BlockWriter } from '../io/block-io.js';
+import { BTreeBuilder, NodeSummary } from '../pdata/btree/builder.js';
+import { NODE_HEADER_SIZE } from '../pdata/btree/node.js';
+import { BlockAllocator, MAX_METADATA_BLOCKS, OutputTooSmallError, RefCounts } from '../pdata/block-allocator.js';
+import { readU64, writeU64 } from '../pdata/le.js';
+import { bitmapsFor } from '../pdata/space-map/common.js';
+import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
+import { metadataSpaceMapBlocks, writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
+import { encodeSpaceMapRoot } from '../pdata/space-map/root.js';
+import { DEVICE_DETAILS_SIZE, DeviceDetails, encodeDeviceDetails } from './device-details.js';
+import { DeviceInfo, MetadataVisitor, PoolInfo } from './events.js';
+import { MAPPING_VALUE_SIZE, TOP_LEVEL_VALUE_SIZE } from './mapping-tree.js';
+import { mappingDataBlock, writeMapping } from './mapping.js';
+import { SUPERBLOCK_LOCATION, SUPERBLOCK_MAGIC, encodeSuperblock } from './superblock.js';
+
+/** Sectors per metadata block, as the superblock records it. */
+const METADATA_BLOCK_SECTORS = BLOCK_SIZE / 512;
+const UUID_SIZE = 16;
+
+/** The event stream is not one the writer can turn into metadata (e.g. events out of place). */
+export class WriteMetadataError extends Error {}
+
+interface WrittenDevice {
+  devId: number;
+  details: DeviceDetails;
+  root: number;
+}
+
+export interface WriteMetadataOptions {
+  /** Called after each device is written, with the number of devices so far. */
+  onDevice?: (count: number) => void;
+}
+
+export class MetadataWriter implements MetadataVisitor {
+  private readonly alloc: BlockAllocator;
+  private pool: PoolInfo | undefined;
+  private dataCounts: RefCounts | undefined;
+  private readonly devices: WrittenDevice[] = [];
+  private readonly defs = new Map<string, NodeSummary[]>();
+  private device: DeviceInfo | undefined;
+  private defName: string | undefined;
+  private builder: BTreeBuilder | undefined;
+  private readonly mapping = Buffer.alloc(MAPPING_VALUE_SIZE);
+  private finished = false;
+
+  constructor(
+    private readonly out: BlockWriter,
+    private readonly opts: WriteMetadataOptions = {},
+  ) {
+    this.alloc = new BlockAllocator(out);
+  }
+
+  /** True once the superblock has been written. */
+  get complete(): boolean {
+    return this.finished;
+  }
+
+  superblockBegin(pool: PoolInfo): void {
+    if (this.pool) throw new WriteMetadataError('a second superblock');
+    this.pool = pool;
+    this.dataCounts = new RefCounts(pool.nrDataBlocks);
+    // Whatever was on the output stops looking like metadata before any other block changes.
+    this.out.write(SUPERBLOCK_LOCATION, Buffer.alloc(BLOCK_SIZE));
+    this.out.sync();
+  }
+
+  deviceBegin(dev: DeviceInfo): void {
+    this.startMappings(`device ${dev.devId}`);
+    this.device = dev;
+    this.builder = this.mappingBuilder(false);
+  }
+
+  deviceEnd(): void {
+    const dev = this.device;
+    if (!dev || !this.builder) throw new WriteMetadataError('end of a device that was not begun');
+    const root = this.builder.complete();
+    this.devices.push({
+      devId: dev.devId,
+      details: {
+        mappedBlocks: dev.mappedBlocks,
+        transactionId: dev.transaction,
+        creationTime: dev.creationTime,
+        snapshottedTime: dev.snapTime,
+      },
+      root,
+    });
+    this.device = undefined;
+    this.builder = undefined;
+    this.opts.onDevice?.(this.devices.length);
+  }
+
+  defBegin(name: string): void {
+    this.startMappings(`def ${name}`);
+    if (this.defs.has(name)) throw new WriteMetadataError(`def ${name} defined twice`);
+    this.defName = name;
+    this.builder = this.mappingBuilder(true);
+  }
+
+  defEnd(): void {
+    if (this.defName === undefined || !this.builder) throw new WriteMetadataError('end of a def that was not begun');
+    this.defs.set(this.defName, this.builder.completeLeaves());
+    this.defName = undefined;
+    this.builder = undefined;
+  }
+
+  ref(name: string): void {
+    const leaves = this.defs.get(name);
+    if (!leaves) throw new WriteMetadataError(`ref to unknown def ${name}`);
+    if (!this.builder) throw new WriteMetadataError(`ref ${name} outside a device or def`);
+    this.builder.pushLeaves(leaves);
+  }
+
+  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
+    const builder = this.builder;
+    if (!builder) throw new WriteMetadataError('mappings outside a device or def');
+    const nrDataBlocks = this.pool!.nrDataBlocks;
+    if (dataBegin + length > nrDataBlocks) {
+      throw new WriteMetadataError(
+        `data block ${dataBegin + length - 1} is beyond the end of the pool (nr_data_blocks ${nrDataBlocks})`,
+      );
+    }
+    const value = this.mapping;
+    for (let i = 0; i < length; i++) {
+      writeMapping(value, 0, dataBegin + i, time);
+      builder.push(thinBegin + i, value);
+    }
+  }
+
+  superblockEnd(): void {
+    const pool = this.pool;
+    if (!pool || this.builder) throw new WriteMetadataError('end of the superblock inside a device or def');
+    const alloc = this.alloc;
+
+    this.devices.sort((a, b) => a.devId - b.devId);
+    const details = new BTreeBuilder(alloc, { valueSize: DEVICE_DETAILS_SIZE });
+    const detailsValue = Buffer.alloc(DEVICE_DETAILS_SIZE);
+    const topLevel = new BTreeBuilder(alloc, {
+      valueSize: TOP_LEVEL_VALUE_SIZE,
+      valueRef: (values, off) => alloc.refCounts.inc(readU64(values, off)),
+    });
+    const rootValue = Buffer.alloc(TOP_LEVEL_VALUE_SIZE);
+    for (const dev of this.devices) {
+      encodeDeviceDetails(detailsValue, 0, dev.details);
+      details.push(dev.devId, detailsValue);
+      writeU64(rootValue, 0, dev.root);
+      topLevel.push(dev.devId, rootValue);
+    }
+    const detailsRoot = details.complete();
+    const mappingRoot = topLevel.complete();
+    alloc.refCounts.inc(detailsRoot);
+    alloc.refCounts.inc(mappingRoot);
+    this.releaseUnusedDefLeaves();
+
+    const dataRoot = writeDataSpaceMap(alloc, this.dataCounts!, pool.nrDataBlocks);
+    const metadataRoot = writeMetadataSpaceMap(alloc);
+    if (alloc.overflowed) throw this.tooSmall();
+    alloc.flush();
+    this.out.sync();
+
+    const uuid = Buffer.alloc(UUID_SIZE);
+    uuid.write(pool.uuid, 0, UUID_SIZE, 'utf8');
+    const sb = encodeSuperblock({
+      flags: pool.flags,
+      blocknr: SUPERBLOCK_LOCATION,
+      uuid,
+      magic: SUPERBLOCK_MAGIC,
+      version: pool.version,
+      time: pool.time,
+      transactionId: pool.transaction,
+      heldRoot: 0,
+      dataSpaceMapRoot: encodeSpaceMapRoot(dataRoot),
+      metadataSpaceMapRoot: encodeSpaceMapRoot(metadataRoot),
+      dataMappingRoot: mappingRoot,
+      deviceDetailsRoot: detailsRoot,
+      dataBlockSize: pool.dataBlockSize,
+      metadataBlockSize: METADATA_BLOCK_SECTORS,
+      metadataNrBlocks: alloc.nrBlocks,
+      compatFlags: 0,
+      compatRoFlags: 0,
+      incompatFlags: 0,
+    });
+    this.out.write(SUPERBLOCK_LOCATION, sb);
+    this.out.sync();
+    this.finished = true;
+  }
+
+  private startMappings(what: string): void {
+    if (!this.pool) throw new WriteMetadataError(`${what} before the superblock`);
+    if (this.builder) throw new WriteMetadataError(`${what} inside another device or def`);
+  }
+
+  /** Builder of a device's tree (or a def's leaves): each leaf counts once per data block it maps. */
+  private mappingBuilder(leavesOnly: boolean): BTreeBuilder {
+    const counts = this.dataCounts!;
+    return new BTreeBuilder(
+      this.alloc,
+      {
+        valueSize: MAPPING_VALUE_SIZE,
+        valueRef: (values, off) => counts.inc(mappingDataBlock(values, off)),
+        valueUnref: (values, off) => counts.dec(mappingDataBlock(values, off)),
+      },
+      leavesOnly,
+    );
+  }
+
+  /**
+   * A def's leaf that no tree points at (never referenced, or always copied because it was too
+   * small to share) is not part of the pool: the data blocks it maps lose its reference.
+   */
+  private releaseUnusedDefLeaves(): void {
+    const counts = this.dataCounts!;
+    for (const leaves of this.defs.values()) {
+      for (const leaf of leaves) {
+        if (this.alloc.refCounts.get(leaf.block) > 0) continue;
+        const buf = this.alloc.read(leaf.block);
+        if (!buf) continue;
+        const valuesOff = NODE_HEADER_SIZE + 8 * buf.readUInt32LE(20);
+        for (let i = 0; i < leaf.nrEntries; i++) counts.dec(mappingDataBlock(buf, valuesOff + i * MAPPING_VALUE_SIZE));
+      }
+    }
+  }
+
+  /** How big the output must be, found by finishing the layout without writing. */
+  private tooSmall(): Error {
+    const have = this.alloc.nrBlocks;
+    // Everything but the metadata space map's bitmaps scales with the input; those scale with the output.
+    const fixed = this.alloc.used - metadataSpaceMapBlocks(have) + 1;
+    let needed = fixed + bitmapsFor(fixed);
+    while (fixed + bitmapsFor(needed) > needed) needed = fixed + bitmapsFor(needed);
+    if (needed > MAX_METADATA_BLOCKS) {
+      return new WriteMetadataError(
+        `the metadata needs ${needed} blocks, more than the ${MAX_METADATA_BLOCKS} a pool's metadata can have`,
+      );
+    }
+    return new OutputTooSmallError(this.out.path, have, needed);
+  }
+}
