@@ -1,7 +1,8 @@
 // thin_dump: print thin-pool metadata as XML (for thin_restore) or as human-readable text.
 import { Option } from 'commander';
 import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, OutputClosedError, dumpMetadata } from '../tools/dump.js';
-import { Progress, UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
+import { dumpRepaired } from '../tools/repair.js';
+import { Progress, newProgram, parseNatural, progressBar, runTool } from './common.js';
 
 /** Below this many mappings a dump is over before a progress bar would be seen. */
 const PROGRESS_THRESHOLD = 1_000_000;
@@ -71,7 +72,11 @@ async function main(rawArgv: string[]): Promise<number> {
   const transactionId = natural(o.transactionId, '--transaction-id');
   const dataBlockSize = natural(o.dataBlockSize, '--data-block-size');
   const nrDataBlocks = natural(o.nrDataBlocks, '--nr-data-blocks');
-  if (o.repair) throw new UsageError('--repair is not supported yet');
+  if (o.repair) {
+    const warn = o.quiet ? undefined : (m: string) => process.stderr.write(`thin_dump: ${m}\n`);
+    dumpRepaired(input, { format: o.format, output: o.output, transactionId, dataBlockSize, nrDataBlocks, warn });
+    return 0;
+  }
 
   // A bar only when the dump text isn't going to the same terminal.
   const showProgress = !o.quiet && (o.output !== undefined || !process.stdout.isTTY);

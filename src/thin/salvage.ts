@@ -155,10 +155,11 @@ class Salvager {
   run(visitor: MetadataVisitor): SalvageResult {
     const io = this.io;
     let sb: Superblock | null = null;
+    let sbProblem = '';
     try {
       sb = readSuperblock(io);
     } catch (e) {
-      this.warn(`superblock unusable: ${(e as Error).message}`);
+      sbProblem = `the superblock is unusable (${(e as Error).message})`;
     }
 
     let top = sb ? this.readTopLevel(sb.dataMappingRoot, false) : null;
@@ -189,7 +190,8 @@ class Salvager {
 
     // Count first: mapped_blocks must be known at each device's start, the highest data block
     // before the superblock.
-    const pool = this.poolInfo(sb, ordered);
+    const pool = this.poolInfo(sb, sbProblem, ordered);
+    if (sbProblem) this.warn(`${sbProblem}; rebuilt from the trees found`);
     const limit = pool.nrDataBlocks ?? Number.MAX_SAFE_INTEGER;
     const counted = new Map<number, number>();
     let highest = -1;
@@ -280,7 +282,7 @@ class Salvager {
   }
 
   /** The pool's fields: the superblock's, else a metadata snapshot's copy and what the trees say. */
-  private poolInfo(sb: Superblock | null, devices: Device[]): Omit<PoolInfo, 'nrDataBlocks'> & { nrDataBlocks?: number } {
+  private poolInfo(sb: Superblock | null, sbProblem: string, devices: Device[]): Omit<PoolInfo, 'nrDataBlocks'> & { nrDataBlocks?: number } {
     const o = this.opts;
     if (sb) {
       return {
@@ -296,9 +298,7 @@ class Salvager {
     const copy = this.superblockCopy();
     const dataBlockSize = o.dataBlockSize ?? copy?.dataBlockSize;
     if (dataBlockSize === undefined) {
-      throw new SalvageError(
-        'the superblock is unusable: the data block size needs to be provided with --data-block-size',
-      );
+      throw new SalvageError(`${sbProblem}: the data block size needs to be provided with --data-block-size`);
     }
     let time = 0;
     let newestTid = -1;
