@@ -160,6 +160,10 @@ class Parser {
   /** Bytes consumed by earlier feeds (the XML declaration may only come first). */
   private offset = 0;
   private inComment = false;
+  /** Where the XML declaration may be: the first byte, or after a byte-order mark. */
+  private declarationAt = 0;
+  /** No more input will follow: constructs cut short are errors, not waits. */
+  private final = false;
   private rootSeen = false;
   private readonly stack: number[] = [];
   private readonly stackLines: number[] = [];
@@ -180,8 +184,9 @@ class Parser {
   /** Consumes what it can of `buf`; returns how many bytes, the rest being an unfinished construct. */
   feed(buf: Buffer, final: boolean): number {
     let pos = 0;
+    this.final = final;
     if (this.offset === 0 && !final && buf.length < 3) return 0; // wait to see whether a BOM starts it
-    if (this.offset === 0 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf) pos = 3;
+    if (this.offset === 0 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf) pos = this.declarationAt = 3;
     try {
       pos = this.scan(buf, pos);
     } catch (e) {
@@ -228,6 +233,7 @@ class Parser {
       } else if (c === SP || c === TAB || c === CR) {
         pos++;
       } else {
+        if (len - pos < 20 && !this.final) break; // quote a little of it in the error
         this.at = this.line;
         const text = buf.toString('utf8', pos, Math.min(len, pos + 20)).split(/\s/)[0];
         if (this.rootSeen && this.stack.length === 0) this.fail(`trailing garbage after </superblock>: '${text}'`);
@@ -245,6 +251,7 @@ class Parser {
     if (c1 === BANG) {
       if (start + 4 > len) return -1;
       if (buf[start + 2] !== DASH || buf[start + 3] !== DASH) {
+        if (start + 10 > len && !this.final) return -1; // quote a little of it in the error
         this.fail(`unsupported markup '${buf.toString('latin1', start, Math.min(len, start + 10))}'`);
       }
       this.inComment = true;
@@ -278,8 +285,7 @@ class Parser {
     if (end < 0) return -1;
     const decl = buf.toString('utf8', start, end + 2);
     if (!/^<\?xml\s/.test(decl)) this.fail(`unsupported processing instruction '${decl.slice(0, 20)}'`);
-    const bomLength = buf[0] === 0xef ? 3 : 0;
-    if (this.offset + start !== bomLength) this.fail('the XML declaration must come first');
+    if (this.offset + start !== this.declarationAt) this.fail('the XML declaration must come first');
     const encoding = /encoding\s*=\s*["']([^"']*)["']/.exec(decl)?.[1];
     if (encoding && !/^(utf-?8|us-ascii)$/i.test(encoding)) this.fail(`unsupported encoding '${encoding}'`);
     for (let i = start; i < end; i++) if (buf[i] === NL) this.line++;
