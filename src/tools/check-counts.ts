@@ -39,6 +39,24 @@ export class DataCounts {
     else this.big.set(block, (this.big.get(block) ?? SATURATED) + 1);
   }
 
+  /** Expected counts of blocks [first, first + out.length) into `out`. */
+  fill(first: number, out: Uint32Array): void {
+    let o = 0;
+    while (o < out.length) {
+      const block = first + o;
+      const c = Math.floor(block / CHUNK_SIZE);
+      const start = block - c * CHUNK_SIZE;
+      const n = Math.min(out.length - o, CHUNK_SIZE - start);
+      const chunk = this.chunks[c];
+      if (chunk) out.set(chunk.subarray(start, start + n), o);
+      else out.fill(0, o, o + n);
+      o += n;
+    }
+    if (this.big.size > 0) {
+      for (let i = 0; i < out.length; i++) if (out[i] === SATURATED) out[i] = this.get(first + i);
+    }
+  }
+
   get(block: number): number {
     const c = Math.floor(block / CHUNK_SIZE);
     const chunk = this.chunks[c];

@@ -7,7 +7,7 @@ import { BlockReader, BLOCK_SIZE, InputError } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
-import { IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink } from '../pdata/space-map/common.js';
+import { ENTRIES_PER_BITMAP, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink } from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
 import { MAX_METADATA_BLOCKS, openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
 import { SpaceMapRoot } from '../pdata/space-map/root.js';
@@ -467,17 +467,20 @@ function compareSpaceMap(
   kind: 'metadata' | 'data',
   sm: SpaceMapReader,
   overflow: Map<number, number>,
-  expectedAt: (block: number) => number,
+  expectedRange: (first: number, n: number) => Uint32Array,
   sink: SpaceMapSink,
 ): number {
   const diffs = new DifferenceList(rep, kind);
   let allocated = 0;
   const overflowSeen = new Set<number>();
   sm.forEachBitmap(sink, (first, counts, bitmapBlock) => {
+    const expectedCounts = expectedRange(first, counts.length);
     for (let i = 0; i < counts.length; i++) {
       let actual = counts[i];
-      const block = first + i;
+      const expected = expectedCounts[i];
       if (actual !== 0) allocated++;
+      if (actual === expected && actual !== 3) continue;
+      const block = first + i;
       if (actual === 3) {
         const big = overflow.get(block);
         if (big === undefined) {
@@ -487,7 +490,6 @@ function compareSpaceMap(
         overflowSeen.add(block);
         actual = big;
       }
-      const expected = expectedAt(block);
       if (expected !== actual) diffs.add(block, expected, actual);
     }
   });
@@ -531,8 +533,14 @@ function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCoun
     rep.error(1, `metadata block ${block} is referenced ${n} time(s) but lies outside the metadata space map (${msmRoot.nrBlocks} blocks)`);
   }
   const counts = metaCounts.counts;
-  const metaAllocated = compareSpaceMap(rep, 'metadata', metadataSm, metaOverflow, (b) => counts[b], sinkFor('metadata space map', false));
-  const dataAllocated = compareSpaceMap(rep, 'data', dataSm, dataOverflow, (b) => dataCounts.get(b), sinkFor('data space map', false));
+  const metaAllocated = compareSpaceMap(rep, 'metadata', metadataSm, metaOverflow,
+    (first, n) => counts.subarray(first, first + n), sinkFor('metadata space map', false));
+  const dataRange = new Uint32Array(ENTRIES_PER_BITMAP);
+  const dataAllocated = compareSpaceMap(rep, 'data', dataSm, dataOverflow, (first, n) => {
+    const out = dataRange.subarray(0, n);
+    dataCounts.fill(first, out);
+    return out;
+  }, sinkFor('data space map', false));
   if (rep.fatal > 0) return;
   if (metaAllocated !== msmRoot.nrAllocated) {
     rep.error(1, `metadata space map root says ${msmRoot.nrAllocated} blocks are allocated, but its bitmaps count ${metaAllocated}`);
