@@ -123,8 +123,7 @@ export class StreamValidator implements MetadataVisitor {
     const pool = this.needPool('mapping');
     if (!this.dev && this.defName === undefined) throw new StreamError('mapping outside a device or def');
     if (!(length >= 1)) throw new StreamError(`mapping of thin block ${thinBegin} has length ${length}`);
-    const thinLast = thinBegin + length - 1;
-    if (thinLast > Number.MAX_SAFE_INTEGER) {
+    if (thinBegin > Number.MAX_SAFE_INTEGER - (length - 1)) { // the sum itself would round
       throw new StreamError(
         `thin blocks ${thinBegin} + length ${length} run past the largest thin block (2^53-1)`,
       );
@@ -142,7 +141,7 @@ export class StreamValidator implements MetadataVisitor {
         `mapping of thin block ${thinBegin} has time ${time}, later than the superblock's time ${pool.time}`,
       );
     }
-    this.follow(thinBegin, thinLast + 1, length);
+    this.follow(thinBegin, thinBegin + length, length);
     this.next.mapRun(thinBegin, dataBegin, length, time);
   }
 
