@@ -95,6 +95,7 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
         for (let i = 0; i < node.nrEntries; i++) roots.push({ devId: node.key(i), root: node.valueU64(i) });
       },
       error: (e) => noteTopError(e.message),
+      internal: childBeyondEnd(io),
     });
   } catch (e) {
     if (!(e instanceof RangeError64)) throw e;
@@ -148,6 +149,20 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
   }
   if (topError !== undefined) throw new MetadataDamageError(topError);
   visitor.superblockEnd();
+}
+
+/**
+ * The reference reads ahead all children of an internal node before visiting it, so one child
+ * beyond the end of a (truncated) device fails the whole node; so does ours, for the same output.
+ */
+function childBeyondEnd(io: BlockReader): (node: BTreeNode) => string | null {
+  return (node) => {
+    for (let i = 0; i < node.nrEntries; i++) {
+      const child = node.valueU64(i);
+      if (child >= io.nrBlocks) return `child ${child} is beyond the end of the metadata device`;
+    }
+    return null;
+  };
 }
 
 /** A u64 beyond 2^53 in a tree is corruption, reported like any other damage. */
@@ -207,6 +222,7 @@ function emitMappings(
       error(e) {
         damage ??= e.message;
       },
+      internal: childBeyondEnd(io),
     });
   } catch (e) {
     // A key too large for the walker to represent.

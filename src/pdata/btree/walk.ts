@@ -23,6 +23,11 @@ export interface BTreeVisitor {
   nodeRef?(block: number): void;
   /** A defect; the subtree under it is skipped. */
   error(err: BTreeError): void;
+  /**
+   * A validated internal node, before its children are walked: a returned reason rejects the
+   * node as damaged (reported through `error`, subtree skipped), for callers with stricter rules.
+   */
+  internal?(node: BTreeNode): string | null;
 }
 
 /** What a walked subtree spans, remembered so a second parent can be checked without a re-walk. */
@@ -110,6 +115,8 @@ export function walkBTree(
         : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false, entries: n };
     }
     if (n === 0) return fail('internal node with no entries');
+    const rejected = visitor.internal?.(node);
+    if (rejected) return fail(rejected);
     let height = -1;
     let minKey = NO_LIMIT;
     let maxKey = -1;
