@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-const CHUNK = 4096; // thin blocks per chunk; a gap of THIN_GAP unmapped blocks follows each chunk
+const CHUNK = 1024; // thin blocks per chunk; a gap of THIN_GAP unmapped blocks follows each chunk
 const THIN_GAP = 1000;
 const GROUP = 16; // snapshot writes break sharing a group at a time...
 const GROUP_REMAP = 0.08;

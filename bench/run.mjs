@@ -30,11 +30,11 @@ function parseArgs(argv) {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      if (i + 1 >= argv.length) throw new HarnessError(`${a} needs a value`);
       return argv[++i];
     };
     const count = (s, what) => {
-      if (!/^\d+$/.test(s) || Number(s) < 1) throw new Error(`${what}: '${s}' is not a positive integer`);
+      if (!/^\d+$/.test(s) || Number(s) < 1) throw new HarnessError(`${what}: '${s}' is not a positive integer`);
       return Number(s);
     };
     if (a === '--smoke') o.smoke = true;
@@ -43,7 +43,7 @@ function parseArgs(argv) {
     else if (a === '--repeat') o.repeat = count(value(), '--repeat');
     else if (a === '--tools') {
       o.tools = value().split(',');
-      for (const t of o.tools) if (!TOOLS.includes(t)) throw new Error(`--tools: unknown tool '${t}'`);
+      for (const t of o.tools) if (!TOOLS.includes(t)) throw new HarnessError(`--tools: unknown tool '${t}'`);
     } else if (a === '--dir') o.dir = value();
     else if (a === '--keep') o.keep = true;
     else if (a === '--json') o.json = value();
@@ -51,7 +51,7 @@ function parseArgs(argv) {
       console.log('usage: node bench/run.mjs [--smoke] [--sizes 1000000,5000000] [--snapshots N] [--repeat N]\n' +
         '                        [--tools check,dump,restore,repair] [--dir DIR] [--keep] [--json FILE]');
       process.exit(0);
-    } else throw new Error(`unknown option '${a}'`);
+    } else throw new HarnessError(`unknown option '${a}'`);
   }
   if (o.smoke && !sizesGiven) o.sizes = [20_000];
   return o;
@@ -226,7 +226,7 @@ async function benchSize(mappings, o, ref) {
       if (ourRun.missing) verify = 'not built';
       else if (ourRun.status !== 0) {
         verify = `failed (${ourRun.status})`;
-        notes.push(`our ${name} failed with status ${ourRun.status}: ${lastLine(ourRun.stderr)}`);
+        notes.push(`our ${name} failed with status ${ourRun.status} after ${ourRun.seconds.toFixed(2)} s: ${lastLine(ourRun.stderr)}`);
       } else if (tool === 'dump') {
         const [a, b] = [await sha256(refJob.out), await sha256(ourJob.out)];
         referenceDumpHash = a;
