@@ -142,6 +142,22 @@ describe('StreamValidator', () => {
     );
   });
 
+  it('accepts devices in any dev_id order, as the reference thin_restore does', async () => {
+    const xml = doc(sb(), dev(5, 1), single(0, 1), '</device>', dev(2, 1), single(0, 2), '</device>');
+    expect((await validate(xml)).maps).toBe(2);
+    const dir = tempDir('validate-stream-order-');
+    try {
+      const xmlPath = path.join(dir, 'in.xml');
+      const meta = path.join(dir, 'meta.bin');
+      fs.writeFileSync(xmlPath, xml);
+      fs.writeFileSync(meta, '');
+      fs.truncateSync(meta, 8 << 20);
+      expect(runReference('thin_restore', ['-i', xmlPath, '-o', meta]).status).toBe(0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   describe('overrides mean what the reference thin_restore makes of them', () => {
     const dir = tempDir('validate-stream-');
     afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
