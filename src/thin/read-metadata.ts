@@ -213,7 +213,7 @@ function emitMappings(
         runLen = 1;
       }
     }
-    leafDone(n);
+    if (n !== 0) leafDone(n);
   };
 
   try {
