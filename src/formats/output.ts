@@ -54,47 +54,56 @@ export class FdSink implements TextSink {
 }
 
 /**
- * An output file written under a temporary name in the same directory and renamed into place
- * on commit, so a crash or an error never leaves a half-written file under the real name.
+ * An output file. A regular file is written under a temporary name in the same directory and
+ * renamed into place on commit, so a crash or an error never leaves a half-written file under the
+ * real name. Anything else (/dev/null, a pipe, a terminal) is written in place: renaming over it
+ * would replace the device node.
  */
 export class AtomicFileSink extends FdSink {
-  private readonly tempPath: string;
   private done = false;
 
   static open(target: string): AtomicFileSink {
-    const dir = path.dirname(path.resolve(target));
-    const tempPath = path.join(dir, `.${path.basename(target)}.${process.pid}.tmp`);
-    let fd: number;
+    let existing: fs.Stats | undefined;
     try {
-      fd = fs.openSync(tempPath, 'wx', 0o644);
-    } catch (e) {
-      throw new Error(`${target}: cannot create output file: ${(e as Error).message}`);
+      existing = fs.statSync(target);
+    } catch {
+      // Doesn't exist yet: created below.
     }
-    return new AtomicFileSink(fd, tempPath, target);
+    if (existing && !existing.isFile()) return new AtomicFileSink(openOrExplain(target, 'w'), target, null);
+    const tempPath = path.join(path.dirname(path.resolve(target)), `.${path.basename(target)}.${process.pid}.tmp`);
+    return new AtomicFileSink(openOrExplain(tempPath, 'wx', target), target, tempPath);
   }
 
-  private constructor(fd: number, tempPath: string, readonly target: string) {
+  private constructor(fd: number, readonly target: string, private readonly tempPath: string | null) {
     super(fd);
-    this.tempPath = tempPath;
   }
 
-  /** Flushes, syncs and renames the file into place. */
+  /** Flushes and closes; a regular file is synced and renamed into place. */
   commit(): void {
     this.flush();
-    fs.fsyncSync(this.fd);
+    if (this.tempPath !== null) fs.fsyncSync(this.fd);
     fs.closeSync(this.fd);
     this.done = true;
-    fs.renameSync(this.tempPath, this.target);
+    if (this.tempPath !== null) fs.renameSync(this.tempPath, this.target);
   }
 
-  /** Drops the partial output. */
+  /** Drops the partial output (a regular file never appears under its real name). */
   abort(): void {
     if (this.done) return;
     this.done = true;
     try {
       fs.closeSync(this.fd);
     } finally {
-      fs.rmSync(this.tempPath, { force: true });
+      if (this.tempPath !== null) fs.rmSync(this.tempPath, { force: true });
     }
+  }
+}
+
+function openOrExplain(file: string, flags: string, target = file): number {
+  try {
+    return fs.openSync(file, flags, 0o666);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new Error(`${target}: cannot write output: ${err.code ?? err.message}`);
   }
 }
