@@ -68,8 +68,11 @@ export class MetadataWriter implements MetadataVisitor {
     this.pool = pool;
     this.dataCounts = new RefCounts(pool.nrDataBlocks);
     // Whatever was on the output stops looking like metadata before any other block changes.
-    this.out.write(SUPERBLOCK_LOCATION, Buffer.alloc(BLOCK_SIZE));
-    this.out.sync();
+    // (An empty output gets no write: the size error comes once the input has been measured.)
+    if (this.out.nrBlocks > 0) {
+      this.out.write(SUPERBLOCK_LOCATION, Buffer.alloc(BLOCK_SIZE));
+      this.out.sync();
+    }
   }
 
   deviceBegin(dev: DeviceInfo): void {
