@@ -33,13 +33,17 @@ function writeXml(xml: string): string {
   return p;
 }
 
-/** Our restore, then the reference's verdict and dump of what we wrote. */
+/**
+ * Our restore, then the reference's verdict and dump of what we wrote, and our thin_check's
+ * verdict: stricter than 0.9.0's, it also catches leaked data blocks (counted, unreferenced).
+ */
 function restoreAndJudge(xmlPath: string, sizeBytes = 8 << 20, extra: string[] = []) {
   const out = emptyOutput(sizeBytes);
   const ours = runOurs('thin_restore', ['-i', xmlPath, '-o', out, ...extra]);
   const check = runReference('thin_check', [out]);
+  const strictCheck = runOurs('thin_check', [out]);
   const dump = runReference('thin_dump', [out]);
-  return { out, ours, check, dump };
+  return { out, ours, check, strictCheck, dump };
 }
 
 /** The XML the reference tools make of `xml`: restored and dumped by them. */
@@ -71,10 +75,11 @@ describe('round trip through the reference tools', () => {
     const xml = referenceXml(
       generateXml({ mappingsPerOrigin: 3000, deleteSome: true, emptyDevices: 2, nrDataBlocks: 1 << 17, ...c }),
     );
-    const { ours, check, dump } = restoreAndJudge(writeXml(xml));
+    const { ours, check, strictCheck, dump } = restoreAndJudge(writeXml(xml));
     expect(ours.stderr).toBe('');
     expect(ours.status).toBe(0);
     expect(check.status, check.stderr).toBe(0);
+    expect(strictCheck.status, strictCheck.stderr).toBe(0);
     expect(dump.stdout).toBe(xml);
   });
 
@@ -83,9 +88,10 @@ describe('round trip through the reference tools', () => {
     const raw = fs.readFileSync(path.join(KERNEL_IMAGES, name));
     const xml = (name.endsWith('.gz') ? gunzipSync(raw) : raw).toString('utf8');
     if (xml === '') return; // the reference printed nothing for this image
-    const { ours, check, dump } = restoreAndJudge(writeXml(xml), 64 << 20);
+    const { ours, check, strictCheck, dump } = restoreAndJudge(writeXml(xml), 64 << 20);
     expect(ours.status, ours.stderr).toBe(0);
     expect(check.status, check.stderr).toBe(0);
+    expect(strictCheck.status, strictCheck.stderr).toBe(0);
     expect(dump.stdout).toBe(xml);
   });
 });
@@ -112,6 +118,8 @@ describe('shared subtrees (<def>/<ref>)', () => {
     big: mappings(10_000, 3000, 0, 0),
     small: mappings(50_000, 20, 5000, 0),
     mid: mappings(60_000, 600, 6000, 1),
+    // Never referenced: its leaves are written but must not count, nor the data they map.
+    unused: mappings(90_000, 2000, 16_000, 0),
   };
   const devices: [number, (string | string[])[]][] = [
     [1, [mappings(0, 700, 10_000, 2), 'big', 'small', mappings(70_000, 500, 12_000, 2)]],
@@ -140,6 +148,7 @@ describe('shared subtrees (<def>/<ref>)', () => {
     const shared = restoreAndJudge(writeXml(xml(true)));
     expect(shared.ours.status, shared.ours.stderr).toBe(0);
     expect(shared.check.status, shared.check.stderr).toBe(0);
+    expect(shared.strictCheck.status, shared.strictCheck.stderr).toBe(0);
     expect(shared.dump.stdout).toBe(expected);
     // Shared leaves are written once: fewer blocks than the same pool written flat.
     const flat = restoreAndJudge(writeXml(xml(false)));
