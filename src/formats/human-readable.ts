@@ -1,10 +1,14 @@
 // thin_dump --format human_readable, byte for byte as the reference prints it. Not readable back
 // by thin_restore; meant for people.
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../thin/events.js';
-import { TextSink } from './output.js';
+import { TextSink, withNumbers } from './output.js';
 
 export class HumanReadableWriter implements MetadataVisitor {
-  constructor(private readonly out: TextSink) {}
+  private readonly out: Required<TextSink>;
+
+  constructor(sink: TextSink) {
+    this.out = withNumbers(sink);
+  }
 
   superblockBegin(p: PoolInfo): void {
     const snap = p.metadataSnap === undefined ? '' : `, ${p.metadataSnap}`;
@@ -30,10 +34,25 @@ export class HumanReadableWriter implements MetadataVisitor {
   }
 
   mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
-    this.out.write(
-      length === 1
-        ? `    ${thinBegin} -> ${dataBegin}, ${time}\n`
-        : `    (${thinBegin}..${thinBegin + length - 1}) -> (${dataBegin}..${dataBegin + length - 1}), ${time}\n`,
-    );
+    const o = this.out;
+    if (length === 1) {
+      o.write('    ');
+      o.number(thinBegin);
+      o.write(' -> ');
+      o.number(dataBegin);
+    } else {
+      o.write('    (');
+      o.number(thinBegin);
+      o.write('..');
+      o.number(thinBegin + length - 1);
+      o.write(') -> (');
+      o.number(dataBegin);
+      o.write('..');
+      o.number(dataBegin + length - 1);
+      o.write(')');
+    }
+    o.write(', ');
+    o.number(time);
+    o.write('\n');
   }
 }
