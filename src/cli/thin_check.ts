@@ -1,6 +1,7 @@
 // thin_check: validate a pool's metadata (options, output and exit codes as the reference tools).
 import { BlockReader } from '../io/block-io.js';
 import { checkMetadata, clearNeedsCheckFlag, CheckEvent } from '../tools/check.js';
+import { RepairRefusedError, repairSpaceMaps } from '../tools/check-repair.js';
 import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
 import { Progress, UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
 
@@ -27,17 +28,17 @@ await runTool(NAME, (argv) => {
     .option('--skip-mappings', "don't check the mappings of each device")
     .option('--ignore-non-fatal-errors', "don't fail on leaked blocks")
     .option('--clear-needs-check-flag', 'clear the needs_check flag if the check passes')
-    .option('--auto-repair', 'fix leaks and other minor problems (not supported yet)')
+    .option('--auto-repair', 'rewrite the space maps when only their counts are wrong (leaks included)')
     .option('--override-mapping-root <block>', 'check the mapping tree at this block instead')
     .option('--override-details-root <block>', 'check the device details tree at this block instead');
   program.parse(argv, { from: 'user' });
   const flags = program.opts<Flags>();
   const input = program.args[0];
 
-  if (flags.autoRepair) throw new UsageError('--auto-repair is not supported yet; run thin_repair instead');
   const overridden = flags.overrideMappingRoot !== undefined || flags.overrideDetailsRoot !== undefined;
-  if (flags.clearNeedsCheckFlag && (flags.metadataSnap || overridden)) {
-    throw new UsageError('--clear-needs-check-flag only applies to the live metadata, without -m or root overrides');
+  if ((flags.clearNeedsCheckFlag || flags.autoRepair) && (flags.metadataSnap || overridden)) {
+    const option = flags.autoRepair ? '--auto-repair' : '--clear-needs-check-flag';
+    throw new UsageError(`${option} only applies to the live metadata, without -m or root overrides`);
   }
 
   const quiet = !!flags.quiet;
@@ -80,10 +81,33 @@ await runTool(NAME, (argv) => {
     io.close();
   }
 
+  const spaceMapsChecked = !flags.superBlockOnly && !flags.skipMappings;
+  if (flags.autoRepair && spaceMapsChecked && (result.fatalErrors > 0 || result.nonFatalErrors > 0)) {
+    return autoRepair(input, quiet);
+  }
   if (!result.ok) return 1;
-  if (flags.clearNeedsCheckFlag && result.superblock && (result.superblock.flags & NEEDS_CHECK_FLAG) !== 0) {
+  if ((flags.clearNeedsCheckFlag || flags.autoRepair) && result.superblock && (result.superblock.flags & NEEDS_CHECK_FLAG) !== 0) {
     clearNeedsCheckFlag(input);
     if (!quiet) process.stderr.write('Cleared needs_check flag\n');
   }
   return 0;
 });
+
+function autoRepair(input: string, quiet: boolean): number {
+  const say = (line: string): void => {
+    if (!quiet) process.stderr.write(`${line}\n`);
+  };
+  let r;
+  try {
+    r = repairSpaceMaps(input);
+  } catch (e) {
+    if (!(e instanceof RepairRefusedError)) throw e;
+    say(`auto-repair refused, the metadata is unchanged: ${e.message}`);
+    return 1;
+  }
+  say(`repaired the space maps: metadata blocks allocated ${r.metadataAllocated.before} -> ${r.metadataAllocated.after}, ` +
+    `data blocks allocated ${r.dataAllocated.before} -> ${r.dataAllocated.after}`);
+  if (r.clearedNeedsCheck) say('Cleared needs_check flag');
+  if (!r.recheck.ok) say('the repaired metadata still fails the check');
+  return r.recheck.ok ? 0 : 1;
+}

@@ -21,6 +21,25 @@ export class OutputTooSmallError extends InputError {
 }
 
 /**
+ * What the B-tree builder and the space-map writers need from an allocator: blocks to fill, the
+ * reference counts of every metadata block, and reading back a block written earlier.
+ */
+export interface MetadataAllocator {
+  /** Blocks the metadata space map describes. */
+  readonly nrBlocks: number;
+  readonly refCounts: RefCounts;
+  /** No block at or above this one has a count yet. */
+  readonly used: number;
+  /** Reserves a block, to be filled later with `writeAt`. */
+  alloc(): number;
+  /** Reserves a block and returns a zeroed buffer for it, to fill before the next allocation. */
+  newBlock(): { block: number; buf: Buffer };
+  writeAt(block: number, data: Buffer): void;
+  /** A block written earlier, or null if it was never written. */
+  read(block: number): Buffer | null;
+}
+
+/**
  * Hands out metadata blocks in increasing order from block 1 (block 0 is the superblock) and keeps
  * their reference counts. New blocks are filled in place inside one large buffer that is written
  * with a single system call when full, so building millions of nodes costs few writes.
@@ -28,7 +47,7 @@ export class OutputTooSmallError extends InputError {
  * Once the output is full, allocation goes on without writing ("counting mode") so that the
  * caller can finish the input and tell the user how big the output must be.
  */
-export class BlockAllocator {
+export class BlockAllocator implements MetadataAllocator {
   /** Blocks the metadata may use: the output's size, capped at what the space map can address. */
   readonly nrBlocks: number;
   readonly refCounts: RefCounts;

@@ -10,7 +10,7 @@
 // so pushing leaves never disturbs another tree.
 import { BTREE_CSUM_XOR, sealBlock } from '../checksum.js';
 import { readU64, writeU64 } from '../le.js';
-import { BlockAllocator } from '../block-allocator.js';
+import { MetadataAllocator } from '../block-allocator.js';
 import { INTERNAL_NODE, LEAF_NODE, NODE_HEADER_SIZE, maxEntriesFor } from './node.js';
 
 /** A written node as its parent sees it. */
@@ -50,7 +50,7 @@ class Level {
   nodesOut = 0;
 
   constructor(
-    private readonly alloc: BlockAllocator,
+    private readonly alloc: MetadataAllocator,
     readonly isLeaf: boolean,
     readonly valueSize: number,
     private readonly sink: () => NodeSink,
@@ -170,7 +170,7 @@ export class BTreeBuilder {
    * instead of being tied together under a root.
    */
   constructor(
-    private readonly alloc: BlockAllocator,
+    private readonly alloc: MetadataAllocator,
     private readonly opts: BuilderOptions,
     leavesOnly = false,
   ) {

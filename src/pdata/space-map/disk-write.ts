@@ -1,7 +1,7 @@
 // Writes the data space map: a bitmap per 16320 data blocks, an index B-tree (bitmap number ->
 // index entry) locating them, and a B-tree of the counts of 3 and more.
 import { BTreeBuilder } from '../btree/builder.js';
-import { BlockAllocator, RefCounts } from '../block-allocator.js';
+import { MetadataAllocator, RefCounts } from '../block-allocator.js';
 import { ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, REF_COUNT_VALUE_SIZE, bitmapsFor, encodeIndexEntry } from './common.js';
 import { SpaceMapRoot } from './root.js';
 import { packBitmap } from './bitmap-write.js';
@@ -10,7 +10,7 @@ import { packBitmap } from './bitmap-write.js';
  * Writes the counts of `nrBlocks` data blocks. The superblock will refer to the two trees, so
  * their roots are counted here as referenced once.
  */
-export function writeDataSpaceMap(alloc: BlockAllocator, counts: RefCounts, nrBlocks: number): SpaceMapRoot {
+export function writeDataSpaceMap(alloc: MetadataAllocator, counts: RefCounts, nrBlocks: number): SpaceMapRoot {
   const index = new BTreeBuilder(alloc, { valueSize: INDEX_ENTRY_SIZE });
   const overflowTree = new BTreeBuilder(alloc, { valueSize: REF_COUNT_VALUE_SIZE });
   const entry = Buffer.alloc(INDEX_ENTRY_SIZE);

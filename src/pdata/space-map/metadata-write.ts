@@ -4,7 +4,7 @@
 // count final, are the bitmaps packed and written.
 import { BLOCK_SIZE } from '../../io/block-io.js';
 import { BTreeBuilder } from '../btree/builder.js';
-import { BlockAllocator, MAX_METADATA_BITMAPS } from '../block-allocator.js';
+import { MAX_METADATA_BITMAPS, MetadataAllocator } from '../block-allocator.js';
 import { INDEX_CSUM_XOR, sealBlock } from '../checksum.js';
 import { writeU64 } from '../le.js';
 import {
@@ -29,7 +29,7 @@ export function metadataSpaceMapBlocks(nrBlocks: number): number {
  * Writes the space map of every block `alloc` handed out; call it last, when nothing else will
  * be allocated. The superblock refers to the index block and the ref-count tree, so both count once.
  */
-export function writeMetadataSpaceMap(alloc: BlockAllocator): SpaceMapRoot {
+export function writeMetadataSpaceMap(alloc: MetadataAllocator): SpaceMapRoot {
   const counts = alloc.refCounts;
   const nrBlocks = alloc.nrBlocks;
   const nrBitmaps = bitmapsFor(nrBlocks);

@@ -1,0 +1,306 @@
+// thin_check --auto-repair: when the trees are sound and only the space maps disagree with them
+// (leaked blocks, counts too high or too low, wrong totals), both space maps are rewritten from
+// the references the trees hold.
+//
+// It is a commit like the kernel's: the new space-map blocks go only to blocks that neither the
+// old metadata (its trees and its space maps) nor the new one uses, they are synced, and only then
+// does the superblock switch to them. A crash at any point before that leaves the previous
+// metadata, consistent but leaky, exactly as it was.
+//
+// The 1.x tools fix leaks only, in place; 0.9.0 fixes metadata leaks only. Rewriting fixes every
+// count the trees can vouch for, so a pool that would be refused for a wrong count can activate.
+import { BLOCK_SIZE, BlockReader, BlockWriter, InputError } from '../io/block-io.js';
+import { MetadataAllocator, RefCounts } from '../pdata/block-allocator.js';
+import { BTreeNode } from '../pdata/btree/node.js';
+import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
+import { SpaceMapError, SpaceMapSink } from '../pdata/space-map/common.js';
+import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
+import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
+import { openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
+import { writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
+import { SpaceMapRoot, encodeSpaceMapRoot } from '../pdata/space-map/root.js';
+import { DEVICE_DETAILS_SIZE } from '../thin/device-details.js';
+import { mappingDataBlock } from '../thin/mapping.js';
+import { DeviceRoot, TOP_LEVEL_VALUE_SIZE, readDeviceDetails, readDeviceRoots, walkDeviceTree } from '../thin/mapping-tree.js';
+import {
+  NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
+  readSuperblock,
+} from '../thin/superblock.js';
+import { CheckResult, checkMetadata } from './check.js';
+
+/** Why the space maps were not rewritten; nothing was written. */
+export class RepairRefusedError extends InputError {}
+
+export interface RepairResult {
+  /** Metadata blocks the new space maps occupy (all of them written to previously free blocks). */
+  blocksWritten: number;
+  metadataAllocated: { before: number; after: number };
+  dataAllocated: { before: number; after: number };
+  clearedNeedsCheck: boolean;
+  /** The check run again on the repaired metadata. */
+  recheck: CheckResult;
+}
+
+/** Byte offsets of the two space-map roots and of the flags in the superblock. */
+const FLAGS_OFFSET = 4;
+const DATA_SM_ROOT_OFFSET = 64;
+const METADATA_SM_ROOT_OFFSET = 192;
+/** The kernel's struct disk_sm_root: only these bytes of each 128-byte root area are used. */
+const SM_ROOT_USED = 32;
+
+const refuse = (reason: string): never => {
+  throw new RepairRefusedError(reason);
+};
+
+/**
+ * Rewrites the space maps of the metadata at `path` from the references its trees hold, and
+ * clears NEEDS_CHECK in the same superblock write. Refuses (RepairRefusedError, nothing written)
+ * unless the superblock, every tree of the live metadata and of a held snapshot, and the old space
+ * maps' own structure read cleanly and agree with each other.
+ */
+export function repairSpaceMaps(path: string): RepairResult {
+  const io = new BlockReader(path);
+  let plan: Plan;
+  try {
+    plan = planRepair(io);
+  } finally {
+    io.close();
+  }
+  const result = commit(path, plan);
+  const again = new BlockReader(path);
+  try {
+    return { ...result, recheck: checkMetadata(again) };
+  } finally {
+    again.close();
+  }
+}
+
+interface Plan {
+  superblock: Superblock;
+  msm: SpaceMapRoot;
+  dsm: SpaceMapRoot;
+  /** References to each metadata block from the superblock, the held snapshot and the trees. */
+  metadataRefs: Uint32Array;
+  dataRefs: RefCounts;
+  /** Blocks the new space maps must not use: referenced, counted or occupied in the old metadata. */
+  taken: Uint8Array;
+}
+
+function planRepair(io: BlockReader): Plan {
+  if (checkMetadata(io, { superBlockOnly: true }).fatalErrors > 0) refuse('the superblock is damaged');
+  const sb = readSuperblock(io);
+  const msm = metadataSpaceMapRoot(sb);
+  const dsm = dataSpaceMapRoot(sb);
+  const refs = new TreeReferences(io, msm.nrBlocks, dsm.nrBlocks);
+  refs.ref(SUPERBLOCK_LOCATION);
+  refs.walkPool(sb, 'the live metadata');
+  if (sb.heldRoot !== 0) {
+    refs.ref(sb.heldRoot);
+    let snap: Superblock;
+    try {
+      snap = readSuperblock(io, sb.heldRoot);
+    } catch (e) {
+      if (!(e instanceof SuperblockError)) throw e;
+      return refuse(`the metadata snapshot's superblock (block ${sb.heldRoot}) is damaged: ${e.message}`);
+    }
+    refs.walkPool(snap, `the metadata snapshot (block ${sb.heldRoot})`);
+  }
+  return { superblock: sb, msm, dsm, metadataRefs: refs.metadata, dataRefs: refs.data, taken: oldSpaceMapBlocks(io, msm, dsm, refs.metadata) };
+}
+
+/** Reference counts from a walk that refuses at the first sign of damage. */
+class TreeReferences {
+  readonly metadata: Uint32Array;
+  readonly data: RefCounts;
+  private readonly memos = { details: new Map() as SubtreeMemo, top: new Map() as SubtreeMemo, mapping: new Map() as SubtreeMemo };
+
+  constructor(private readonly io: BlockReader, private readonly nrMetadataBlocks: number, private readonly nrDataBlocks: number) {
+    this.metadata = new Uint32Array(nrMetadataBlocks);
+    this.data = new RefCounts(nrDataBlocks);
+  }
+
+  ref(block: number): void {
+    if (block >= this.nrMetadataBlocks) {
+      refuse(`metadata block ${block} is referenced but lies outside the metadata space map (${this.nrMetadataBlocks} blocks)`);
+    }
+    this.metadata[block]++;
+  }
+
+  /**
+   * Counts the references one superblock's trees make, then checks the details tree and the
+   * mapping tree describe the same devices with the right mapped_blocks. Nodes shared with trees
+   * walked before are counted as referenced but not walked again, so a data block counts once per
+   * distinct leaf that maps it, as the kernel counts it.
+   */
+  walkPool(sb: Superblock, where: string): void {
+    const damaged = (tree: string) => (err: BTreeError): never => refuse(`${where}: ${tree} is damaged: ${err.message}; run thin_repair`);
+    const nodeRef = (b: number): void => this.ref(b);
+    const ignore = (): void => {};
+    walkBTree(this.io, sb.deviceDetailsRoot, DEVICE_DETAILS_SIZE, { leaf: ignore, nodeRef, error: damaged('the device details tree') },
+      { memo: this.memos.details });
+    const newRoots: DeviceRoot[] = [];
+    walkBTree(this.io, sb.dataMappingRoot, TOP_LEVEL_VALUE_SIZE, {
+      leaf(node: BTreeNode) {
+        for (let i = 0; i < node.nrEntries; i++) newRoots.push({ devId: node.key(i), root: node.valueU64(i) });
+      },
+      nodeRef,
+      error: damaged("the mapping tree's top level"),
+    }, { memo: this.memos.top });
+
+    const { data, nrDataBlocks } = this;
+    for (const { devId, root } of newRoots) {
+      walkDeviceTree(this.io, root, {
+        leaf(node: BTreeNode) {
+          for (let i = 0; i < node.nrEntries; i++) {
+            const dataBlock = mappingDataBlock(node.buf, node.valueOffset(i));
+            if (dataBlock >= nrDataBlocks) {
+              refuse(`${where}: thin device ${devId} maps thin block ${node.key(i)} to data block ${dataBlock}, beyond the data device (${nrDataBlocks} blocks)`);
+            }
+            data.inc(dataBlock);
+          }
+        },
+        nodeRef,
+        error: damaged(`thin device ${devId}'s mapping tree`),
+      }, this.memos.mapping);
+    }
+
+    // The whole device lists (the walks above skipped leaves shared with earlier trees).
+    const details = new Map<number, number>();
+    for (const d of readDeviceDetails(this.io, sb.deviceDetailsRoot, damaged('the device details tree'))) details.set(d.devId, d.mappedBlocks);
+    const roots = readDeviceRoots(this.io, sb.dataMappingRoot, damaged("the mapping tree's top level"));
+    if (roots.length !== details.size) refuse(`${where}: the device details tree and the mapping tree list different devices`);
+    for (const { devId, root } of roots) {
+      const recorded = details.get(devId);
+      if (recorded === undefined) refuse(`${where}: thin device ${devId} has a mapping tree but no device details`);
+      const actual = this.memos.mapping.get(root)?.entries;
+      if (actual !== recorded) refuse(`${where}: thin device ${devId} has ${actual} mappings but its details say mapped_blocks = ${recorded}`);
+    }
+  }
+}
+
+/**
+ * Marks the blocks the new space maps may not take: every block the trees reference, every block
+ * the old space maps occupy, and every block the old metadata space map counts (leaks included:
+ * the old metadata stays exactly as it was until the superblock switches).
+ */
+function oldSpaceMapBlocks(io: BlockReader, msm: SpaceMapRoot, dsm: SpaceMapRoot, metadataRefs: Uint32Array): Uint8Array {
+  const taken = new Uint8Array(msm.nrBlocks);
+  for (let b = 0; b < msm.nrBlocks; b++) if (metadataRefs[b] !== 0) taken[b] = 1;
+  const sink = (what: string): SpaceMapSink => ({
+    nodeRef: (b) => {
+      if (b < msm.nrBlocks) taken[b] = 1;
+    },
+    error: (err: SpaceMapError | BTreeError) => refuse(`the ${what} is damaged: ${err.message}; run thin_repair`),
+  });
+  try {
+    const metadataSm = openMetadataSpaceMap(io, msm, sink('metadata space map'));
+    metadataSm.readOverflowCounts(sink('metadata space map'));
+    metadataSm.forEachBitmap(sink('metadata space map'), (first, counts) => {
+      for (let i = 0; i < counts.length; i++) if (counts[i] !== 0) taken[first + i] = 1;
+    });
+    const dataSm = openDiskSpaceMap(io, dsm, sink('data space map'));
+    dataSm.readOverflowCounts(sink('data space map'));
+    for (const e of [...metadataSm.index, ...dataSm.index]) if (e.blocknr < msm.nrBlocks) taken[e.blocknr] = 1;
+  } catch (e) {
+    if (e instanceof SpaceMapError) refuse(`the metadata space map is damaged: ${e.message}; run thin_repair`);
+    throw e;
+  }
+  return taken;
+}
+
+/**
+ * Hands out only the blocks that are free in both the old and the new metadata, lowest first, and
+ * writes nowhere else. Each new block is written when the next is handed out (the writers fill a
+ * block before asking for another), so memory stays at one block.
+ */
+class FreeBlockAllocator implements MetadataAllocator {
+  readonly refCounts: RefCounts;
+  readonly used: number;
+  /** Blocks handed out, in order: the only blocks `writeAt` accepts. */
+  readonly handedOut = new Set<number>();
+  private next = 1;
+  private pending = -1;
+  private readonly buf = Buffer.alloc(BLOCK_SIZE);
+
+  constructor(private readonly out: BlockWriter, readonly nrBlocks: number, private readonly taken: Uint8Array, refs: Uint32Array) {
+    this.used = nrBlocks;
+    this.refCounts = new RefCounts(nrBlocks);
+    for (let b = 0; b < nrBlocks; b++) for (let n = refs[b]; n > 0; n--) this.refCounts.inc(b);
+  }
+
+  alloc(): number {
+    this.flush();
+    const limit = Math.min(this.nrBlocks, this.out.nrBlocks);
+    while (this.next < limit && this.taken[this.next]) this.next++;
+    if (this.next >= limit) {
+      refuse(`not enough free metadata blocks to write new space maps beside the old ones (${this.handedOut.size} found)`);
+    }
+    const block = this.next++;
+    this.handedOut.add(block);
+    return block;
+  }
+
+  newBlock(): { block: number; buf: Buffer } {
+    const block = this.alloc();
+    this.buf.fill(0);
+    this.pending = block;
+    return { block, buf: this.buf };
+  }
+
+  writeAt(block: number, data: Buffer): void {
+    if (!this.handedOut.has(block)) throw new Error(`auto-repair: refusing to write block ${block}, which it did not allocate`);
+    this.out.write(block, data.subarray(0, BLOCK_SIZE));
+  }
+
+  read(block: number): Buffer | null {
+    if (!this.handedOut.has(block)) return null;
+    if (block === this.pending) return Buffer.from(this.buf);
+    return this.out.readInto(block, Buffer.alloc(BLOCK_SIZE));
+  }
+
+  /** Writes the block last handed out by `newBlock`. */
+  flush(): void {
+    if (this.pending < 0) return;
+    this.out.write(this.pending, this.buf);
+    this.pending = -1;
+  }
+}
+
+function commit(path: string, plan: Plan): Omit<RepairResult, 'recheck'> {
+  const out = new BlockWriter(path);
+  try {
+    const alloc = new FreeBlockAllocator(out, plan.msm.nrBlocks, plan.taken, plan.metadataRefs);
+    let dataRoot: SpaceMapRoot;
+    let metadataRoot: SpaceMapRoot;
+    try {
+      // The data space map first: its blocks are metadata the metadata space map must count.
+      dataRoot = writeDataSpaceMap(alloc, plan.dataRefs, plan.dsm.nrBlocks);
+      metadataRoot = writeMetadataSpaceMap(alloc);
+      alloc.flush();
+    } catch (e) {
+      // Only free blocks were written: the old metadata is untouched.
+      if (e instanceof RepairRefusedError) throw e;
+      throw new RepairRefusedError(`writing the new space maps failed (${(e as Error).message}); the metadata is unchanged`);
+    }
+    out.sync();
+
+    const sb = Buffer.alloc(BLOCK_SIZE);
+    out.readInto(SUPERBLOCK_LOCATION, sb);
+    encodeSpaceMapRoot(dataRoot).copy(sb, DATA_SM_ROOT_OFFSET, 0, SM_ROOT_USED);
+    encodeSpaceMapRoot(metadataRoot).copy(sb, METADATA_SM_ROOT_OFFSET, 0, SM_ROOT_USED);
+    const flags = sb.readUInt32LE(FLAGS_OFFSET);
+    sb.writeUInt32LE((flags & ~NEEDS_CHECK_FLAG) >>> 0, FLAGS_OFFSET);
+    sealBlock(sb, SUPERBLOCK_CSUM_XOR);
+    out.write(SUPERBLOCK_LOCATION, sb);
+    out.sync();
+    return {
+      blocksWritten: alloc.handedOut.size,
+      metadataAllocated: { before: plan.msm.nrAllocated, after: metadataRoot.nrAllocated },
+      dataAllocated: { before: plan.dsm.nrAllocated, after: dataRoot.nrAllocated },
+      clearedNeedsCheck: (flags & NEEDS_CHECK_FLAG) !== 0,
+    };
+  } finally {
+    out.close();
+  }
+}

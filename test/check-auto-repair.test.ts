@@ -1,0 +1,226 @@
+// thin_check --auto-repair: space-map damage the trees can vouch for is repaired so that both our
+// checker and the reference pass and the reference dump is unchanged; damaged trees are refused
+// without a byte written; and the repair is a commit: until the superblock switches, only blocks
+// free in the old metadata change, so a crash leaves the damaged-but-usable metadata as it was.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { BLOCK_SIZE, BlockReader } from '../src/io/block-io.js';
+import { SpaceMapReader } from '../src/pdata/space-map/common.js';
+import { openDiskSpaceMap } from '../src/pdata/space-map/disk.js';
+import { openMetadataSpaceMap } from '../src/pdata/space-map/metadata.js';
+import { NEEDS_CHECK_FLAG, dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
+import * as damage from './support/damage.js';
+import { generateXml } from './support/generate.js';
+import { referenceRestore, runOurs, runReference, sha256, tempDir } from './support/reference.js';
+
+const dir = tempDir('auto-repair-');
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+let base: string;
+let baseDump: string;
+let nodes: ReturnType<typeof damage.deviceNodes>;
+
+function copyOf(name: string, from = base): string {
+  const f = path.join(dir, `${name.replace(/\W+/g, '-')}.bin`);
+  fs.copyFileSync(from, f);
+  return f;
+}
+
+/** Every block's count in one of the file's space maps (3 = 3 or more). */
+function spaceMapCounts(file: string, which: 'metadata' | 'data'): Uint8Array {
+  const io = new BlockReader(file);
+  try {
+    const sb = readSuperblock(io);
+    const sink = { error: (e: Error) => { throw e; } };
+    const sm: SpaceMapReader = which === 'metadata'
+      ? openMetadataSpaceMap(io, metadataSpaceMapRoot(sb), sink)
+      : openDiskSpaceMap(io, dataSpaceMapRoot(sb), sink);
+    const out = new Uint8Array(sm.nrBlocks);
+    sm.forEachBitmap(sink, (first, counts) => out.set(counts, first));
+    return out;
+  } finally {
+    io.close();
+  }
+}
+
+function blockWithCount(file: string, which: 'metadata' | 'data', count: number, from = 0): number {
+  const b = spaceMapCounts(file, which).indexOf(count, from);
+  if (b < 0) throw new Error(`no ${which} block with count ${count}`);
+  return b;
+}
+
+function changedBlocks(a: string, b: string): number[] {
+  const x = fs.readFileSync(a);
+  const y = fs.readFileSync(b);
+  const out: number[] = [];
+  for (let i = 0; i * BLOCK_SIZE < x.length; i++) {
+    if (!x.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE).equals(y.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE))) out.push(i);
+  }
+  return out;
+}
+
+/**
+ * Damages a copy, repairs it and holds the result against the reference. Returns the damaged
+ * copy (kept aside) and the repaired file.
+ */
+function damageAndRepair(name: string, apply: (f: string) => void, from = base, dump = baseDump) {
+  const f = copyOf(name, from);
+  apply(f);
+  const damaged = copyOf(`${name}-damaged`, f);
+  const before = sha256(f);
+
+  // Without --auto-repair nothing changes and the check still fails.
+  const plain = runOurs('thin_check', [f]);
+  expect(plain.status, plain.stderr).toBe(1);
+  expect(sha256(f)).toBe(before);
+
+  const r = runOurs('thin_check', ['--auto-repair', f]);
+  expect(r.status, r.stderr).toBe(0);
+  expect(r.stderr).toContain('repaired the space maps');
+
+  const ours = runOurs('thin_check', [f]);
+  expect(ours.status, ours.stderr).toBe(0);
+  const ref = runReference('thin_check', [f]);
+  expect(ref.status, ref.stderr).toBe(0);
+  expect(runReference('thin_dump', [f]).stdout).toBe(dump);
+
+  // Only the superblock and blocks free in the damaged metadata changed.
+  const oldCounts = spaceMapCounts(damaged, 'metadata');
+  const changed = changedBlocks(damaged, f);
+  expect(changed[0]).toBe(0);
+  for (const b of changed.slice(1)) expect(oldCounts[b], `block ${b} was in use`).toBe(0);
+
+  // A crash just before the superblock write: the old superblock over the new blocks reads as
+  // the damaged metadata did, finding for finding.
+  const crashed = copyOf(`${name}-crashed`, f);
+  damage.writeBlock(crashed, 0, damage.readBlock(damaged, 0));
+  expect(runOurs('thin_check', [crashed]).stderr).toBe(plain.stderr);
+  expect(runReference('thin_check', [crashed]).status).toBe(runReference('thin_check', [damaged]).status);
+  expect(runReference('thin_dump', [crashed]).stdout).toBe(runReference('thin_dump', [damaged]).stdout);
+  return { damaged, repaired: f, output: r };
+}
+
+beforeAll(() => {
+  const xml = path.join(dir, 'base.xml');
+  fs.writeFileSync(xml, generateXml({ seed: 7, mappingsPerOrigin: 2000, snapshotsPerOrigin: 4, nrDataBlocks: 20000 }));
+  base = path.join(dir, 'base.bin');
+  referenceRestore(xml, base, 8);
+  baseDump = runReference('thin_dump', [base]).stdout;
+  nodes = damage.deviceNodes(base, 0);
+});
+
+describe('repairs space-map damage', () => {
+  it('a leaked metadata block (bitmap, index and root all counting it)', () => {
+    const free = blockWithCount(base, 'metadata', 0, 1000);
+    const { output } = damageAndRepair('meta-leak', (f) => damage.leakMetadataBlock(f, free));
+    expect(output.stderr).toContain(`metadata block ${free}: counted once in the space map but referenced by nothing (leaked)`);
+  });
+
+  it('a leaked metadata block marked in the bitmap only', () => {
+    const free = blockWithCount(base, 'metadata', 0, 500);
+    damageAndRepair('meta-bitmap-leak', (f) => damage.setMetadataCount(f, free, 1));
+  });
+
+  it('a leaked data block', () => {
+    const free = blockWithCount(base, 'data', 0);
+    const { damaged } = damageAndRepair('data-leak', (f) => damage.setDataCount(f, free, 1));
+    expect(spaceMapCounts(damaged, 'data')[free]).toBe(1);
+  });
+
+  it('a data count too high', () => {
+    const once = blockWithCount(base, 'data', 1);
+    const { repaired } = damageAndRepair('data-high', (f) => damage.setDataCount(f, once, 2));
+    expect(spaceMapCounts(repaired, 'data')[once]).toBe(1);
+  });
+
+  it('a data count too low (a mapped block the kernel would hand out again)', () => {
+    const once = blockWithCount(base, 'data', 1);
+    const { repaired } = damageAndRepair('data-low', (f) => damage.setDataCount(f, once, 0));
+    expect(spaceMapCounts(repaired, 'data')[once]).toBe(1);
+  });
+
+  it('a shared data block (count 3 or more) marked as used once', () => {
+    const shared = blockWithCount(base, 'data', 3);
+    damageAndRepair('data-shared-low', (f) => damage.setDataCount(f, shared, 1));
+  });
+
+  it('metadata counts too low and too high', () => {
+    damageAndRepair('meta-low', (f) => damage.setMetadataCount(f, nodes.leaves[2], 0));
+    damageAndRepair('meta-high', (f) => damage.setMetadataCount(f, nodes.leaves[1], 2));
+  });
+
+  it('clears NEEDS_CHECK in the same superblock write', () => {
+    const free = blockWithCount(base, 'data', 0);
+    const { repaired, output } = damageAndRepair('needs-check', (f) => {
+      damage.setDataCount(f, free, 1);
+      damage.setNeedsCheck(f, true);
+    });
+    expect(damage.readBlock(repaired, 0).readUInt32LE(4) & NEEDS_CHECK_FLAG).toBe(0);
+    expect(output.stderr).toContain('Cleared needs_check flag');
+  });
+
+  it('keeps a held metadata snapshot (kernel image): both checks and both dumps unchanged', () => {
+    const img = path.join(dir, 'held.bin');
+    fs.writeFileSync(img, gunzipSync(fs.readFileSync('/work/shared/kernel-images/tmeta_with_metadata_snap.bin.gz')));
+    const dump = runReference('thin_dump', [img]).stdout;
+    const snapDump = runReference('thin_dump', ['-m', img]).stdout;
+    const free = blockWithCount(img, 'metadata', 0, 100);
+    const { repaired } = damageAndRepair('held-leak', (f) => damage.leakMetadataBlock(f, free), img, dump);
+    expect(runReference('thin_check', ['-m', repaired]).status).toBe(0);
+    expect(runReference('thin_dump', ['-m', repaired]).stdout).toBe(snapDump);
+  });
+
+  it('-q repairs silently', () => {
+    const f = copyOf('quiet');
+    damage.leakMetadataBlock(f, blockWithCount(base, 'metadata', 0, 1000));
+    expect(runOurs('thin_check', ['-q', '--auto-repair', f])).toMatchObject({ status: 0, stdout: '', stderr: '' });
+    expect(runReference('thin_check', [f]).status).toBe(0);
+  });
+});
+
+describe('refuses', () => {
+  it('a damaged tree (zeroed leaf): exit 1, not a byte written', () => {
+    const f = copyOf('zeroed-leaf');
+    damage.zeroBlock(f, nodes.leaves[2]);
+    damage.leakMetadataBlock(f, blockWithCount(base, 'metadata', 0, 1000));
+    const before = sha256(f);
+    const r = runOurs('thin_check', ['--auto-repair', f]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`auto-repair refused.*thin device 0's mapping tree is damaged.*\\(block ${nodes.leaves[2]}\\)`));
+    expect(sha256(f)).toBe(before);
+  });
+
+  it('mapped_blocks that disagree with the tree', () => {
+    const f = copyOf('mapped-blocks');
+    damage.setMappedBlocks(f, 0, 7);
+    const before = sha256(f);
+    const r = runOurs('thin_check', ['--auto-repair', f]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/auto-repair refused.*thin device 0 has \d+ mappings but its details say mapped_blocks = 7/);
+    expect(sha256(f)).toBe(before);
+  });
+
+  it('-m or a root override with --auto-repair', () => {
+    for (const args of [['-m'], ['--override-mapping-root', '1']]) {
+      const r = runOurs('thin_check', [...args, '--auto-repair', base]);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/--auto-repair only applies to the live metadata/);
+    }
+  });
+});
+
+describe('on sound metadata', () => {
+  it('writes nothing but clears NEEDS_CHECK, as 1.x does', () => {
+    const f = copyOf('sound');
+    const before = sha256(f);
+    expect(runOurs('thin_check', ['--auto-repair', f]).status).toBe(0);
+    expect(sha256(f)).toBe(before);
+    damage.setNeedsCheck(f, true);
+    const r = runOurs('thin_check', ['--auto-repair', f]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(damage.readBlock(f, 0).readUInt32LE(4) & NEEDS_CHECK_FLAG).toBe(0);
+    expect(sha256(f)).toBe(before);
+  });
+});
