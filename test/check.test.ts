@@ -135,6 +135,22 @@ describe('damaged metadata', () => {
     });
   }
 
+  it('rejects an underfull non-root node as the reference thin_check does, and dumps it as its thin_dump does', () => {
+    const f = copyOf('underfull-leaf');
+    damage.setNrEntries(f, nodes.leaves[1], 10);
+    const ref = runReference('thin_check', [f]);
+    expect(ref.stderr).toMatch(/too few entries in btree_node: 10, expected at least 84/);
+    const ours = runOurs('thin_check', [f]);
+    expect(ours.status).toBe(ref.status);
+    expect(ours.stderr).toMatch(new RegExp(`too few entries in btree_node: 10, expected at least 84 \\(max_entries = 252\\) \\(block ${nodes.leaves[1]}\\)`));
+    const refDump = runReference('thin_dump', [f]);
+    const ourDump = runOurs('thin_dump', [f]);
+    expect(refDump.status).toBe(0);
+    expect(refDump.stdout).toMatch(/<\/superblock>\n$/);
+    expect(ourDump.status).toBe(refDump.status);
+    expect(ourDump.stdout).toBe(refDump.stdout);
+  });
+
   it('names the device, thin blocks and node of a damaged leaf', () => {
     const f = copyOf('named-leaf');
     damage.zeroBlock(f, nodes.leaves[2]);

@@ -59,7 +59,8 @@ function node(block: number, flags: number, entries: Array<[number, number]>, va
   return buf;
 }
 
-function walk(file: string, root: number) {
+/** Walks a synthetic tree; its tiny nodes are underfull, which only `strict` rejects. */
+function walk(file: string, root: number, strict = false) {
   const io = new BlockReader(file);
   const leafKeys: number[] = [];
   const errors: BTreeError[] = [];
@@ -70,7 +71,7 @@ function walk(file: string, root: number) {
     },
     nodeRef: (b) => refs.push(b),
     error: (e) => errors.push(e),
-  });
+  }, { allowUnderfull: !strict });
   io.close();
   return { leafKeys, errors, refs, summary };
 }
@@ -131,6 +132,21 @@ describe('B-tree walk', () => {
       [4, node(4, LEAF_NODE, [[100, 9]])],
     ]));
     expect(walk(uneven, 1).errors.map((e) => e.reason)).toEqual(['leaves at different depths']);
+  });
+
+  it('rejects a non-root node under a third full, as the reference does, but not an underfull root', () => {
+    const full = Array.from({ length: 84 }, (_, i): [number, number] => [1000 + i, 9]);
+    const f = image('underfull', new Map([
+      [1, node(1, INTERNAL_NODE, [[0, 2], [1000, 3]])],
+      [2, node(2, LEAF_NODE, [[0, 9], [5, 9]])],
+      [3, node(3, LEAF_NODE, full)],
+    ]));
+    const r = walk(f, 1, true);
+    expect(r.errors.map((e) => e.message)).toEqual([
+      'too few entries in btree_node: 2, expected at least 84 (max_entries = 252) (block 2)',
+    ]);
+    expect(r.leafKeys).toEqual(full.map(([k]) => k));
+    expect(walk(f, 2, true).errors).toEqual([]);
   });
 
   it('rejects max_entries inconsistent with the value size', () => {

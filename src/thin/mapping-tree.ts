@@ -2,7 +2,7 @@
 // thin block -> data block/time) and the device-details tree (dev_id -> details).
 import { BlockReader } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
-import { BTreeError, BTreeVisitor, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { BTreeError, BTreeVisitor, SubtreeMemo, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 
 /** Leaf value sizes of the pool's trees. */
@@ -44,6 +44,7 @@ export function readDeviceDetails(
   detailsRoot: number,
   onError: ErrorSink,
   nodeRef?: (block: number) => void,
+  walkOpts: WalkOptions = {},
 ): DeviceDetailsEntry[] {
   const devices: DeviceDetailsEntry[] = [];
   walkBTree(io, detailsRoot, DEVICE_DETAILS_SIZE, {
@@ -54,7 +55,7 @@ export function readDeviceDetails(
     },
     nodeRef,
     error: onError,
-  });
+  }, walkOpts);
   return devices;
 }
 
@@ -67,6 +68,7 @@ export function walkDeviceTree(
   root: number,
   visitor: BTreeVisitor,
   memo?: SubtreeMemo,
+  walkOpts: WalkOptions = {},
 ): void {
-  walkBTree(io, root, MAPPING_VALUE_SIZE, visitor, { memo });
+  walkBTree(io, root, MAPPING_VALUE_SIZE, visitor, { ...walkOpts, memo });
 }

@@ -65,6 +65,10 @@ export function selectSuperblock(io: BlockReader, metadataSnap?: true | number):
   return readSuperblock(io, live.heldRoot);
 }
 
+// The reference thin_dump prints nodes under a third full (thin_check rejects them): a dump
+// must save whatever is readable.
+const DUMP_WALK = { allowUnderfull: true };
+
 export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: ReadMetadataOptions = {}): void {
   const sb = selectSuperblock(io, opts.metadataSnap);
   const selected = (devId: number) => !opts.devIds || opts.devIds.has(devId);
@@ -72,7 +76,7 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
   const detailErrors: string[] = [];
   const details = new Map<number, DeviceDetailsEntry>();
   const allDetails = unrepresentableIsDamage('device details tree', () =>
-    readDeviceDetails(io, sb.deviceDetailsRoot, (e) => detailErrors.push(e.message)),
+    readDeviceDetails(io, sb.deviceDetailsRoot, (e) => detailErrors.push(e.message), undefined, DUMP_WALK),
   );
   for (const d of allDetails) {
     if (selected(d.devId)) details.set(d.devId, d);
@@ -96,7 +100,7 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
       },
       error: (e) => noteTopError(e.message),
       internal: childBeyondEnd(io),
-    });
+    }, DUMP_WALK);
   } catch (e) {
     if (!(e instanceof RangeError64)) throw e;
     noteTopError(e.message);
@@ -223,7 +227,7 @@ function emitMappings(
         damage ??= e.message;
       },
       internal: childBeyondEnd(io),
-    });
+    }, undefined, DUMP_WALK);
   } catch (e) {
     // A key too large for the walker to represent.
     if (!(e instanceof RangeError64)) throw e;

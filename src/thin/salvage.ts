@@ -95,7 +95,7 @@ class Salvager {
       error: (err: BTreeError) => {
         if (!quiet && err.block !== root) this.warn(`mapping tree: devices ${keyRange(err)} lost: ${err.message}`);
       },
-    });
+    }, { allowUnderfull: true });
     if (!summary) return null;
     return { root, devices, stats: { mappings: 0, newest: 0 } };
   }
@@ -109,7 +109,7 @@ class Salvager {
       error: (err: BTreeError) => {
         if (!quiet && err.block !== root) this.warn(`device details: devices ${keyRange(err)} lost: ${err.message}`);
       },
-    });
+    }, { allowUnderfull: true });
     return summary ? details : null;
   }
 
@@ -214,7 +214,7 @@ class Salvager {
           }
         },
         error: (err) => this.warn(`device ${dev.devId}: mappings ${keyRange(err)} lost: ${err.message}`),
-      });
+      }, { allowUnderfull: true });
       if (!summary) dev.root = null;
       counted.set(dev.devId, count);
     }
@@ -363,7 +363,7 @@ function emitMappings(io: BlockReader, root: number, limit: number, visitor: Met
       }
     },
     error: () => {},
-  });
+  }, { allowUnderfull: true });
   if (length > 0) visitor.mapRun(thinBegin, dataBegin, length, runTime);
 }
 

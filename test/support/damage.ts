@@ -190,3 +190,11 @@ export function setNeedsCheck(file: string, on: boolean): void {
   sealBlock(buf, SUPERBLOCK_CSUM_XOR);
   writeBlock(file, 0, buf);
 }
+
+/** Cuts a node down to its first `n` entries (re-sealed): underfull when n < max_entries / 3. */
+export function setNrEntries(file: string, block: number, n: number): void {
+  const buf = readBlock(file, block);
+  buf.writeUInt32LE(n, 16);
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(file, block, buf);
+}

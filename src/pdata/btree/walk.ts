@@ -48,6 +48,11 @@ export interface WalkOptions {
   memo?: SubtreeMemo;
   lowKey?: number;
   highKey?: number;
+  /**
+   * Accept non-root nodes under a third full. The kernel never leaves them (since 5.5) and the
+   * reference tools report them as damage, but a salvage keeps whatever mappings they hold.
+   */
+  allowUnderfull?: boolean;
 }
 
 const NO_LIMIT = Number.MAX_SAFE_INTEGER + 1;
@@ -101,6 +106,10 @@ export function walkBTree(
     const defect = nodeDefect(node, node.block, leafValueSize);
     if (defect) return fail(defect);
     const n = node.nrEntries;
+    const minEntries = Math.floor(node.maxEntries / 3);
+    if (node.block !== root && n < minEntries && !opts.allowUnderfull) {
+      return fail(`too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`);
+    }
     let prev = -1;
     for (let i = 0; i < n; i++) {
       const k = node.key(i);
