@@ -7,9 +7,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { BLOCK_SIZE, BlockReader } from '../src/io/block-io.js';
-import { SpaceMapReader } from '../src/pdata/space-map/common.js';
+import { BITMAP_CSUM_XOR, sealBlock } from '../src/pdata/checksum.js';
+import { BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, SpaceMapReader, bitmapCount } from '../src/pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../src/pdata/space-map/disk.js';
-import { openMetadataSpaceMap } from '../src/pdata/space-map/metadata.js';
+import { openMetadataSpaceMap, readMetadataIndex } from '../src/pdata/space-map/metadata.js';
 import { NEEDS_CHECK_FLAG, dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
 import * as damage from './support/damage.js';
 import { generateXml } from './support/generate.js';
@@ -199,6 +200,28 @@ describe('refuses', () => {
     const r = runOurs('thin_check', ['--auto-repair', f]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/auto-repair refused.*thin device 0 has \d+ mappings but its details say mapped_blocks = 7/);
+    expect(sha256(f)).toBe(before);
+  });
+
+  it('when every free metadata block has leaked, leaving no room for new space maps beside the old', () => {
+    const f = copyOf('all-leaked');
+    const io = new BlockReader(f);
+    const index = readMetadataIndex(io, metadataSpaceMapRoot(readSuperblock(io)));
+    const nrBlocks = metadataSpaceMapRoot(readSuperblock(io)).nrBlocks;
+    io.close();
+    for (let bm = 0; bm < index.length; bm++) {
+      const buf = damage.readBlock(f, index[bm].blocknr);
+      const n = Math.min(ENTRIES_PER_BITMAP, nrBlocks - bm * ENTRIES_PER_BITMAP);
+      // A count of 1 is the entry's low bit, the upper bit of its pair.
+      for (let i = 0; i < n; i++) if (bitmapCount(buf, i) === 0) buf[BITMAP_HEADER_SIZE + (i >>> 2)] |= 2 << ((i & 3) << 1);
+      sealBlock(buf, BITMAP_CSUM_XOR);
+      damage.writeBlock(f, index[bm].blocknr, buf);
+    }
+    expect(spaceMapCounts(f, 'metadata').indexOf(0)).toBe(-1);
+    const before = sha256(f);
+    const r = runOurs('thin_check', ['--auto-repair', f]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/auto-repair refused.*not enough free metadata blocks/);
     expect(sha256(f)).toBe(before);
   });
 
