@@ -14,7 +14,7 @@ import { openMetadataSpaceMap, readMetadataIndex } from '../src/pdata/space-map/
 import { NEEDS_CHECK_FLAG, dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
 import * as damage from './support/damage.js';
 import { generateXml } from './support/generate.js';
-import { referenceRestore, runOurs, runReference, sha256, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, sha256, tempDir } from './support/reference.js';
 
 const dir = tempDir('auto-repair-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -164,7 +164,7 @@ describe('repairs space-map damage', () => {
 
   it('keeps a held metadata snapshot (kernel image): both checks and both dumps unchanged', () => {
     const img = path.join(dir, 'held.bin');
-    fs.writeFileSync(img, gunzipSync(fs.readFileSync('/work/shared/kernel-images/tmeta_with_metadata_snap.bin.gz')));
+    fs.writeFileSync(img, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, 'tmeta_with_metadata_snap.bin.gz'))));
     const dump = runReference('thin_dump', [img]).stdout;
     const snapDump = runReference('thin_dump', ['-m', img]).stdout;
     const free = blockWithCount(img, 'metadata', 0, 100);

@@ -6,9 +6,9 @@ import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { BlockReader } from '../src/io/block-io.js';
 import { metadataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
-import { runOurs, sha256, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, runOurs, sha256, tempDir } from './support/reference.js';
 
-const IMAGES = '/work/shared/kernel-images';
+const IMAGES = KERNEL_IMAGES;
 const dir = tempDir('check-ki-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 

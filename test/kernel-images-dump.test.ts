@@ -4,9 +4,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { runOurs, sha256, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, runOurs, sha256, tempDir } from './support/reference.js';
 
-const IMAGES = '/work/shared/kernel-images';
+const IMAGES = KERNEL_IMAGES;
 const dir = tempDir('thin-dump-ki-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 

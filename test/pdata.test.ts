@@ -11,7 +11,7 @@ import { writeU64 } from '../src/pdata/le.js';
 import { INTERNAL_NODE, LEAF_NODE, NODE_HEADER_SIZE, maxEntriesFor } from '../src/pdata/btree/node.js';
 import { BTreeError, walkBTree } from '../src/pdata/btree/walk.js';
 import { decodeSuperblock, encodeSuperblock, readSuperblock } from '../src/thin/superblock.js';
-import { tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, tempDir } from './support/reference.js';
 
 const dir = tempDir();
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -160,7 +160,7 @@ describe('B-tree walk', () => {
 
 describe('superblock', () => {
   it('encodes back to the same bytes the kernel wrote', () => {
-    const img = '/work/shared/kernel-images/tmeta.bin.gz';
+    const img = path.join(KERNEL_IMAGES, 'tmeta.bin.gz');
     if (!fs.existsSync(img)) return expect.fail(`kernel image ${img} missing`);
     const raw = gunzipSync(fs.readFileSync(img)).subarray(0, BLOCK_SIZE);
     const sb = decodeSuperblock(Buffer.from(raw));

@@ -5,9 +5,9 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runOurs, runReference, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, runOurs, runReference, tempDir } from './support/reference.js';
 
-const IMAGES = '/work/shared/kernel-images';
+const IMAGES = KERNEL_IMAGES;
 const names = fs.existsSync(IMAGES)
   ? fs.readdirSync(IMAGES).filter((f) => f.endsWith('.bin.gz')).map((f) => f.slice(0, -'.bin.gz'.length)).sort()
   : [];

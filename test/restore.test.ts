@@ -9,11 +9,10 @@ import { decodeSpaceMapRoot } from '../src/pdata/space-map/root.js';
 import { decodeSuperblock } from '../src/thin/superblock.js';
 import { MetadataWriter } from '../src/thin/write-metadata.js';
 import { generateXml } from './support/generate.js';
-import { referenceRestore, runOurs, runReference, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, tempDir } from './support/reference.js';
 
 const dir = tempDir('thin-restore-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-const KERNEL_IMAGES = '/work/shared/kernel-images';
 
 let seq = 0;
 function file(name: string): string {

@@ -6,9 +6,9 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { XmlWriter } from '../src/formats/xml-writer.js';
 import { salvageFile } from '../src/tools/repair.js';
-import { runReference, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, runReference, tempDir } from './support/reference.js';
 
-const IMAGES = '/work/shared/kernel-images';
+const IMAGES = KERNEL_IMAGES;
 let dir: string;
 
 function image(name: string, zeroBlocks: number[]): string {

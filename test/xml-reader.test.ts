@@ -7,7 +7,7 @@ import { readMetadataXml, XmlInputError } from '../src/formats/xml-reader.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../src/thin/events.js';
 import { StreamValidator } from '../src/thin/validate-stream.js';
 import { generateXml } from './support/generate.js';
-import { referenceRestore, runReference, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, referenceRestore, runReference, tempDir } from './support/reference.js';
 
 /** Records every event as a compact string, the way a test can compare. */
 class Recorder implements MetadataVisitor {
@@ -124,7 +124,7 @@ describe('readMetadataXml: valid input', () => {
   }
 
   it('reads the kernel images stored reference dumps, and -m dumps only with --nr-data-blocks', async () => {
-    const ki = '/work/shared/kernel-images';
+    const ki = KERNEL_IMAGES;
     const stored = fs.readdirSync(ki).filter((f) => /\.thin_dump(_m)?\.out(\.gz)?$/.test(f));
     expect(stored.length).toBeGreaterThan(5);
     let complete = 0;
