@@ -2,7 +2,7 @@
 import { Option } from 'commander';
 import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, OutputClosedError, dumpMetadata } from '../tools/dump.js';
 import { dumpRepaired } from '../tools/repair.js';
-import { Progress, newProgram, parseNatural, progressBar, runTool } from './common.js';
+import { Progress, UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
 
 /** Below this many mappings a dump is over before a progress bar would be seen. */
 const PROGRESS_THRESHOLD = 1_000_000;
@@ -48,6 +48,10 @@ async function main(rawArgv: string[]): Promise<number> {
     .option('-m, --metadata-snap', 'dump the metadata snapshot (-m<block> or --metadata-snap=<block> names its block)')
     .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, prev: number[]) => [...prev, parseNatural(v, '--dev-id')], [] as number[])
     .option('--skip-mappings', 'do not dump the mappings')
+    .option(
+      '--shared-subtrees',
+      'print leaves that devices share (snapshots) once, as <def>s the devices <ref>: a restore writes them once',
+    )
     .option('-o, --output <file>', 'write to this file instead of standard output')
     .option('--transaction-id <n>', 'override the transaction id')
     .option('--data-block-size <sectors>', 'override the data block size')
@@ -60,6 +64,7 @@ async function main(rawArgv: string[]): Promise<number> {
     metadataSnap?: boolean;
     devId: number[];
     skipMappings?: boolean;
+    sharedSubtrees?: boolean;
     output?: string;
     transactionId?: string;
     dataBlockSize?: string;
@@ -73,6 +78,7 @@ async function main(rawArgv: string[]): Promise<number> {
   const dataBlockSize = natural(o.dataBlockSize, '--data-block-size');
   const nrDataBlocks = natural(o.nrDataBlocks, '--nr-data-blocks');
   if (o.repair) {
+    if (o.sharedSubtrees) throw new UsageError('--shared-subtrees cannot be combined with --repair');
     const warn = o.quiet ? undefined : (m: string) => process.stderr.write(`thin_dump: ${m}\n`);
     dumpRepaired(input, { format: o.format, output: o.output, transactionId, dataBlockSize, nrDataBlocks, warn });
     return 0;
@@ -87,6 +93,7 @@ async function main(rawArgv: string[]): Promise<number> {
       metadataSnap: o.metadataSnap ? (snapBlock ?? true) : undefined,
       devIds: o.devId.length ? o.devId : undefined,
       skipMappings: o.skipMappings,
+      sharedSubtrees: o.sharedSubtrees,
       transactionId,
       dataBlockSize,
       nrDataBlocks,

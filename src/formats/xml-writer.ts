@@ -53,6 +53,21 @@ export class XmlWriter implements MetadataVisitor {
     this.out.write(`${this.pad}</device>\n`);
   }
 
+  /** The shared-subtree form, laid out as 1.x prints it: defs at device level, refs among mappings. */
+  defBegin(name: string): void {
+    this.out.write(`${this.pad}<def name="${escapeAttr(name)}">\n`);
+    this.open();
+  }
+
+  defEnd(): void {
+    this.close();
+    this.out.write(`${this.pad}</def>\n`);
+  }
+
+  ref(name: string): void {
+    this.out.write(`${this.pad}<ref name="${escapeAttr(name)}"/>\n`);
+  }
+
   // The hot path: pieces and digits go straight to the sink, no string is built per mapping.
   mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
     const o = this.out;
@@ -76,7 +91,7 @@ export class XmlWriter implements MetadataVisitor {
   }
 }
 
-/** The uuid is the only free text in the format. */
+/** The uuid and def names are the only free text in the format. */
 function escapeAttr(s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }

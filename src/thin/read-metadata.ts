@@ -11,14 +11,20 @@
 //   the device is closed, and the dump fails without closing the superblock;
 // - a device in the mapping tree without details is an error; details without mappings are
 //   not printed.
+//
+// With `sharedSubtrees` (our option; 1.x prints this form) leaves shared between the devices are
+// printed once, as <def>s before the devices, which <ref> them (see shared-subtrees.ts). That
+// needs a first pass over the trees, so damage in a device's tree fails before anything is printed.
 import { BlockReader } from '../io/block-io.js';
-import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
+import { BTreeNode, NODE_HEADER_SIZE, nodeDefect } from '../pdata/btree/node.js';
 import { walkBTree } from '../pdata/btree/walk.js';
 import { RangeError64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from './events.js';
+import { SharedLeafIndex } from './shared-subtrees.js';
 import {
   DeviceDetailsEntry,
   DeviceRoot,
+  MAPPING_VALUE_SIZE,
   TOP_LEVEL_VALUE_SIZE,
   readDeviceDetails,
   walkDeviceTree,
@@ -46,6 +52,8 @@ export interface ReadMetadataOptions {
   devIds?: ReadonlySet<number>;
   /** Devices only, no mappings (their trees are not read). */
   skipMappings?: boolean;
+  /** Print leaves several devices share once, as defs the devices ref (the 1.x shared form). */
+  sharedSubtrees?: boolean;
   /** Mappings read so far, out of the selected devices' mapped_blocks; called once per leaf. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -126,7 +134,13 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
   }
   let done = 0;
 
+  let shared: SharedLeafIndex | undefined;
+  if (opts.sharedSubtrees && !opts.skipMappings) {
+    shared = indexSharedLeaves(io, roots.slice(0, rootsBeforeError).filter((r) => selected(r.devId)));
+  }
+
   visitor.superblockBegin(pool);
+  if (shared) emitDefs(io, shared, visitor);
   for (let i = 0; i < rootsBeforeError; i++) {
     const { devId, root } = roots[i];
     if (!selected(devId)) continue;
@@ -143,7 +157,7 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
       const damage = emitMappings(io, root, visitor, (n) => {
         done += n;
         opts.onProgress?.(done, total);
-      });
+      }, shared);
       if (damage !== null) {
         visitor.deviceEnd();
         throw new MetadataDamageError(`device ${devId}: ${damage}`);
@@ -179,24 +193,17 @@ function unrepresentableIsDamage<T>(where: string, read: () => T): T {
   }
 }
 
-/**
- * Emits one device's mappings as runs: consecutive thin blocks mapped to consecutive data blocks
- * at the same time, across leaf boundaries. Returns null, or why the walk stopped early.
- */
-function emitMappings(
-  io: BlockReader,
-  root: number,
-  visitor: MetadataVisitor,
-  leafDone: (entries: number) => void,
-): string | null {
-  let damage: string | null = null;
-  let runThin = 0;
-  let runData = 0;
-  let runTime = 0;
-  let runLen = 0;
+/** Merges mappings, leaf after leaf, into runs of consecutive thin and data blocks at one time. */
+class MappingRuns {
+  private thin = 0;
+  private data = 0;
+  private time = 0;
+  private len = 0;
 
-  const leaf = (node: BTreeNode): void => {
-    if (damage !== null) return;
+  constructor(private readonly visitor: MetadataVisitor) {}
+
+  /** Decodes a leaf straight from its buffer. */
+  leaf(node: BTreeNode): void {
     const buf = node.buf;
     const n = node.nrEntries;
     const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
@@ -207,22 +214,33 @@ function emitMappings(
       const lo = buf.readUInt32LE(v);
       const data = buf.readUInt32LE(v + 4) * 256 + (lo >>> 24);
       const time = lo & 0xffffff;
-      if (runLen !== 0 && thin === runThin + runLen && data === runData + runLen && time === runTime) {
-        runLen++;
+      if (this.len !== 0 && thin === this.thin + this.len && data === this.data + this.len && time === this.time) {
+        this.len++;
       } else {
-        if (runLen !== 0) visitor.mapRun(runThin, runData, runLen, runTime);
-        runThin = thin;
-        runData = data;
-        runTime = time;
-        runLen = 1;
+        this.flush();
+        this.thin = thin;
+        this.data = data;
+        this.time = time;
+        this.len = 1;
       }
     }
-    if (n !== 0) leafDone(n);
-  };
+  }
 
+  /** Emits the run in hand (before a ref, or at the end of a device or def). */
+  flush(): void {
+    if (this.len !== 0) this.visitor.mapRun(this.thin, this.data, this.len, this.time);
+    this.len = 0;
+  }
+}
+
+/** Walks a device's tree; returns null, or why the walk stopped early. */
+function walkMappings(io: BlockReader, root: number, leaf: (node: BTreeNode) => void): string | null {
+  let damage: string | null = null;
   try {
     walkDeviceTree(io, root, {
-      leaf,
+      leaf(node) {
+        if (damage === null) leaf(node);
+      },
       error(e) {
         damage ??= e.message;
       },
@@ -233,6 +251,68 @@ function emitMappings(
     if (!(e instanceof RangeError64)) throw e;
     damage ??= e.message;
   }
-  if (runLen !== 0) visitor.mapRun(runThin, runData, runLen, runTime);
   return damage;
+}
+
+/**
+ * Emits one device's mappings as runs, across leaf boundaries. With a shared-leaf index, a run of
+ * shared leaves becomes a ref where it begins and its leaves are skipped. Returns null, or why
+ * the walk stopped early.
+ */
+function emitMappings(
+  io: BlockReader,
+  root: number,
+  visitor: MetadataVisitor,
+  leafDone: (entries: number) => void,
+  shared?: SharedLeafIndex,
+): string | null {
+  const runs = new MappingRuns(visitor);
+  const damage = walkMappings(io, root, (node) => {
+    const n = node.nrEntries;
+    if (n === 0) return;
+    if (shared?.isShared(node.block)) {
+      if (shared.isRunHead(node.block)) {
+        runs.flush();
+        visitor.ref!(String(node.block));
+      }
+    } else {
+      runs.leaf(node);
+    }
+    leafDone(n);
+  });
+  runs.flush();
+  return damage;
+}
+
+/** The first pass of the shared form: which leaves the dumped devices share, and in which runs. */
+function indexSharedLeaves(io: BlockReader, roots: DeviceRoot[]): SharedLeafIndex {
+  const index = new SharedLeafIndex(io.nrBlocks);
+  for (const { devId, root } of roots) {
+    const damage = walkMappings(io, root, (node) => {
+      if (node.nrEntries !== 0) index.leaf(node.block);
+    });
+    if (damage !== null) throw new MetadataDamageError(`device ${devId}: ${damage}`);
+    index.endDevice();
+  }
+  return index;
+}
+
+/** Each run of shared leaves, as a def named after its first leaf, before any device. */
+function emitDefs(io: BlockReader, shared: SharedLeafIndex, visitor: MetadataVisitor): void {
+  if (!visitor.defBegin || !visitor.defEnd || !visitor.ref) {
+    throw new Error('this output format has no shared-subtree form');
+  }
+  for (const head of shared.runHeads()) {
+    visitor.defBegin(String(head));
+    const runs = new MappingRuns(visitor);
+    for (let b = head; b !== -1; b = shared.nextInRun(b)) {
+      // Validated by the first pass's walk; the checks guard against the file changing since.
+      const node = new BTreeNode(b, io.read(b));
+      const defect = nodeDefect(node, b, MAPPING_VALUE_SIZE) ?? (node.isLeaf ? null : 'not a leaf');
+      if (defect) throw new MetadataDamageError(`shared leaf ${b}: ${defect}`);
+      runs.leaf(node);
+    }
+    runs.flush();
+    visitor.defEnd();
+  }
 }

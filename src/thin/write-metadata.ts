@@ -48,6 +48,15 @@ export class MetadataWriter implements MetadataVisitor {
   private device: DeviceInfo | undefined;
   private defName: string | undefined;
   private builder: BTreeBuilder | undefined;
+  /** Nothing pushed to the builder yet. */
+  private builderEmpty = true;
+  /**
+   * A device's first ref, held back: a device that turns out to be just that def (a snapshot no
+   * one wrote to since) shares one whole tree, root included, with the others that are.
+   */
+  private heldRef: string | undefined;
+  /** The tree built for each def that a device was nothing but. */
+  private readonly defRoots = new Map<string, number>();
   private readonly mapping = Buffer.alloc(MAPPING_VALUE_SIZE);
   private finished = false;
 
@@ -79,12 +88,14 @@ export class MetadataWriter implements MetadataVisitor {
     this.startMappings(`device ${dev.devId}`);
     this.device = dev;
     this.builder = this.mappingBuilder(false);
+    this.builderEmpty = true;
   }
 
   deviceEnd(): void {
     const dev = this.device;
     if (!dev || !this.builder) throw new WriteMetadataError('end of a device that was not begun');
-    const root = this.builder.complete();
+    const root = this.heldRef === undefined ? this.builder.complete() : this.wholeDefRoot(this.heldRef);
+    this.heldRef = undefined;
     this.devices.push({
       devId: dev.devId,
       details: {
@@ -105,6 +116,7 @@ export class MetadataWriter implements MetadataVisitor {
     if (this.defs.has(name)) throw new WriteMetadataError(`def ${name} defined twice`);
     this.defName = name;
     this.builder = this.mappingBuilder(true);
+    this.builderEmpty = true;
   }
 
   defEnd(): void {
@@ -118,12 +130,20 @@ export class MetadataWriter implements MetadataVisitor {
     const leaves = this.defs.get(name);
     if (!leaves) throw new WriteMetadataError(`ref to unknown def ${name}`);
     if (!this.builder) throw new WriteMetadataError(`ref ${name} outside a device or def`);
+    if (this.device && this.builderEmpty && this.heldRef === undefined) {
+      this.heldRef = name;
+      return;
+    }
+    this.releaseHeldRef();
     this.builder.pushLeaves(leaves);
+    this.builderEmpty = false;
   }
 
   mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
     const builder = this.builder;
     if (!builder) throw new WriteMetadataError('mappings outside a device or def');
+    this.releaseHeldRef();
+    this.builderEmpty = false;
     const nrDataBlocks = this.pool!.nrDataBlocks;
     if (dataBegin + length > nrDataBlocks) {
       throw new WriteMetadataError(
@@ -193,6 +213,24 @@ export class MetadataWriter implements MetadataVisitor {
     this.out.write(SUPERBLOCK_LOCATION, sb);
     this.out.sync();
     this.finished = true;
+  }
+
+  /** The held ref turned out to be followed by more: its leaves go into the device's own tree. */
+  private releaseHeldRef(): void {
+    if (this.heldRef === undefined) return;
+    this.builder!.pushLeaves(this.defs.get(this.heldRef)!);
+    this.heldRef = undefined;
+  }
+
+  /** The tree of a device that is just def `name`: built once, then shared whole. */
+  private wholeDefRoot(name: string): number {
+    let root = this.defRoots.get(name);
+    if (root === undefined) {
+      this.builder!.pushLeaves(this.defs.get(name)!);
+      root = this.builder!.complete();
+      this.defRoots.set(name, root);
+    }
+    return root;
   }
 
   private startMappings(what: string): void {

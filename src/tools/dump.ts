@@ -20,6 +20,8 @@ export interface DumpOptions {
   metadataSnap?: true | number;
   devIds?: number[];
   skipMappings?: boolean;
+  /** XML only: leaves several devices share are printed once, as `<def>`s the devices `<ref>`. */
+  sharedSubtrees?: boolean;
   /** Printed instead of what the superblock says. */
   transactionId?: number;
   dataBlockSize?: number;
@@ -58,6 +60,9 @@ function withOverrides(inner: MetadataVisitor, opts: DumpOptions): MetadataVisit
     deviceBegin: (dev) => inner.deviceBegin(dev),
     deviceEnd: () => inner.deviceEnd(),
     mapRun: (t, d, l, time) => inner.mapRun(t, d, l, time),
+    defBegin: inner.defBegin && ((name) => inner.defBegin!(name)),
+    defEnd: inner.defEnd && (() => inner.defEnd!()),
+    ref: inner.ref && ((name) => inner.ref!(name)),
   };
 }
 
@@ -78,6 +83,7 @@ function sameFile(a: string, b: string): boolean {
 export function dumpMetadata(input: string, opts: DumpOptions = {}): void {
   const format = opts.format ?? 'xml';
   if (!DUMP_FORMATS.includes(format)) throw new InputError(`unknown format '${format}'`);
+  if (opts.sharedSubtrees && format !== 'xml') throw new InputError('shared subtrees can only be dumped as xml');
   if (opts.output !== undefined && sameFile(opts.output, input)) {
     throw new InputError(`${opts.output}: the output file is the input metadata`);
   }
@@ -90,6 +96,7 @@ export function dumpMetadata(input: string, opts: DumpOptions = {}): void {
         metadataSnap: opts.metadataSnap,
         devIds: opts.devIds ? new Set(opts.devIds) : undefined,
         skipMappings: opts.skipMappings,
+        sharedSubtrees: opts.sharedSubtrees,
         onProgress: opts.onProgress,
       });
     } catch (e) {
