@@ -50,7 +50,7 @@ async function main(rawArgv: string[]): Promise<number> {
     .option('--skip-mappings', 'do not dump the mappings')
     .option(
       '--shared-subtrees',
-      'print leaves that devices share (snapshots) once, as <def>s the devices <ref>: a restore writes them once',
+      'xml only: print leaves that devices (snapshots) share once, as <def>s the devices <ref> (the 1.x shared form); restoring it writes them once',
     )
     .option('-o, --output <file>', 'write to this file instead of standard output')
     .option('--transaction-id <n>', 'override the transaction id')
