@@ -2,6 +2,7 @@
 import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
 import cliProgress from 'cli-progress';
+import { SuperblockOverrides } from '../thin/events.js';
 
 export const TOOLS_VERSION: string = (
   createRequire(import.meta.url)('../../package.json') as { version: string }
@@ -51,6 +52,24 @@ export function parseNatural(value: string, what: string): number {
     throw new UsageError(`${what}: '${value}' is not a non-negative integer`);
   }
   return Number(value);
+}
+
+/** Adds --transaction-id, --data-block-size and --nr-data-blocks; `source` says what they override. */
+export function withOverrideOptions(program: Command, source: string): Command {
+  return program
+    .option('--transaction-id <natural>', `override the transaction id ${source}`)
+    .option('--data-block-size <sectors>', `override the data block size ${source}`)
+    .option('--nr-data-blocks <natural>', `override the number of data blocks ${source}`);
+}
+
+/** The overrides given on the command line, checked to be non-negative integers. */
+export function overridesFrom(o: { transactionId?: string; dataBlockSize?: string; nrDataBlocks?: string }): SuperblockOverrides {
+  const natural = (v: string | undefined, what: string) => (v === undefined ? undefined : parseNatural(v, what));
+  return {
+    transactionId: natural(o.transactionId, '--transaction-id'),
+    dataBlockSize: natural(o.dataBlockSize, '--data-block-size'),
+    nrDataBlocks: natural(o.nrDataBlocks, '--nr-data-blocks'),
+  };
 }
 
 /** Progress reporter; a no-op unless stderr is a terminal and the user didn't ask for quiet. */

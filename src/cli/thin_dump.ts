@@ -2,7 +2,9 @@
 import { Option } from 'commander';
 import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, OutputClosedError, dumpMetadata } from '../tools/dump.js';
 import { dumpRepaired } from '../tools/repair.js';
-import { Progress, UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
+import {
+  Progress, UsageError, newProgram, overridesFrom, parseNatural, progressBar, runTool, withOverrideOptions,
+} from './common.js';
 
 /** Below this many mappings a dump is over before a progress bar would be seen. */
 const PROGRESS_THRESHOLD = 1_000_000;
@@ -42,7 +44,7 @@ function extractSnapBlock(argv: string[]): { argv: string[]; snapBlock?: number 
 
 async function main(rawArgv: string[]): Promise<number> {
   const { argv, snapBlock } = extractSnapBlock(rawArgv);
-  const program = newProgram('thin_dump', 'Dump thin-provisioning metadata to standard output or a file.')
+  const base = newProgram('thin_dump', 'Dump thin-provisioning metadata to standard output or a file.')
     .argument('<input>', 'metadata device or file')
     .addOption(new Option('-f, --format <format>', 'output format').choices(DUMP_FORMATS).default('xml'))
     .option('-m, --metadata-snap', 'dump the metadata snapshot (-m<block> or --metadata-snap=<block> names its block)')
@@ -52,10 +54,8 @@ async function main(rawArgv: string[]): Promise<number> {
       '--shared-subtrees',
       'xml only: print leaves that devices (snapshots) share once, as <def>s the devices <ref> (the 1.x shared form); restoring it writes them once',
     )
-    .option('-o, --output <file>', 'write to this file instead of standard output')
-    .option('--transaction-id <n>', 'override the transaction id')
-    .option('--data-block-size <sectors>', 'override the data block size')
-    .option('--nr-data-blocks <n>', 'override the number of data blocks')
+    .option('-o, --output <file>', 'write to this file instead of standard output');
+  const program = withOverrideOptions(base, 'of the superblock')
     .option('-r, --repair', 'repair the metadata while dumping it')
     .option('-q, --quiet', 'no progress bar');
   program.parse(argv, { from: 'user' });
@@ -73,14 +73,11 @@ async function main(rawArgv: string[]): Promise<number> {
     quiet?: boolean;
   }>();
   const input = program.args[0];
-  const natural = (v: string | undefined, what: string) => (v === undefined ? undefined : parseNatural(v, what));
-  const transactionId = natural(o.transactionId, '--transaction-id');
-  const dataBlockSize = natural(o.dataBlockSize, '--data-block-size');
-  const nrDataBlocks = natural(o.nrDataBlocks, '--nr-data-blocks');
+  const overrides = overridesFrom(o);
   if (o.repair) {
     if (o.sharedSubtrees) throw new UsageError('--shared-subtrees cannot be combined with --repair');
     const warn = o.quiet ? undefined : (m: string) => process.stderr.write(`thin_dump: ${m}\n`);
-    dumpRepaired(input, { format: o.format, output: o.output, transactionId, dataBlockSize, nrDataBlocks, warn });
+    dumpRepaired(input, { format: o.format, output: o.output, ...overrides, warn });
     return 0;
   }
 
@@ -94,9 +91,7 @@ async function main(rawArgv: string[]): Promise<number> {
       devIds: o.devId.length ? o.devId : undefined,
       skipMappings: o.skipMappings,
       sharedSubtrees: o.sharedSubtrees,
-      transactionId,
-      dataBlockSize,
-      nrDataBlocks,
+      ...overrides,
       output: o.output,
       onProgress: showProgress
         ? (done, total) => {

@@ -3,6 +3,20 @@ import * as fs from 'node:fs';
 
 export const BLOCK_SIZE = 4096;
 
+/** Whether two paths name the same file or block device, so an output never overwrites its input. */
+export function sameFile(a: string, b: string): boolean {
+  const identity = (p: string): string | null => {
+    try {
+      const st = fs.statSync(p);
+      return st.isBlockDevice() ? `dev:${st.rdev}` : `file:${st.dev}:${st.ino}`;
+    } catch {
+      return null;
+    }
+  };
+  const ia = identity(a);
+  return ia !== null && ia === identity(b);
+}
+
 /** An IO problem the user can act on (missing file, truncated device, ...). */
 export class InputError extends Error {}
 

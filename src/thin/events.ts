@@ -13,6 +13,22 @@ export interface PoolInfo {
   metadataSnap?: number;
 }
 
+/** The --transaction-id, --data-block-size and --nr-data-blocks options: replace the source's values. */
+export interface SuperblockOverrides {
+  transactionId?: number;
+  dataBlockSize?: number;
+  nrDataBlocks?: number;
+}
+
+export function applyOverrides(pool: PoolInfo, o: SuperblockOverrides): PoolInfo {
+  return {
+    ...pool,
+    transaction: o.transactionId ?? pool.transaction,
+    dataBlockSize: o.dataBlockSize ?? pool.dataBlockSize,
+    nrDataBlocks: o.nrDataBlocks ?? pool.nrDataBlocks,
+  };
+}
+
 export interface DeviceInfo {
   devId: number;
   mappedBlocks: number;

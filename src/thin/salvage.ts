@@ -8,19 +8,15 @@ import { BlockReader } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
 import { BTreeError, walkBTree } from '../pdata/btree/walk.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
-import { DeviceInfo, MetadataVisitor, PoolInfo } from './events.js';
+import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides } from './events.js';
 import { mappingDataBlock, mappingTime } from './mapping.js';
 import { MAPPING_VALUE_SIZE, TOP_LEVEL_VALUE_SIZE } from './mapping-tree.js';
 import {
   BlockKind, BlockScan, SubtreeStats, candidateRoots, scanBlocks, subtreeStats,
 } from './salvage-scan.js';
-import { NEEDS_CHECK_FLAG, Superblock, dataSpaceMapRoot, decodeSuperblock, readSuperblock } from './superblock.js';
-
-export interface SuperblockOverrides {
-  transactionId?: number;
-  dataBlockSize?: number;
-  nrDataBlocks?: number;
-}
+import {
+  NEEDS_CHECK_FLAG, Superblock, dataSpaceMapRoot, decodeSuperblock, readSuperblock, validDataBlockSize,
+} from './superblock.js';
 
 export interface SalvageOptions extends SuperblockOverrides {
   /** Told what could not be saved and what had to be guessed. */
@@ -42,13 +38,6 @@ export interface SalvageResult {
 
 /** Salvage is impossible or needs the user's help; the message says which. */
 export class SalvageError extends Error {}
-
-const MIN_DATA_BLOCK_SIZE = 128;
-const MAX_DATA_BLOCK_SIZE = 2097152;
-
-export function validDataBlockSize(sectors: number): boolean {
-  return sectors >= MIN_DATA_BLOCK_SIZE && sectors <= MAX_DATA_BLOCK_SIZE && sectors % MIN_DATA_BLOCK_SIZE === 0;
-}
 
 interface Device {
   devId: number;

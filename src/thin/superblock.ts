@@ -10,6 +10,14 @@ export const SUPERBLOCK_MAGIC = 27022010;
 export const NEEDS_CHECK_FLAG = 1;
 export const SPACE_MAP_ROOT_SIZE = 128;
 
+/** dm-thin: data blocks of 64 KiB .. 1 GiB, in 512-byte sectors, a multiple of 64 KiB. */
+export const MIN_DATA_BLOCK_SIZE = 128;
+export const MAX_DATA_BLOCK_SIZE = 2097152;
+
+export function validDataBlockSize(sectors: number): boolean {
+  return sectors >= MIN_DATA_BLOCK_SIZE && sectors <= MAX_DATA_BLOCK_SIZE && sectors % MIN_DATA_BLOCK_SIZE === 0;
+}
+
 export interface Superblock {
   flags: number;
   blocknr: number;

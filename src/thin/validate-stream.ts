@@ -6,22 +6,14 @@
 //
 // It throws StreamError; a source that knows where the current event came from (the XML reader)
 // prefixes the location. It holds a few numbers per device and per <def>, never per mapping.
-import { DeviceInfo, MetadataVisitor, PoolInfo } from './events.js';
+import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides, applyOverrides } from './events.js';
 import { MAX_DATA_BLOCK, MAX_TIME } from './mapping.js';
+import { MAX_DATA_BLOCK_SIZE, MIN_DATA_BLOCK_SIZE, validDataBlockSize } from './superblock.js';
 
 /** The event stream describes metadata that cannot be written; the message names the problem. */
 export class StreamError extends Error {}
 
-/** thin_restore's --transaction-id, --data-block-size, --nr-data-blocks: replace the source's values. */
-export interface SuperblockOverrides {
-  transactionId?: number;
-  dataBlockSize?: number;
-  nrDataBlocks?: number;
-}
-
-/** dm-thin: data blocks of 64 KiB .. 1 GiB, in 512-byte sectors, a multiple of 64 KiB. */
-export const MIN_DATA_BLOCK_SIZE = 128;
-export const MAX_DATA_BLOCK_SIZE = 2097152;
+export type { SuperblockOverrides };
 /** dm-thin refuses device ids of 24 bits or more. */
 export const MAX_DEV_ID = 2 ** 24 - 1;
 /** Superblock flag bits the kernel defines (needs_check). */
@@ -53,15 +45,9 @@ export class StreamValidator implements MetadataVisitor {
 
   superblockBegin(source: PoolInfo): void {
     if (this.pool) throw new StreamError('a second superblock');
-    const o = this.overrides;
-    const pool: PoolInfo = {
-      ...source,
-      transaction: o.transactionId ?? source.transaction,
-      dataBlockSize: o.dataBlockSize ?? source.dataBlockSize,
-      nrDataBlocks: o.nrDataBlocks ?? source.nrDataBlocks,
-    };
+    const pool = applyOverrides(source, this.overrides);
     const bs = pool.dataBlockSize;
-    if (bs < MIN_DATA_BLOCK_SIZE || bs > MAX_DATA_BLOCK_SIZE || bs % MIN_DATA_BLOCK_SIZE !== 0) {
+    if (!validDataBlockSize(bs)) {
       throw new StreamError(
         `data_block_size ${bs} is not a multiple of ${MIN_DATA_BLOCK_SIZE} between ` +
           `${MIN_DATA_BLOCK_SIZE} and ${MAX_DATA_BLOCK_SIZE} sectors`,

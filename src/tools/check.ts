@@ -18,7 +18,7 @@ import {
 } from '../thin/mapping-tree.js';
 import {
   NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
-  readSuperblock,
+  readSuperblock, MAX_DATA_BLOCK_SIZE, MIN_DATA_BLOCK_SIZE, validDataBlockSize,
 } from '../thin/superblock.js';
 import { DataCounts, MetadataCounts } from './check-counts.js';
 
@@ -65,8 +65,6 @@ const MAX_LISTED_DIFFERENCES = 32;
 const MAX_LISTED_BAD_MAPPINGS = 4;
 const PROGRESS_EVERY = 1024;
 
-const MIN_DATA_BLOCK_SIZE = 128;
-const MAX_DATA_BLOCK_SIZE = 2097152;
 const METADATA_BLOCK_SECTORS = BLOCK_SIZE / 512;
 
 function keyRange(what: string, err: BTreeError): string {
@@ -124,8 +122,8 @@ function superblockDefects(sb: Superblock, io: BlockReader): string[] {
     out.push(`metadata block size is ${sb.metadataBlockSize} sectors, expected ${METADATA_BLOCK_SECTORS}`);
   }
   const dbs = sb.dataBlockSize;
-  if (dbs < MIN_DATA_BLOCK_SIZE || dbs > MAX_DATA_BLOCK_SIZE || dbs % MIN_DATA_BLOCK_SIZE !== 0) {
-    out.push(`data block size ${dbs} sectors is not a multiple of 128 between 128 and 2097152`);
+  if (!validDataBlockSize(dbs)) {
+    out.push(`data block size ${dbs} sectors is not a multiple of ${MIN_DATA_BLOCK_SIZE} between ${MIN_DATA_BLOCK_SIZE} and ${MAX_DATA_BLOCK_SIZE}`);
   }
   let msm: SpaceMapRoot;
   let dsm: SpaceMapRoot;

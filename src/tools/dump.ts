@@ -1,11 +1,9 @@
 // thin_dump as a library function: metadata on disk -> XML or human-readable text.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { BlockReader, InputError } from '../io/block-io.js';
+import { BlockReader, InputError, sameFile } from '../io/block-io.js';
 import { HumanReadableWriter } from '../formats/human-readable.js';
 import { AtomicFileSink, FdSink, OutputClosedError } from '../formats/output.js';
 import { XmlWriter } from '../formats/xml-writer.js';
-import { MetadataVisitor, PoolInfo } from '../thin/events.js';
+import { MetadataVisitor, PoolInfo, SuperblockOverrides, applyOverrides } from '../thin/events.js';
 import { readMetadata } from '../thin/read-metadata.js';
 
 export { DAMAGE_MESSAGE, MetadataDamageError, MetadataSnapError } from '../thin/read-metadata.js';
@@ -14,7 +12,7 @@ export { OutputClosedError };
 export const DUMP_FORMATS = ['xml', 'human_readable'] as const;
 export type DumpFormat = (typeof DUMP_FORMATS)[number];
 
-export interface DumpOptions {
+export interface DumpOptions extends SuperblockOverrides {
   format?: DumpFormat;
   /** `true`: the metadata snapshot the superblock holds; a number: the snapshot expected there. */
   metadataSnap?: true | number;
@@ -22,10 +20,6 @@ export interface DumpOptions {
   skipMappings?: boolean;
   /** XML only: leaves several devices share are printed once, as `<def>`s the devices `<ref>`. */
   sharedSubtrees?: boolean;
-  /** Printed instead of what the superblock says. */
-  transactionId?: number;
-  dataBlockSize?: number;
-  nrDataBlocks?: number;
   /** A file to write (atomically: temp file, then rename); default standard output. */
   output?: string;
   /** Where standard output goes when there is no `output` file. */
@@ -43,18 +37,13 @@ function writerFor(format: DumpFormat, sink: FdSink): MetadataVisitor {
 }
 
 /** Replaces superblock fields the user overrode (for metadata whose superblock is wrong). */
-function withOverrides(inner: MetadataVisitor, opts: DumpOptions): MetadataVisitor {
+function withOverrides(inner: MetadataVisitor, opts: SuperblockOverrides): MetadataVisitor {
   if (opts.transactionId === undefined && opts.dataBlockSize === undefined && opts.nrDataBlocks === undefined) {
     return inner;
   }
   return {
     superblockBegin(pool: PoolInfo) {
-      inner.superblockBegin({
-        ...pool,
-        transaction: opts.transactionId ?? pool.transaction,
-        dataBlockSize: opts.dataBlockSize ?? pool.dataBlockSize,
-        nrDataBlocks: opts.nrDataBlocks ?? pool.nrDataBlocks,
-      });
+      inner.superblockBegin(applyOverrides(pool, opts));
     },
     superblockEnd: () => inner.superblockEnd(),
     deviceBegin: (dev) => inner.deviceBegin(dev),
@@ -64,16 +53,6 @@ function withOverrides(inner: MetadataVisitor, opts: DumpOptions): MetadataVisit
     defEnd: inner.defEnd && (() => inner.defEnd!()),
     ref: inner.ref && ((name) => inner.ref!(name)),
   };
-}
-
-function sameFile(a: string, b: string): boolean {
-  try {
-    const sa = fs.statSync(a);
-    const sb = fs.statSync(b);
-    return sa.dev === sb.dev && sa.ino === sb.ino;
-  } catch {
-    return path.resolve(a) === path.resolve(b);
-  }
 }
 
 /**

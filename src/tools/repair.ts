@@ -1,13 +1,14 @@
 // thin_repair and `thin_dump --repair` as library functions: salvage what damaged metadata
 // still holds (src/thin/salvage.ts) and write it as new metadata or print it.
 import * as fs from 'node:fs';
-import { BlockReader, BlockWriter, InputError } from '../io/block-io.js';
+import { BlockReader, BlockWriter, InputError, sameFile } from '../io/block-io.js';
 import { HumanReadableWriter } from '../formats/human-readable.js';
 import { AtomicFileSink, FdSink } from '../formats/output.js';
 import { XmlWriter } from '../formats/xml-writer.js';
-import { MetadataVisitor } from '../thin/events.js';
+import { MetadataVisitor, SuperblockOverrides } from '../thin/events.js';
 import { MetadataWriter } from '../thin/write-metadata.js';
-import { SalvageError, SalvageResult, SuperblockOverrides, salvageMetadata, validDataBlockSize } from '../thin/salvage.js';
+import { SalvageError, SalvageResult, salvageMetadata } from '../thin/salvage.js';
+import { validDataBlockSize } from '../thin/superblock.js';
 
 export { SalvageError };
 export type { SalvageResult, SuperblockOverrides };
@@ -15,21 +16,6 @@ export type { SalvageResult, SuperblockOverrides };
 export interface SalvageRunOptions extends SuperblockOverrides {
   warn?: (message: string) => void;
   scanProgress?: (done: number, total: number) => void;
-}
-
-/** Identity of a file or device, so an output that is the input can be refused. */
-function fileIdentity(path: string): string | null {
-  try {
-    const st = fs.statSync(path);
-    return st.isBlockDevice() ? `dev:${st.rdev}` : `file:${st.dev}:${st.ino}`;
-  } catch {
-    return null;
-  }
-}
-
-export function sameFile(a: string, b: string): boolean {
-  const ia = fileIdentity(a);
-  return ia !== null && ia === fileIdentity(b);
 }
 
 function checkOverrides(o: SuperblockOverrides): void {

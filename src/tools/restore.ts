@@ -2,7 +2,8 @@
 import * as fs from 'node:fs';
 import { BlockWriter, InputError } from '../io/block-io.js';
 import { readMetadataXml } from '../formats/xml-reader.js';
-import { StreamValidator, SuperblockOverrides } from '../thin/validate-stream.js';
+import { SuperblockOverrides } from '../thin/events.js';
+import { StreamValidator } from '../thin/validate-stream.js';
 import { MetadataWriter } from '../thin/write-metadata.js';
 
 export { OutputTooSmallError } from '../pdata/block-allocator.js';
