@@ -151,6 +151,29 @@ describe('damaged metadata', () => {
     expect(ourDump.stdout).toBe(refDump.stdout);
   });
 
+  it('holds the data bitmaps and the ref-count tree against each other', () => {
+    // Find a data block shared by 3 or more devices (counted in the ref-count tree) and one
+    // mapped once, from the reference dump of the base image.
+    const dump = runReference('thin_dump', [base]).stdout;
+    const users = new Map<number, number>();
+    for (const m of dump.matchAll(/data_block="(\d+)"/g)) users.set(Number(m[1]), (users.get(Number(m[1])) ?? 0) + 1);
+    const shared = [...users].find(([, n]) => n >= 3)![0];
+    const single = [...users].find(([, n]) => n === 1)![0];
+
+    const noEntry = copyOf('bitmap-3-without-tree-entry');
+    damage.setDataCount(noEntry, single, 3);
+    const a = runOurs('thin_check', [noEntry]);
+    expect(a.status).toBe(1);
+    expect(a.stderr).toContain(`data block ${single}: its bitmap`);
+    expect(a.stderr).toContain('says 3 or more references, but the ref-count tree has no entry for it');
+
+    const stray = copyOf('tree-entry-without-bitmap-3');
+    damage.setDataCount(stray, shared, 2);
+    const b = runOurs('thin_check', [stray]);
+    expect(b.status).toBe(1);
+    expect(b.stderr).toMatch(new RegExp(`data block ${shared}: the ref-count tree holds a count of ${users.get(shared)}, but its bitmap entry is not 3`));
+  });
+
   it('names the device, thin blocks and node of a damaged leaf', () => {
     const f = copyOf('named-leaf');
     damage.zeroBlock(f, nodes.leaves[2]);

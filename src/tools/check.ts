@@ -7,7 +7,9 @@ import { BlockReader, BLOCK_SIZE, InputError } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
-import { ENTRIES_PER_BITMAP, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink } from '../pdata/space-map/common.js';
+import {
+  ENTRIES_PER_BITMAP, IndexEntry, OverflowCounts, SpaceMapError, SpaceMapReader, SpaceMapSink,
+} from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
 import { MAX_METADATA_BLOCKS, openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
 import { SpaceMapRoot } from '../pdata/space-map/root.js';
@@ -464,13 +466,13 @@ function compareSpaceMap(
   rep: Reporter,
   kind: 'metadata' | 'data',
   sm: SpaceMapReader,
-  overflow: Map<number, number>,
+  overflow: OverflowCounts,
   expectedRange: (first: number, n: number) => Uint32Array,
   sink: SpaceMapSink,
 ): number {
   const diffs = new DifferenceList(rep, kind);
   let allocated = 0;
-  const overflowSeen = new Set<number>();
+  const overflowSeen = new Uint8Array(overflow.size);
   sm.forEachBitmap(sink, (first, counts, bitmapBlock) => {
     const expectedCounts = expectedRange(first, counts.length);
     for (let i = 0; i < counts.length; i++) {
@@ -480,21 +482,21 @@ function compareSpaceMap(
       if (actual === expected && actual !== 3) continue;
       const block = first + i;
       if (actual === 3) {
-        const big = overflow.get(block);
-        if (big === undefined) {
+        const at = overflow.indexOf(block);
+        if (at < 0) {
           rep.error(1, `${kind} block ${block}: its bitmap (block ${bitmapBlock}) says 3 or more references, but the ref-count tree has no entry for it`);
           continue;
         }
-        overflowSeen.add(block);
-        actual = big;
+        overflowSeen[at] = 1;
+        actual = overflow.countAt(at);
       }
       if (expected !== actual) diffs.add(block, expected, actual);
     }
   });
   diffs.finish();
-  for (const [block, count] of overflow) {
-    if (!overflowSeen.has(block)) {
-      rep.error(1, `${kind} block ${block}: the ref-count tree holds a count of ${count}, but its bitmap entry is not 3 (or the block is outside the space map)`);
+  for (let i = 0; i < overflow.size; i++) {
+    if (!overflowSeen[i]) {
+      rep.error(1, `${kind} block ${overflow.blockAt(i)}: the ref-count tree holds a count of ${overflow.countAt(i)}, but its bitmap entry is not 3 (or the block is outside the space map)`);
     }
   }
   return allocated;

@@ -1,7 +1,7 @@
 // Depth-first B-tree walk with full validation: every node is checked (checksum, blocknr, flags,
 // sizes), keys must rise strictly and stay in the parent's range, leaves sit at one depth, and a
 // block may appear once per tree (so cycles are caught). Shared subtrees can be visited once.
-import { BlockReader } from '../../io/block-io.js';
+import { BLOCK_SIZE, BlockReader } from '../../io/block-io.js';
 import { BTreeNode, nodeDefect } from './node.js';
 
 /** A damaged node or subtree; the keys in [lowKey, highKey) could not be read through it. */
@@ -17,7 +17,7 @@ export class BTreeError extends Error {
 }
 
 export interface BTreeVisitor {
-  /** A validated leaf, in key order. */
+  /** A validated leaf, in key order. Its buffer is reused once this returns: copy what you keep. */
   leaf(node: BTreeNode): void;
   /** Every reference to a node (root included), even one to a shared subtree not walked again. */
   nodeRef?(block: number): void;
@@ -67,8 +67,11 @@ export function walkBTree(
 ): SubtreeSummary | null {
   const inThisTree = new Set<number>();
   const memo = opts.memo;
+  // One block buffer per depth: a node's buffer lives while its subtree is walked, and nothing
+  // is allocated per node (millions of mappings would otherwise leave megabytes for the GC).
+  const buffers: Buffer[] = [];
 
-  const walk = (block: number, lowKey: number, highKey: number): SubtreeSummary | null => {
+  const walk = (block: number, lowKey: number, highKey: number, depth: number): SubtreeSummary | null => {
     visitor.nodeRef?.(block);
     const fail = (reason: string): null => {
       visitor.error(new BTreeError(block, reason, lowKey, highKey));
@@ -88,11 +91,11 @@ export function walkBTree(
     let node: BTreeNode;
     try {
       if (block >= io.nrBlocks) return fail(`block ${block} is beyond the end of the metadata device`);
-      node = new BTreeNode(block, io.read(block));
+      node = new BTreeNode(block, io.readInto(block, (buffers[depth] ??= Buffer.allocUnsafe(BLOCK_SIZE))));
     } catch (e) {
       return fail((e as Error).message);
     }
-    const result = walkNode(node, lowKey, highKey, fail);
+    const result = walkNode(node, lowKey, highKey, depth, fail);
     memo?.set(block, result);
     return result;
   };
@@ -101,6 +104,7 @@ export function walkBTree(
     node: BTreeNode,
     lowKey: number,
     highKey: number,
+    depth: number,
     fail: (reason: string) => null,
   ): SubtreeSummary | null => {
     const defect = nodeDefect(node, node.block, leafValueSize);
@@ -132,7 +136,7 @@ export function walkBTree(
     let entries = 0;
     for (let i = 0; i < n; i++) {
       const childHigh = i + 1 < n ? node.key(i + 1) : highKey;
-      const child = walk(node.valueU64(i), node.key(i), childHigh);
+      const child = walk(node.valueU64(i), node.key(i), childHigh, depth + 1);
       if (!child) continue;
       if (height === -1) height = child.height;
       else if (child.height !== height) return fail('leaves at different depths');
@@ -146,5 +150,5 @@ export function walkBTree(
     return { height: height + 1, minKey, maxKey, empty: maxKey < 0, entries };
   };
 
-  return walk(root, opts.lowKey ?? 0, opts.highKey ?? NO_LIMIT);
+  return walk(root, opts.lowKey ?? 0, opts.highKey ?? NO_LIMIT, 0);
 }
