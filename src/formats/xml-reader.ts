@@ -48,24 +48,50 @@ export async function readMetadataXml(
   opts: ReadXmlOptions = {},
 ): Promise<void> {
   const name = opts.name ?? (typeof input === 'string' ? input : 'stdin');
-  const stream = typeof input === 'string' ? openInput(input) : input;
   const parser = new Parser(name, visitor);
-  let rest: Buffer | undefined;
+  // One working buffer for the whole input: what a chunk leaves of an unfinished tag moves to
+  // its front and the next bytes land behind it, so nothing is allocated per chunk.
+  const work = Buffer.allocUnsafe(CHUNK_BYTES + MAX_TAG_BYTES);
+  let filled = 0;
   let bytesRead = 0;
-  for await (const chunk of stream) {
-    const bytes: Buffer = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-    bytesRead += bytes.length;
-    const buf = rest ? Buffer.concat([rest, bytes]) : bytes;
-    const used = parser.feed(buf, false);
-    rest = used < buf.length ? buf.subarray(used) : undefined;
+  const consume = () => {
+    const used = parser.feed(work.subarray(0, filled), false);
+    work.copy(work, 0, used, filled);
+    filled -= used;
     // Only an unfinished tag is carried over; a huge one is not thin_dump output.
-    if (rest && rest.length > MAX_TAG_BYTES) parser.fail('a tag longer than 1 MiB');
+    if (filled > MAX_TAG_BYTES) parser.fail('a tag longer than 1 MiB');
     opts.onProgress?.(bytesRead);
+  };
+  if (typeof input === 'string') {
+    const fd = openInput(input);
+    try {
+      for (;;) {
+        const n = fs.readSync(fd, work, filled, CHUNK_BYTES, null);
+        if (n === 0) break;
+        filled += n;
+        bytesRead += n;
+        consume();
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  } else {
+    for await (const chunk of input) {
+      const bytes: Buffer = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      for (let at = 0; at < bytes.length; ) {
+        const n = Math.min(bytes.length - at, CHUNK_BYTES);
+        bytes.copy(work, filled, at, at + n);
+        at += n;
+        filled += n;
+        bytesRead += n;
+        consume();
+      }
+    }
   }
-  parser.finish(rest ?? Buffer.alloc(0));
+  parser.finish(work.subarray(0, filled));
 }
 
-function openInput(path: string): Readable {
+function openInput(path: string): number {
   let fd: number;
   try {
     fd = fs.openSync(path, 'r');
@@ -81,9 +107,10 @@ function openInput(path: string): Readable {
     fs.closeSync(fd);
     throw new InputError(`${path}: Is a directory`);
   }
-  return fs.createReadStream(path, { fd, highWaterMark: 1 << 18 });
+  return fd;
 }
 
+const CHUNK_BYTES = 1 << 18;
 const MAX_TAG_BYTES = 1 << 20;
 const MAX_U32 = 2 ** 32 - 1;
 const MAX_U64 = Number.MAX_SAFE_INTEGER; // the suite keeps u64s as exact JavaScript numbers
