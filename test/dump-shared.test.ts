@@ -13,29 +13,12 @@ import { DeviceInfo, MetadataVisitor, PoolInfo } from '../src/thin/events.js';
 import { SharedLeafIndex } from '../src/thin/shared-subtrees.js';
 import { decodeSuperblock } from '../src/thin/superblock.js';
 import { generateXml } from './support/generate.js';
-import { referenceRestore, runOurs, runReference, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, scratchFiles } from './support/reference.js';
 
-const KERNEL_IMAGES = '/work/shared/kernel-images';
-const dir = tempDir('thin-dump-shared-');
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-let seq = 0;
-function file(name: string): string {
-  return path.join(dir, `${seq++}-${name}`);
-}
-
-function emptyOutput(sizeBytes: number): string {
-  const p = file('meta.bin');
-  fs.writeFileSync(p, '');
-  fs.truncateSync(p, sizeBytes);
-  return p;
-}
-
-function writeXml(xml: string): string {
-  const p = file('in.xml');
-  fs.writeFileSync(p, xml);
-  return p;
-}
+const scratch = scratchFiles('thin-dump-shared-');
+afterAll(() => scratch.remove());
+const { file, writeXml } = scratch;
+const emptyOutput = (sizeBytes: number) => scratch.emptyOutput(sizeBytes, 'meta.bin');
 
 /** Metadata blocks in use, from the metadata space map's root. */
 function metadataAllocated(meta: string): number {

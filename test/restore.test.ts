@@ -9,28 +9,12 @@ import { decodeSpaceMapRoot } from '../src/pdata/space-map/root.js';
 import { decodeSuperblock } from '../src/thin/superblock.js';
 import { MetadataWriter } from '../src/thin/write-metadata.js';
 import { generateXml } from './support/generate.js';
-import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, scratchFiles } from './support/reference.js';
 
-const dir = tempDir('thin-restore-');
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-let seq = 0;
-function file(name: string): string {
-  return path.join(dir, `${seq++}-${name}`);
-}
-
-function emptyOutput(sizeBytes: number): string {
-  const p = file('out.bin');
-  fs.writeFileSync(p, '');
-  fs.truncateSync(p, sizeBytes);
-  return p;
-}
-
-function writeXml(xml: string): string {
-  const p = file('in.xml');
-  fs.writeFileSync(p, xml);
-  return p;
-}
+const scratch = scratchFiles('thin-restore-');
+afterAll(() => scratch.remove());
+const { dir, writeXml } = scratch;
+const emptyOutput = (sizeBytes: number) => scratch.emptyOutput(sizeBytes, 'out.bin');
 
 /**
  * Our restore, then the reference's verdict and dump of what we wrote, and our thin_check's

@@ -62,8 +62,15 @@ export function withOverrideOptions(program: Command, source: string): Command {
     .option('--nr-data-blocks <natural>', `override the number of data blocks ${source}`);
 }
 
+/** The raw values of the options withOverrideOptions adds. */
+export interface OverrideFlags {
+  transactionId?: string;
+  dataBlockSize?: string;
+  nrDataBlocks?: string;
+}
+
 /** The overrides given on the command line, checked to be non-negative integers. */
-export function overridesFrom(o: { transactionId?: string; dataBlockSize?: string; nrDataBlocks?: string }): SuperblockOverrides {
+export function overridesFrom(o: OverrideFlags): SuperblockOverrides {
   const natural = (v: string | undefined, what: string) => (v === undefined ? undefined : parseNatural(v, what));
   return {
     transactionId: natural(o.transactionId, '--transaction-id'),

@@ -3,7 +3,7 @@ import { Option } from 'commander';
 import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, OutputClosedError, dumpMetadata } from '../tools/dump.js';
 import { dumpRepaired } from '../tools/repair.js';
 import {
-  Progress, UsageError, newProgram, overridesFrom, parseNatural, progressBar, runTool, withOverrideOptions,
+  OverrideFlags, Progress, UsageError, newProgram, overridesFrom, parseNatural, progressBar, runTool, withOverrideOptions,
 } from './common.js';
 
 /** Below this many mappings a dump is over before a progress bar would be seen. */
@@ -59,16 +59,13 @@ async function main(rawArgv: string[]): Promise<number> {
     .option('-r, --repair', 'repair the metadata while dumping it')
     .option('-q, --quiet', 'no progress bar');
   program.parse(argv, { from: 'user' });
-  const o = program.opts<{
+  const o = program.opts<OverrideFlags & {
     format: DumpFormat;
     metadataSnap?: boolean;
     devId: number[];
     skipMappings?: boolean;
     sharedSubtrees?: boolean;
     output?: string;
-    transactionId?: string;
-    dataBlockSize?: string;
-    nrDataBlocks?: string;
     repair?: boolean;
     quiet?: boolean;
   }>();

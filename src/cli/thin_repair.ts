@@ -1,15 +1,14 @@
 // thin_repair: salvage damaged metadata into a new device or file (options as 0.9.0 and 1.x).
 import { repairMetadata } from '../tools/repair.js';
-import { Progress, UsageError, newProgram, overridesFrom, progressBar, runTool, withOverrideOptions } from './common.js';
+import {
+  OverrideFlags, Progress, UsageError, newProgram, overridesFrom, progressBar, runTool, withOverrideOptions,
+} from './common.js';
 
 const NAME = 'thin_repair';
 
-interface Flags {
+interface Flags extends OverrideFlags {
   input?: string;
   output?: string;
-  transactionId?: string;
-  dataBlockSize?: string;
-  nrDataBlocks?: string;
   quiet?: boolean;
 }
 

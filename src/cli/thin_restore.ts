@@ -1,6 +1,8 @@
 // thin_restore: rebuild binary thin-pool metadata from thin_dump XML.
 import { restoreMetadata } from '../tools/restore.js';
-import { Progress, UsageError, newProgram, overridesFrom, progressBar, runTool, withOverrideOptions } from './common.js';
+import {
+  OverrideFlags, Progress, UsageError, newProgram, overridesFrom, progressBar, runTool, withOverrideOptions,
+} from './common.js';
 
 async function main(argv: string[]): Promise<number> {
   const program = withOverrideOptions(
@@ -10,14 +12,7 @@ async function main(argv: string[]): Promise<number> {
     'given in the input xml',
   ).option('-q, --quiet', 'suppress output messages, return only exit code');
   program.parse(argv, { from: 'user' });
-  const o = program.opts<{
-    input?: string;
-    output?: string;
-    transactionId?: string;
-    dataBlockSize?: string;
-    nrDataBlocks?: string;
-    quiet?: boolean;
-  }>();
+  const o = program.opts<OverrideFlags & { input?: string; output?: string; quiet?: boolean }>();
   if (o.input === undefined) throw new UsageError('No input file provided.');
   if (o.output === undefined) throw new UsageError('No output file provided.');
   const overrides = overridesFrom(o);

@@ -73,3 +73,29 @@ export const KERNEL_IMAGES: string = (() => {
   if (!found) throw new Error(`kernel images not found (looked in ${candidates.join(', ')})`);
   return found;
 })();
+
+/** Numbered scratch files in one temporary directory: XML inputs and sized, empty outputs. */
+export function scratchFiles(prefix: string) {
+  const dir = tempDir(prefix);
+  let seq = 0;
+  const file = (name: string): string => path.join(dir, `${seq++}-${name}`);
+  return {
+    dir,
+    file,
+    /** A new file of `sizeBytes` (sparse), for a restore or repair to write into. */
+    emptyOutput(sizeBytes: number, name = 'out.bin'): string {
+      const p = file(name);
+      fs.writeFileSync(p, '');
+      fs.truncateSync(p, sizeBytes);
+      return p;
+    },
+    writeXml(xml: string): string {
+      const p = file('in.xml');
+      fs.writeFileSync(p, xml);
+      return p;
+    },
+    remove(): void {
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
