@@ -5,7 +5,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { BLOCK_SIZE, BlockReader } from '../src/io/block-io.js';
 import { BITMAP_CSUM_XOR, sealBlock } from '../src/pdata/checksum.js';
 import { BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, SpaceMapReader, bitmapCount } from '../src/pdata/space-map/common.js';
@@ -14,7 +13,7 @@ import { openMetadataSpaceMap, readMetadataIndex } from '../src/pdata/space-map/
 import { NEEDS_CHECK_FLAG, dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
 import * as damage from './support/damage.js';
 import { generateXml } from './support/generate.js';
-import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, sha256, tempDir } from './support/reference.js';
+import { referenceRestore, runOurs, runReference, sha256, tempDir, unpackKernelImage } from './support/reference.js';
 
 const dir = tempDir('auto-repair-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -164,7 +163,7 @@ describe('repairs space-map damage', () => {
 
   it('keeps a held metadata snapshot (kernel image): both checks and both dumps unchanged', () => {
     const img = path.join(dir, 'held.bin');
-    fs.writeFileSync(img, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, 'tmeta_with_metadata_snap.bin.gz'))));
+    unpackKernelImage('tmeta_with_metadata_snap', img);
     const dump = runReference('thin_dump', [img]).stdout;
     const snapDump = runReference('thin_dump', ['-m', img]).stdout;
     const free = blockWithCount(img, 'metadata', 0, 100);

@@ -4,14 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { BlockReader } from '../src/io/block-io.js';
 import { readDeviceRoots } from '../src/thin/mapping-tree.js';
 import { NEEDS_CHECK_FLAG, readSuperblock } from '../src/thin/superblock.js';
 import { checkMetadata, CheckEvent } from '../src/tools/check.js';
 import * as damage from './support/damage.js';
 import { generateXml } from './support/generate.js';
-import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, sha256, tempDir } from './support/reference.js';
+import { referenceRestore, runOurs, runReference, sha256, tempDir, unpackKernelImage } from './support/reference.js';
 
 const dir = tempDir('check-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -255,7 +254,7 @@ describe('options', () => {
 
   it('-m checks the held metadata snapshot', () => {
     const f = path.join(dir, 'held.bin');
-    fs.writeFileSync(f, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, 'tmeta_device_id_reuse_with_corrupted_thins.bin.gz'))));
+    unpackKernelImage('tmeta_device_id_reuse_with_corrupted_thins', f);
     const ours = runOurs('thin_check', ['-m', f]);
     expect(ours.status).toBe(runReference('thin_check', ['-m', f]).status);
     expect(ours.stderr).toMatch(/thin device 1 is missing mappings.*\n.*block 1\)/);

@@ -3,8 +3,6 @@
 // (reference thin_dump) exactly as the source does, pass both checkers, and take no more metadata
 // blocks than the source, and fewer than a flat dump/restore wherever the source shares leaves.
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockReader } from '../src/io/block-io.js';
 import { readMetadataXml } from '../src/formats/xml-reader.js';
@@ -13,7 +11,7 @@ import { DeviceInfo, MetadataVisitor, PoolInfo } from '../src/thin/events.js';
 import { SharedLeafIndex } from '../src/thin/shared-subtrees.js';
 import { decodeSuperblock } from '../src/thin/superblock.js';
 import { generateXml } from './support/generate.js';
-import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, scratchFiles } from './support/reference.js';
+import { referenceRestore, runOurs, runReference, scratchFiles, unpackKernelImage } from './support/reference.js';
 
 const scratch = scratchFiles('thin-dump-shared-');
 afterAll(() => scratch.remove());
@@ -164,7 +162,7 @@ describe('kernel images with shared leaves and internal nodes', () => {
   beforeAll(() => {
     for (const name of ['tmeta', 'tmeta_with_shared_internal_root', 'tmeta_with_shared_internals_and_leaves']) {
       const p = file(`${name}.bin`);
-      fs.writeFileSync(p, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, `${name}.bin.gz`))));
+      unpackKernelImage(name, p);
       images[name] = p;
     }
   });
@@ -256,7 +254,7 @@ describe('CLI', () => {
   it('damage found by the first pass fails before anything is printed', () => {
     const name = 'tmeta_device_id_reuse_with_corrupted_thins';
     const meta = file(`${name}.bin`);
-    fs.writeFileSync(meta, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, `${name}.bin.gz`))));
+    unpackKernelImage(name, meta);
     const reference = runReference('thin_dump', ['-m', meta]);
     expect(reference.status).toBe(1);
     const r = runOurs('thin_dump', ['--shared-subtrees', '-m', meta]);

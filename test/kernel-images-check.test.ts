@@ -3,10 +3,9 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { BlockReader } from '../src/io/block-io.js';
 import { metadataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
-import { KERNEL_IMAGES, runOurs, sha256, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, runOurs, sha256, tempDir, unpackKernelImage } from './support/reference.js';
 
 const IMAGES = KERNEL_IMAGES;
 const dir = tempDir('check-ki-');
@@ -29,7 +28,7 @@ describe('thin_check on kernel images', () => {
   for (const name of names) {
     it(name, () => {
       const image = path.join(dir, `${name}.bin`);
-      fs.writeFileSync(image, gunzipSync(fs.readFileSync(path.join(IMAGES, `${name}.bin.gz`))));
+      unpackKernelImage(name, image);
       const before = sha256(image);
 
       const expected = recordedStatus(name, 'thin_check')!;

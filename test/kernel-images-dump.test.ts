@@ -4,7 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { KERNEL_IMAGES, runOurs, sha256, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, runOurs, sha256, tempDir, unpackKernelImage } from './support/reference.js';
 
 const IMAGES = KERNEL_IMAGES;
 const dir = tempDir('thin-dump-ki-');
@@ -35,7 +35,7 @@ describe('thin_dump on kernel images', () => {
   for (const name of names) {
     it(name, () => {
       const img = path.join(dir, `${name}.bin`);
-      fs.writeFileSync(img, gunzipSync(fs.readFileSync(path.join(IMAGES, `${name}.bin.gz`))));
+      unpackKernelImage(name, img);
       const before = sha256(img);
       let runs = 0;
       for (const [suffix, args] of [['', []], ['_m', ['-m']]] as const) {

@@ -1,11 +1,10 @@
 // thin_repair on the kernel-written images (some damaged on purpose): the reference thin_check
 // must accept what we write, and we must recover at least the mappings the reference
 // thin_repair recovers from the same image (both counted by the reference thin_dump).
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KERNEL_IMAGES, runOurs, runReference, tempDir } from './support/reference.js';
+import { KERNEL_IMAGES, runOurs, runReference, tempDir, unpackKernelImage } from './support/reference.js';
 
 const IMAGES = KERNEL_IMAGES;
 const names = fs.existsSync(IMAGES)
@@ -53,7 +52,7 @@ describe('thin_repair on the kernel images', () => {
   for (const name of names) {
     it(name, () => {
       const input = path.join(dir, `${name}.bin`);
-      fs.writeFileSync(input, execFileSync('gunzip', ['-c', path.join(IMAGES, `${name}.bin.gz`)], { maxBuffer: 1 << 30 }));
+      unpackKernelImage(name, input);
       try {
         const ours = repairedMappings('ours', input);
         const ref = repairedMappings('reference', input);

@@ -2,11 +2,8 @@
 // reference (or the kernel) wrote -> our dump -> our restore -> our dump must give the same
 // XML, and the reference must read what we wrote back identically.
 import { afterAll, describe, expect, it } from 'vitest';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { generateXml } from './support/generate.js';
-import { KERNEL_IMAGES, referenceRestore, runOurs, runReference, scratchFiles } from './support/reference.js';
+import { referenceRestore, runOurs, runReference, scratchFiles, unpackKernelImage } from './support/reference.js';
 
 const scratch = scratchFiles('thin-roundtrip-');
 afterAll(() => scratch.remove());
@@ -41,7 +38,7 @@ describe('reference restore -> our dump -> our restore -> identical dump', () =>
 
   it('the kernel image tmeta (an origin, snapshots sharing subtrees)', () => {
     const source = scratch.file('tmeta.bin');
-    fs.writeFileSync(source, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, 'tmeta.bin.gz'))));
+    unpackKernelImage('tmeta', source);
     roundTrip(source, 64 << 20);
   });
 });

@@ -6,14 +6,13 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { XmlWriter } from '../src/formats/xml-writer.js';
 import { salvageFile } from '../src/tools/repair.js';
-import { KERNEL_IMAGES, runReference, tempDir } from './support/reference.js';
+import { runReference, tempDir, unpackKernelImage } from './support/reference.js';
 
-const IMAGES = KERNEL_IMAGES;
 let dir: string;
 
 function image(name: string, zeroBlocks: number[]): string {
   const p = path.join(dir, `${name}.${zeroBlocks.join('-')}.bin`);
-  fs.writeFileSync(p, execFileSync('gunzip', ['-c', path.join(IMAGES, `${name}.bin.gz`)], { maxBuffer: 1 << 30 }));
+  unpackKernelImage(name, p);
   const fd = fs.openSync(p, 'r+');
   for (const b of zeroBlocks) fs.writeSync(fd, Buffer.alloc(4096), 0, 4096, b * 4096);
   fs.closeSync(fd);

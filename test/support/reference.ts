@@ -3,6 +3,7 @@
 import { execFileSync, spawnSync, SpawnSyncReturns } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { gunzipSync } from 'node:zlib';
 
 const SEARCH = ['/usr/sbin', '/sbin', '/usr/bin', '/usr/local/sbin'];
 
@@ -98,4 +99,10 @@ export function scratchFiles(prefix: string) {
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Unpacks the kernel image NAME.bin.gz to `dest` (a fresh copy a test may damage); returns dest. */
+export function unpackKernelImage(name: string, dest: string): string {
+  fs.writeFileSync(dest, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, `${name}.bin.gz`))));
+  return dest;
 }
