@@ -60,9 +60,6 @@ export function blockChecksum(block: Uint8Array, salt: number): number {
   return (crc32c(block, 4, BLOCK_SIZE) ^ 0xffffffff ^ salt) >>> 0;
 }
 
-export function storedChecksum(block: Buffer): number {
-  return block.readUInt32LE(0);
-}
 
 /** Stamps the checksum of a block about to be written. */
 export function sealBlock(block: Buffer, salt: number): void {

@@ -1,7 +1,6 @@
 // A bottom-level mapping value: (data_block << 24) | time, as a u64 split in two u32 halves
 // so 40-bit data blocks stay exact in JavaScript numbers.
 
-export const TIME_BITS = 24;
 export const MAX_TIME = 0xffffff;
 export const MAX_DATA_BLOCK = 2 ** 40 - 1;
 

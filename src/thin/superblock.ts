@@ -3,7 +3,7 @@ import { BLOCK_SIZE } from '../io/block-io.js';
 import { BlockReader } from '../io/block-io.js';
 import { SUPERBLOCK_CSUM_XOR, blockChecksum, sealBlock } from '../pdata/checksum.js';
 import { readU64, writeU64 } from '../pdata/le.js';
-import { SpaceMapRoot, decodeSpaceMapRoot, encodeSpaceMapRoot } from '../pdata/space-map/root.js';
+import { SpaceMapRoot, decodeSpaceMapRoot } from '../pdata/space-map/root.js';
 
 export const SUPERBLOCK_LOCATION = 0;
 export const SUPERBLOCK_MAGIC = 27022010;
@@ -118,4 +118,3 @@ export function metadataSpaceMapRoot(sb: Superblock): SpaceMapRoot {
   return decodeSpaceMapRoot(sb.metadataSpaceMapRoot);
 }
 
-export { encodeSpaceMapRoot };
