@@ -1,4 +1,4 @@
-// thin_dump on the bundled images (testdata/): needs neither the reference tools nor /work/shared.
+// thin_dump on the bundled images (testdata/): needs no reference tools.
 // The oracle is the reference's output stored beside each image (see testdata/README.md).
 import { afterAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';

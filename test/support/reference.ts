@@ -64,16 +64,9 @@ export function sha256(file: string): string {
   return execFileSync('sha256sum', [file], { encoding: 'utf8' }).split(' ')[0];
 }
 
-/**
- * The kernel-written images (../shared/kernel-images beside this checkout, as CI lays it out).
- * Tests that use them fail, saying where they looked, when they are missing.
- */
-export const KERNEL_IMAGES: string = (() => {
-  const candidates = [path.resolve(ROOT, '..', 'shared', 'kernel-images'), '/work/shared/kernel-images'];
-  const found = candidates.find((p) => fs.existsSync(path.join(p, 'README.md')));
-  if (!found) throw new Error(`kernel images not found (looked in ${candidates.join(', ')})`);
-  return found;
-})();
+/** The kernel-written images, with the reference's verdicts and dumps (testdata/kernel-images). */
+export const KERNEL_IMAGES: string = path.join(ROOT, 'testdata', 'kernel-images');
+
 
 /** Numbered scratch files in one temporary directory: XML inputs and sized, empty outputs. */
 export function scratchFiles(prefix: string) {
