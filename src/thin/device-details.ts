@@ -1,5 +1,5 @@
 // A device-details leaf value (24 bytes): what the pool knows about one thin device.
-import { readU64, writeU64 } from '../pdata/le.js';
+import { readSafeU64, writeU64 } from '../pdata/le.js';
 
 export const DEVICE_DETAILS_SIZE = 24;
 
@@ -12,8 +12,8 @@ export interface DeviceDetails {
 
 export function decodeDeviceDetails(buf: Buffer, off: number): DeviceDetails {
   return {
-    mappedBlocks: readU64(buf, off),
-    transactionId: readU64(buf, off + 8),
+    mappedBlocks: readSafeU64(buf, off),
+    transactionId: readSafeU64(buf, off + 8),
     creationTime: buf.readUInt32LE(off + 16),
     snapshottedTime: buf.readUInt32LE(off + 20),
   };

@@ -2,7 +2,7 @@
 import { BLOCK_SIZE } from '../io/block-io.js';
 import { BlockReader } from '../io/block-io.js';
 import { SUPERBLOCK_CSUM_XOR, blockChecksum, sealBlock } from '../pdata/checksum.js';
-import { readU64, writeU64 } from '../pdata/le.js';
+import { readSafeU64, writeU64 } from '../pdata/le.js';
 import { SpaceMapRoot, decodeSpaceMapRoot } from '../pdata/space-map/root.js';
 
 export const SUPERBLOCK_LOCATION = 0;
@@ -45,20 +45,20 @@ export class SuperblockError extends Error {}
 export function decodeSuperblock(buf: Buffer): Superblock {
   return {
     flags: buf.readUInt32LE(4),
-    blocknr: readU64(buf, 8),
+    blocknr: readSafeU64(buf, 8),
     uuid: Buffer.from(buf.subarray(16, 32)),
-    magic: readU64(buf, 32),
+    magic: readSafeU64(buf, 32),
     version: buf.readUInt32LE(40),
     time: buf.readUInt32LE(44),
-    transactionId: readU64(buf, 48),
-    heldRoot: readU64(buf, 56),
+    transactionId: readSafeU64(buf, 48),
+    heldRoot: readSafeU64(buf, 56),
     dataSpaceMapRoot: Buffer.from(buf.subarray(64, 64 + SPACE_MAP_ROOT_SIZE)),
     metadataSpaceMapRoot: Buffer.from(buf.subarray(192, 192 + SPACE_MAP_ROOT_SIZE)),
-    dataMappingRoot: readU64(buf, 320),
-    deviceDetailsRoot: readU64(buf, 328),
+    dataMappingRoot: readSafeU64(buf, 320),
+    deviceDetailsRoot: readSafeU64(buf, 328),
     dataBlockSize: buf.readUInt32LE(336),
     metadataBlockSize: buf.readUInt32LE(340),
-    metadataNrBlocks: readU64(buf, 344),
+    metadataNrBlocks: readSafeU64(buf, 344),
     compatFlags: buf.readUInt32LE(352),
     compatRoFlags: buf.readUInt32LE(356),
     incompatFlags: buf.readUInt32LE(360),

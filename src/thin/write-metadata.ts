@@ -10,7 +10,7 @@ import { BLOCK_SIZE, BlockWriter } from '../io/block-io.js';
 import { BTreeBuilder, NodeSummary } from '../pdata/btree/builder.js';
 import { NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BlockAllocator, MAX_METADATA_BLOCKS, OutputTooSmallError, RefCounts } from '../pdata/block-allocator.js';
-import { readU64, writeU64 } from '../pdata/le.js';
+import { readSafeU64, writeU64 } from '../pdata/le.js';
 import { bitmapsFor } from '../pdata/space-map/common.js';
 import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
 import { metadataSpaceMapBlocks, writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
@@ -167,7 +167,7 @@ export class MetadataWriter implements MetadataVisitor {
     const detailsValue = Buffer.alloc(DEVICE_DETAILS_SIZE);
     const topLevel = new BTreeBuilder(alloc, {
       valueSize: TOP_LEVEL_VALUE_SIZE,
-      valueRef: (values, off) => alloc.refCounts.inc(readU64(values, off)),
+      valueRef: (values, off) => alloc.refCounts.inc(readSafeU64(values, off)),
     });
     const rootValue = Buffer.alloc(TOP_LEVEL_VALUE_SIZE);
     for (const dev of this.devices) {

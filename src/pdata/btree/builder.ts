@@ -9,7 +9,7 @@
 // into any number of trees, which point at the same leaf blocks. Internal nodes are never shared,
 // so pushing leaves never disturbs another tree.
 import { BTREE_CSUM_XOR, sealBlock } from '../checksum.js';
-import { readU64, writeU64 } from '../le.js';
+import { readSafeU64, writeU64 } from '../le.js';
 import { MetadataAllocator } from '../block-allocator.js';
 import { INTERNAL_NODE, LEAF_NODE, NODE_HEADER_SIZE, maxEntriesFor } from './node.js';
 
@@ -84,7 +84,7 @@ class Level {
     this.values.copy(buf, valuesOff, 0, n * vs);
     sealBlock(buf, BTREE_CSUM_XOR);
     if (this.valueRef) for (let i = 0; i < n; i++) this.valueRef(this.values, i * vs);
-    if (!this.isLeaf) for (let i = 0; i < n; i++) this.alloc.refCounts.inc(readU64(this.values, i * vs));
+    if (!this.isLeaf) for (let i = 0; i < n; i++) this.alloc.refCounts.inc(readSafeU64(this.values, i * vs));
     const node: NodeSummary = {
       block,
       firstKey: n > 0 ? this.keys[0] : 0,
@@ -228,7 +228,7 @@ export class BTreeBuilder {
     if (this.leaves.nodesOut === 0) this.leaves.emit(0);
     for (let i = 0; ; i++) {
       const level = this.internal[i];
-      if (level.nodesOut === 0 && level.len === 1) return readU64(level.values, 0);
+      if (level.nodesOut === 0 && level.len === 1) return readSafeU64(level.values, 0);
       level.emitAll();
     }
   }
@@ -273,7 +273,7 @@ export class BTreeBuilder {
       return { keys, values };
     }
     const maxEntries = buf.readUInt32LE(20);
-    for (let i = 0; i < n; i++) keys[i] = readU64(buf, NODE_HEADER_SIZE + 8 * i);
+    for (let i = 0; i < n; i++) keys[i] = readSafeU64(buf, NODE_HEADER_SIZE + 8 * i);
     buf.copy(values, 0, NODE_HEADER_SIZE + 8 * maxEntries, NODE_HEADER_SIZE + 8 * maxEntries + n * this.valueSize);
     return { keys, values };
   }

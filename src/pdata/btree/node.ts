@@ -1,7 +1,7 @@
 // B-tree nodes as the kernel lays them out: a 32-byte header, max_entries u64 keys, then values.
 import { BLOCK_SIZE } from '../../io/block-io.js';
 import { BTREE_CSUM_XOR, blockChecksum } from '../checksum.js';
-import { readU64 } from '../le.js';
+import { readSafeU64 } from '../le.js';
 
 export const NODE_HEADER_SIZE = 32;
 export const INTERNAL_NODE = 1;
@@ -32,11 +32,11 @@ export class BTreeNode {
   }
 
   get blocknr(): number {
-    return readU64(this.buf, 8);
+    return readSafeU64(this.buf, 8);
   }
 
   key(i: number): number {
-    return readU64(this.buf, NODE_HEADER_SIZE + 8 * i);
+    return readSafeU64(this.buf, NODE_HEADER_SIZE + 8 * i);
   }
 
   /** Byte offset of value i inside the block. */
@@ -46,7 +46,7 @@ export class BTreeNode {
 
   /** A u64 value (a child block in internal nodes, a mapping or root in leaves). */
   valueU64(i: number): number {
-    return readU64(this.buf, this.valueOffset(i));
+    return readSafeU64(this.buf, this.valueOffset(i));
   }
 }
 

@@ -1,7 +1,7 @@
 // The metadata space map's index: one block of 255 index entries, so at most 255 bitmaps.
 import { BlockReader } from '../../io/block-io.js';
 import { INDEX_CSUM_XOR, blockChecksum } from '../checksum.js';
-import { readU64 } from '../le.js';
+import { readSafeU64 } from '../le.js';
 import { SpaceMapRoot } from './root.js';
 import {
   ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink,
@@ -30,7 +30,7 @@ export function readMetadataIndex(io: BlockReader, root: SpaceMapRoot, sink?: Sp
   if (buf.readUInt32LE(0) !== blockChecksum(buf, INDEX_CSUM_XOR)) {
     throw new SpaceMapError(loc, 'bad checksum in metadata space map index');
   }
-  const blocknr = readU64(buf, 8);
+  const blocknr = readSafeU64(buf, 8);
   if (blocknr !== loc) throw new SpaceMapError(loc, `metadata space map index says it is block ${blocknr}`);
   const entries: IndexEntry[] = [];
   for (let i = 0; i < bitmapsFor(root.nrBlocks); i++) {

@@ -1,5 +1,5 @@
 // The 128-byte space-map root stored in the superblock (only the first 32 bytes are used).
-import { readU64, writeU64 } from '../le.js';
+import { readSafeU64, writeU64 } from '../le.js';
 
 export interface SpaceMapRoot {
   nrBlocks: number;
@@ -10,10 +10,10 @@ export interface SpaceMapRoot {
 
 export function decodeSpaceMapRoot(buf: Buffer): SpaceMapRoot {
   return {
-    nrBlocks: readU64(buf, 0),
-    nrAllocated: readU64(buf, 8),
-    bitmapRoot: readU64(buf, 16),
-    refCountRoot: readU64(buf, 24),
+    nrBlocks: readSafeU64(buf, 0),
+    nrAllocated: readSafeU64(buf, 8),
+    bitmapRoot: readSafeU64(buf, 16),
+    refCountRoot: readSafeU64(buf, 24),
   };
 }
 
