@@ -99,3 +99,8 @@ export function unpackKernelImage(name: string, dest: string): string {
   fs.writeFileSync(dest, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, `${name}.bin.gz`))));
   return dest;
 }
+
+/** An upstream 1.x reference tool (installed under .references/1x/bin by npm test). */
+export function upstreamTool(name: string): string {
+  return path.join(ROOT, '.references', '1x', 'bin', name);
+}
