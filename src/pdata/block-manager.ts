@@ -40,6 +40,9 @@ export class MetadataBlockError extends InputError {
   }
 }
 
+/** The machine stopped (a simulated crash): nothing more reaches the device, nothing is cleaned up. */
+export class CrashError extends Error {}
+
 const BLOCKNR_OFFSET = 8;
 
 /** A cached block. `data` stays valid while the block is locked (between a get and its unlock). */

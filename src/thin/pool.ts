@@ -4,7 +4,7 @@
 // modes). The IO path is offered as steps (lookup, allocate, insert, remove) so the caller does the
 // data IO between them, and a scheduler could interleave them.
 import { BLOCK_SIZE } from '../io/block-io.js';
-import { BlockManager, BlockManagerOptions, BlockStore, BlockValidator } from '../pdata/block-manager.js';
+import { BlockManager, BlockManagerOptions, BlockStore, BlockValidator, CrashError } from '../pdata/block-manager.js';
 import { BTree, ValueType } from '../pdata/btree/tree.js';
 import { SUPERBLOCK_CSUM_XOR } from '../pdata/checksum.js';
 import { U64, readBlockNr, readU64, writeU64 } from '../pdata/le.js';
@@ -160,6 +160,11 @@ export class Pool {
     return Math.max(0, this.msm.nrFree - this.metadataReserve);
   }
 
+  /** Metadata blocks in use, as the metadata space map counts them. */
+  get usedMetadataBlocks(): number {
+    return this.msm.root().nrAllocated;
+  }
+
   get needsCheck(): boolean {
     return (this.flags & NEEDS_CHECK_FLAG) !== 0;
   }
@@ -301,7 +306,7 @@ export class Pool {
     try {
       return fn();
     } catch (e) {
-      if (e instanceof PoolError) throw e;
+      if (e instanceof PoolError || e instanceof CrashError) throw e;
       const why = e instanceof NoSpaceError ? 'out of metadata space' : (e as Error).message;
       this.abort();
       throw new PoolError(`${why}: the transaction was aborted, needs_check set and the pool is read-only`, 'aborted');
