@@ -14,6 +14,7 @@ interface Flags {
   crashAt?: string;
   crashSweep?: boolean;
   keepGoing?: boolean;
+  sync?: boolean;
   quiet?: boolean;
   json?: boolean;
 }
@@ -28,6 +29,7 @@ await runTool(NAME, (argv) => {
     .option('--crash-at <n>', 'lose every metadata write after the Nth, reopen, and require the last commit')
     .option('--crash-sweep', 'crash after every metadata write in turn, each time requiring the last commit')
     .option('--keep-going', 'go on after a refusal or mismatch')
+    .option('--no-sync', 'do not sync the metadata at each commit (faster; for scratch pools)')
     .option('-q, --quiet', 'no summary, no progress: exit status only')
     .option('--json', 'print the summary as JSON');
   program.parse(argv, { from: 'user' });
@@ -44,6 +46,7 @@ await runTool(NAME, (argv) => {
     verifyEveryCommit: !!flags.verifyEveryCommit,
     crashAt: flags.crashAt === undefined ? undefined : parseNatural(flags.crashAt, '--crash-at'),
     keepGoing: !!flags.keepGoing,
+    sync: flags.sync !== false,
   };
 
   const print = (text: string): void => {

@@ -34,7 +34,11 @@ export interface ReplayOptions {
   /** Go on after a refusal or mismatch. */
   keepGoing?: boolean;
   cacheBlocks?: number;
+  /** Sync the metadata at each commit (default true). */
+  sync?: boolean;
   onProgress?: (bytesRead: number, totalBytes: number) => void;
+  /** Called after every commit, with the trace line that caused it (0 for the format). */
+  afterCommit?: (line: number) => void;
 }
 
 export type ProblemKind = 'refused' | 'mismatch' | 'unsupported' | 'check';
@@ -195,7 +199,7 @@ class Replay {
       this.errorIfNoSpace = poolLine.errorIfNoSpace;
     }
     const path = this.opts.metadata;
-    const poolOpts = { cacheBlocks: this.opts.cacheBlocks, onCommit: (cause: CommitCause) => this.onCommit(cause) };
+    const poolOpts = { cacheBlocks: this.opts.cacheBlocks, sync: this.opts.sync, onCommit: (cause: CommitCause) => this.onCommit(cause) };
     if (!isFormatted(path)) {
       if (!poolLine) throw new InputError(`${path}: no pool metadata there, and ${this.opts.trace} has no pool line to format one`);
       this.line = poolLine.line;
@@ -247,6 +251,7 @@ class Replay {
     this.model.commit();
     this.data?.flushPunches();
     if (this.opts.verifyEveryCommit) this.checkOnDisk('after a commit');
+    this.opts.afterCommit?.(this.line);
   }
 
   /** Our full check of the metadata as committed. */

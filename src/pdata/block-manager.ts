@@ -55,6 +55,11 @@ export class Block {
 export interface BlockManagerOptions {
   /** Blocks kept in memory (default 8192, 32 MiB). Locked blocks may exceed it briefly. */
   cacheBlocks?: number;
+  /**
+   * Sync the device at each flush and commit (default). Off, commits still write in the same
+   * order, but reach stable storage only when the system writes them back: for scratch pools.
+   */
+  sync?: boolean;
 }
 
 /** Blocks per write when dirty blocks at consecutive locations are written together. */
@@ -63,6 +68,7 @@ const WRITE_RUN = 256;
 export class BlockManager {
   private readonly cache = new Map<number, Block>();
   private readonly capacity: number;
+  private readonly durable: boolean;
   private readonly spare: Buffer[] = [];
   private readonly run = Buffer.allocUnsafe(WRITE_RUN * BLOCK_SIZE);
   /** Blocks read from and written to the device, for the summary and the benchmarks. */
@@ -71,6 +77,7 @@ export class BlockManager {
 
   constructor(readonly store: BlockStore, opts: BlockManagerOptions = {}) {
     this.capacity = Math.max(64, opts.cacheBlocks ?? 8192);
+    this.durable = opts.sync ?? true;
   }
 
   get nrBlocks(): number {
@@ -137,7 +144,7 @@ export class BlockManager {
       }
       i = j;
     }
-    this.store.sync();
+    if (this.durable) this.store.sync();
   }
 
   /**
@@ -155,7 +162,7 @@ export class BlockManager {
     data.writeUInt32LE(blockChecksum(data, v.salt), 0);
     this.store.write(location, data);
     this.writes++;
-    this.store.sync();
+    if (this.durable) this.store.sync();
   }
 
   /** Reads the superblock (or its copy) straight from the device, validated. */
