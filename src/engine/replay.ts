@@ -53,7 +53,7 @@ export interface ReplaySummary {
   trace: string;
   operations: number;
   commits: number;
-  dataBlocks: { allocated: number; copied: number; shared: number; freed: number; punched: number };
+  dataBlocks: { allocated: number; copied: number; shared: number; freed: number; punched: number; verified: number };
   metadataBlocks: { reads: number; writes: number; used: number; total: number };
   mode: PoolMode;
   problems: Problem[];
@@ -154,6 +154,10 @@ class Replay {
   private line = 0;
   private opText = '';
   private blockProblems = 0;
+  /** Blocks read back from the data file and compared with the model. */
+  private verifiedBlocks = 0;
+  /** Data blocks written since the last commit: after a crash, the committed ones must be intact. */
+  private readonly writtenSinceCommit = new Set<number>();
   private firstBlockProblem: LineProblem | undefined;
   /** A commit made right after an allocation: the model commits once it has the allocation too. */
   private commitAfterAllocation = false;
@@ -249,6 +253,7 @@ class Replay {
 
   private committed(): void {
     this.model.commit();
+    this.writtenSinceCommit.clear();
     this.data?.flushPunches();
     if (this.opts.verifyEveryCommit) this.checkOnDisk('after a commit');
     this.opts.afterCommit?.(this.line);
@@ -570,6 +575,7 @@ class Replay {
   private prepareData(dataBlock: number, block: number, begin: number, end: number, copyFrom: number | undefined): void {
     const data = this.data;
     if (!data) return;
+    this.writtenSinceCommit.add(dataBlock);
     const whole = begin === 0 && end === this.sectorsPerBlock;
     if (whole) {
       this.writeData(dataBlock, block, begin, end);
@@ -588,6 +594,7 @@ class Replay {
 
   private writeData(dataBlock: number, block: number, begin: number, end: number): void {
     if (!this.data) return;
+    this.writtenSinceCommit.add(dataBlock);
     const at = begin * SECTOR_BYTES;
     fillContent(this.block, at, this.line, block, begin, end - begin);
     this.data.write(dataBlock, at, this.block, at, (end - begin) * SECTOR_BYTES);
@@ -607,8 +614,15 @@ class Replay {
   private readBlock(devId: number, block: number, begin: number, end: number): void {
     const { mapping } = this.lookup(devId, block);
     if (!mapping || !this.data) return;
+    this.verifyContent(devId, block, mapping.dataBlock, begin, end);
+  }
+
+  /** Reads sectors [begin, end) of a mapped block from the data file and compares them with the model. */
+  private verifyContent(devId: number, block: number, dataBlock: number, begin: number, end: number): void {
     const at = begin * SECTOR_BYTES;
-    this.data.read(mapping.dataBlock, at, this.block, at, (end - begin) * SECTOR_BYTES);
+    this.data!.read(dataBlock, at, this.block, at, (end - begin) * SECTOR_BYTES);
+    this.verifiedBlocks++;
+    const mapping = { dataBlock };
     for (const seg of this.model.content(devId, block)) {
       const from = Math.max(seg.begin, begin);
       const to = Math.min(seg.end, end);
@@ -718,7 +732,31 @@ class Replay {
     }
     this.compareOnDisk();
     this.checkOnDisk('after the crash');
+    if (this.opts.data) this.verifyAllData();
     return this.problemCount === before ? 'passed' : 'failed';
+  }
+
+  /**
+   * After a crash, every committed mapping whose data block the lost transaction wrote holds what
+   * the model says: only in-place writes may have reached a committed block.
+   */
+  private verifyAllData(): void {
+    this.data = new DataFile(this.opts.data!, this.blockBytes, this.model.nrDataBlocks);
+    try {
+      for (const [devId, dev] of this.model.devices) {
+        dev.table.forEach((block, slot) => {
+          if (!this.writtenSinceCommit.has(dev.table.data[slot])) return;
+          try {
+            this.verifyContent(devId, block, dev.table.data[slot], 0, this.sectorsPerBlock);
+          } catch (e) {
+            if (!(e instanceof LineProblem)) throw e;
+            this.problem(e.kind, `after the crash: ${e.message}`);
+          }
+        });
+      }
+    } finally {
+      this.data.close();
+    }
   }
 
   private crashFailure(message: string): 'failed' {
@@ -734,7 +772,7 @@ class Replay {
       const model = this.model;
       if (sb.time !== model.time) this.problem('mismatch', `the superblock's time is ${sb.time}, the model's ${model.time}`);
       if (sb.transactionId !== model.transactionId) this.problem('mismatch', `the superblock's transaction id is ${sb.transactionId}, the model's ${model.transactionId}`);
-      const aborted = this.pool.needsCheck;
+      const aborted = this.pool.needsCheckOnDisk;
       if (((sb.flags & NEEDS_CHECK_FLAG) !== 0) !== aborted) this.problem('mismatch', `needs_check is ${sb.flags & NEEDS_CHECK_FLAG ? 'set' : 'clear'}, but should be ${aborted ? 'set' : 'clear'}`);
       this.compareDevices(io, model.devices, undefined);
       if ((sb.heldRoot !== 0) !== (model.held !== null)) this.problem('mismatch', `a metadata snapshot is ${sb.heldRoot ? '' : 'not '}held, but the model says otherwise`);
@@ -786,7 +824,12 @@ class Replay {
         count += length;
       },
     };
-    readMetadata(io, visitor, { metadataSnap });
+    try {
+      readMetadata(io, visitor, { metadataSnap });
+    } catch (e) {
+      report(`the metadata cannot be read: ${(e as Error).message.split('\n')[0]}`);
+      return;
+    }
     for (const id of devices.keys()) if (!seen.has(id)) report(`device ${id} is in the model but not in the metadata`);
   }
 
@@ -806,7 +849,7 @@ class Replay {
       trace: this.opts.trace,
       operations: this.operations,
       commits,
-      dataBlocks: { ...(this.model?.stats ?? { allocated: 0, copied: 0, freed: 0 }), shared, punched: this.data?.punched ?? 0 },
+      dataBlocks: { ...(this.model?.stats ?? { allocated: 0, copied: 0, freed: 0 }), shared, punched: this.data?.punched ?? 0, verified: this.verifiedBlocks },
       metadataBlocks: { reads: io.reads, writes: this.store?.writes ?? 0, used: this.pool?.usedMetadataBlocks ?? 0, total: this.store?.nrBlocks ?? 0 },
       mode: this.pool?.mode ?? 'write',
       problems,

@@ -100,6 +100,8 @@ export class Pool {
   private root = 0;
   private detailsRoot = 0;
   private flags = 0;
+  /** The flags of the superblock last written (a crash can lose the write that sets needs_check). */
+  private flagsOnDisk = 0;
   private heldRoot = 0;
   private readonly devices = new Map<number, DeviceState>();
   private metadataReserve = 0;
@@ -167,6 +169,11 @@ export class Pool {
 
   get needsCheck(): boolean {
     return (this.flags & NEEDS_CHECK_FLAG) !== 0;
+  }
+
+  /** Whether the superblock on disk says needs_check. */
+  get needsCheckOnDisk(): boolean {
+    return (this.flagsOnDisk & NEEDS_CHECK_FLAG) !== 0;
   }
 
   get metadataSnapHeld(): boolean {
@@ -240,6 +247,7 @@ export class Pool {
     this.detailsRoot = sb.deviceDetailsRoot;
     this.transactionId = readU64(raw, TRANSACTION_ID_OFFSET);
     this.flags = sb.flags;
+    this.flagsOnDisk = sb.flags;
     this.heldRoot = sb.heldRoot;
     this.devices.clear();
     this.setReserve();
@@ -276,6 +284,7 @@ export class Pool {
     this.dsm.commit();
     this.tm.preCommit();
     this.tm.commit(SUPERBLOCK_LOCATION, this.encodeSuperblock(), SUPERBLOCK_BLOCK);
+    this.flagsOnDisk = this.flags;
     this.devices.clear();
     this.commits++;
   }
@@ -323,8 +332,10 @@ export class Pool {
       const buf = this.bm.readUncached(SUPERBLOCK_LOCATION, SUPERBLOCK_BLOCK);
       buf.writeUInt32LE(this.flags, 4);
       this.bm.commitSuperblock(SUPERBLOCK_LOCATION, buf, SUPERBLOCK_BLOCK);
+      this.flagsOnDisk = this.flags;
       this.mode = 'read-only';
-    } catch {
+    } catch (e) {
+      if (e instanceof CrashError) throw e;
       this.mode = 'fail';
     }
   }
@@ -333,7 +344,7 @@ export class Pool {
 
   private requireMessages(): void {
     if (modeRank(this.mode) >= modeRank('out-of-metadata-space')) {
-      throw new PoolError(`the pool is ${this.mode}: messages are refused`, 'read-only');
+      throw new PoolError(`${this.modeError().message}: messages are refused`, 'read-only');
     }
   }
 
@@ -512,6 +523,8 @@ export class Pool {
         return new PoolError('out of data space', 'no-data-space');
       case 'fail':
         return new PoolError('the pool has failed: all IO fails', 'read-only');
+      case 'read-only':
+        return new PoolError('the pool is read-only', 'read-only');
       default:
         return new PoolError(`the pool is ${this.mode}`, 'read-only');
     }
