@@ -29,89 +29,165 @@ function hashKey(key: number): number {
   return h ^ (h >>> 15);
 }
 
-/** One device's mappings: thin block -> (content, data block, time), open addressing in typed arrays. */
-export class BlockTable {
+/** Open addressing over typed arrays: one shard of a BlockTable. */
+class Shard {
   size = 0;
-  private occupied = 0;
-  private keys: Float64Array;
-  private state: Uint8Array;
+  occupied = 0;
+  keys: Float64Array;
+  state: Uint8Array;
+  /** Who wrote each block; empty when the model keeps no content (no data file). */
   line: Int32Array;
-  data: Float64Array;
+  /** Data blocks have 40 bits: the low 32 and the high 8 apart. */
+  dataLow: Uint32Array;
+  dataHigh: Uint8Array;
   time: Uint32Array;
 
-  constructor(capacity = 16) {
+  constructor(capacity: number, readonly content: boolean) {
     this.keys = new Float64Array(capacity);
     this.state = new Uint8Array(capacity);
-    this.line = new Int32Array(capacity);
-    this.data = new Float64Array(capacity);
+    this.line = new Int32Array(content ? capacity : 0);
+    this.dataLow = new Uint32Array(capacity);
+    this.dataHigh = new Uint8Array(capacity);
     this.time = new Uint32Array(capacity);
   }
 
-  /** The slot of `key`, or -1. */
-  find(key: number): number {
+  data(i: number): number {
+    return this.dataHigh[i] * 0x100000000 + this.dataLow[i];
+  }
+
+  setData(i: number, data: number): void {
+    this.dataLow[i] = data >>> 0;
+    this.dataHigh[i] = Math.floor(data / 0x100000000);
+  }
+
+  find(key: number, h: number): number {
     const mask = this.keys.length - 1;
-    for (let i = hashKey(key) & mask; ; i = (i + 1) & mask) {
+    for (let i = h & mask; ; i = (i + 1) & mask) {
       const s = this.state[i];
       if (s === EMPTY) return -1;
       if (s === USED && this.keys[i] === key) return i;
     }
   }
 
-  /** Sets `key`'s mapping; returns its slot. */
-  set(key: number, line: number, data: number, time: number): number {
-    let slot = this.find(key);
-    if (slot < 0) {
-      if ((this.occupied + 1) * 2 > this.keys.length) this.resize(this.size * 2 < this.keys.length / 4 ? this.keys.length : this.keys.length * 2);
-      const mask = this.keys.length - 1;
-      slot = hashKey(key) & mask;
-      while (this.state[slot] === USED) slot = (slot + 1) & mask;
-      if (this.state[slot] === EMPTY) this.occupied++;
-      this.state[slot] = USED;
-      this.keys[slot] = key;
-      this.size++;
-    }
-    this.line[slot] = line;
-    this.data[slot] = data;
-    this.time[slot] = time;
+  /** A slot for a new key (which is not present). */
+  place(key: number, h: number): number {
+    if ((this.occupied + 1) * 2 > this.keys.length) this.resize(this.size * 2 < this.keys.length / 4 ? this.keys.length : this.keys.length * 2);
+    const mask = this.keys.length - 1;
+    let slot = h & mask;
+    while (this.state[slot] === USED) slot = (slot + 1) & mask;
+    if (this.state[slot] === EMPTY) this.occupied++;
+    this.state[slot] = USED;
+    this.keys[slot] = key;
+    this.size++;
     return slot;
   }
 
-  deleteSlot(slot: number): void {
-    this.state[slot] = GONE;
-    this.size--;
-  }
-
-  keyAt(slot: number): number {
-    return this.keys[slot];
-  }
-
-  /** Every mapping, in no particular order. */
-  forEach(fn: (key: number, slot: number) => void): void {
-    for (let i = 0; i < this.keys.length; i++) if (this.state[i] === USED) fn(this.keys[i], i);
-  }
-
-  clone(): BlockTable {
-    const t = new BlockTable(1);
+  clone(): Shard {
+    const t = new Shard(1, this.content);
     t.size = this.size;
     t.occupied = this.occupied;
     t.keys = this.keys.slice();
     t.state = this.state.slice();
     t.line = this.line.slice();
-    t.data = this.data.slice();
+    t.dataLow = this.dataLow.slice();
+    t.dataHigh = this.dataHigh.slice();
     t.time = this.time.slice();
     return t;
   }
 
   private resize(capacity: number): void {
-    const { keys, state, line, data, time } = this;
+    const { keys, state, line, dataLow, dataHigh, time } = this;
     this.keys = new Float64Array(capacity);
     this.state = new Uint8Array(capacity);
-    this.line = new Int32Array(capacity);
-    this.data = new Float64Array(capacity);
+    this.line = new Int32Array(this.content ? capacity : 0);
+    this.dataLow = new Uint32Array(capacity);
+    this.dataHigh = new Uint8Array(capacity);
     this.time = new Uint32Array(capacity);
     this.size = 0;
     this.occupied = 0;
-    for (let i = 0; i < keys.length; i++) if (state[i] === USED) this.set(keys[i], line[i], data[i], time[i]);
+    for (let i = 0; i < keys.length; i++) {
+      if (state[i] !== USED) continue;
+      const slot = this.place(keys[i], hashKey(keys[i]));
+      if (this.content) this.line[slot] = line[i];
+      this.dataLow[slot] = dataLow[i];
+      this.dataHigh[slot] = dataHigh[i];
+      this.time[slot] = time[i];
+    }
+  }
+}
+
+/** Shards of a table: each grows alone, so growing never holds two copies of the whole table. */
+const SHARD_BITS = 4;
+const SHARD_SHIFT = 27;
+const LOCAL = (1 << SHARD_SHIFT) - 1;
+
+/**
+ * One device's mappings: thin block -> (content, data block, time), about 45 bytes an entry.
+ * A slot names an entry until the table next changes.
+ */
+export class BlockTable {
+  private readonly shards: Shard[];
+
+  /** `content`: whether to keep who wrote each block (only a replay with data reads it back). */
+  constructor(content: boolean, shards?: Shard[]) {
+    this.shards = shards ?? Array.from({ length: 1 << SHARD_BITS }, () => new Shard(4, content));
+  }
+
+  get size(): number {
+    let n = 0;
+    for (const s of this.shards) n += s.size;
+    return n;
+  }
+
+  /** The slot of `key`, or -1. */
+  find(key: number): number {
+    const h = hashKey(key);
+    const shard = h >>> (32 - SHARD_BITS);
+    const local = this.shards[shard].find(key, h);
+    return local < 0 ? -1 : (shard << SHARD_SHIFT) | local;
+  }
+
+  /** Sets `key`'s mapping; returns its slot. */
+  set(key: number, line: number, data: number, time: number): number {
+    const h = hashKey(key);
+    const shardIndex = h >>> (32 - SHARD_BITS);
+    const shard = this.shards[shardIndex];
+    let local = shard.find(key, h);
+    if (local < 0) local = shard.place(key, h);
+    if (shard.content) shard.line[local] = line;
+    shard.setData(local, data);
+    shard.time[local] = time;
+    return (shardIndex << SHARD_SHIFT) | local;
+  }
+
+  deleteSlot(slot: number): void {
+    const shard = this.shards[slot >>> SHARD_SHIFT];
+    shard.state[slot & LOCAL] = GONE;
+    shard.size--;
+  }
+
+  lineAt(slot: number): number {
+    const shard = this.shards[slot >>> SHARD_SHIFT];
+    return shard.content ? shard.line[slot & LOCAL] : UNKNOWN;
+  }
+
+  dataAt(slot: number): number {
+    return this.shards[slot >>> SHARD_SHIFT].data(slot & LOCAL);
+  }
+
+  timeAt(slot: number): number {
+    return this.shards[slot >>> SHARD_SHIFT].time[slot & LOCAL];
+  }
+
+  /** Every mapping, in no particular order. */
+  forEach(fn: (key: number, slot: number) => void): void {
+    this.shards.forEach((s, shard) => {
+      for (let i = 0; i < s.keys.length; i++) if (s.state[i] === USED) fn(s.keys[i], (shard << SHARD_SHIFT) | i);
+    });
+  }
+
+  clone(): BlockTable {
+    return new BlockTable(this.shards[0].content, this.shards.map((s) => s.clone()));
   }
 }
 
@@ -141,6 +217,16 @@ class DataUsers {
 
   get(b: number): number {
     return this.chunks[b >>> CHUNK_SHIFT]?.[b & (CHUNK - 1)] ?? 0;
+  }
+
+  /** Data blocks with more than one user. */
+  shared(): number {
+    let n = 0;
+    for (const chunk of this.chunks) {
+      if (!chunk) continue;
+      for (let i = 0; i < CHUNK; i++) if (chunk[i] > 1) n++;
+    }
+    return n;
   }
 
   /** Adds `delta`; returns the count before. */
@@ -190,7 +276,13 @@ export class Model {
   private undo: Undo[] = [];
   private undoing = false;
 
-  constructor(public nrDataBlocks: number, readonly sectorsPerBlock: number) {}
+  /** `content`: keep who wrote each block, to check what reads return (a replay with data). */
+  constructor(public nrDataBlocks: number, readonly sectorsPerBlock: number, readonly keepsContent = true) {}
+
+  /** A new, empty table for a device. */
+  newTable(): BlockTable {
+    return new BlockTable(this.keepsContent);
+  }
 
   // ---- data blocks
 
@@ -232,8 +324,13 @@ export class Model {
   /** Counts every data block's users afresh from the devices and the held snapshot (a model just loaded). */
   recount(): void {
     for (const devices of [this.devices, this.held ?? new Map<number, ModelDevice>()]) {
-      for (const d of devices.values()) d.table.forEach((_k, slot) => this.users.add(d.table.data[slot], 1));
+      for (const d of devices.values()) d.table.forEach((_k, slot) => this.users.add(d.table.dataAt(slot), 1));
     }
+  }
+
+  /** Data blocks more than one mapping (or the held snapshot and a mapping) use. */
+  get sharedDataBlocks(): number {
+    return this.users.shared();
   }
 
   get freeDataBlocks(): number {
@@ -248,7 +345,7 @@ export class Model {
 
   createThin(devId: number): void {
     this.undo.push({ kind: 'device', devId, device: undefined, holds: false });
-    this.devices.set(devId, { table: new BlockTable(), mixed: new Map(), transactionId: this.transactionId, creationTime: this.time, snapTime: this.time, changed: false });
+    this.devices.set(devId, { table: this.newTable(), mixed: new Map(), transactionId: this.transactionId, creationTime: this.time, snapTime: this.time, changed: false });
   }
 
   createSnap(devId: number, originId: number): void {
@@ -261,14 +358,14 @@ export class Model {
     snap.transactionId = this.transactionId;
     snap.creationTime = this.time;
     snap.snapTime = this.time;
-    snap.table.forEach((_k, slot) => this.hold(snap.table.data[slot], 1));
+    snap.table.forEach((_k, slot) => this.hold(snap.table.dataAt(slot), 1));
     this.devices.set(devId, snap);
   }
 
   deleteDevice(devId: number): void {
     const d = this.devices.get(devId)!;
     this.undo.push({ kind: 'device', devId, device: d, holds: true });
-    d.table.forEach((_k, slot) => this.hold(d.table.data[slot], -1));
+    d.table.forEach((_k, slot) => this.hold(d.table.dataAt(slot), -1));
     this.devices.delete(devId);
   }
 
@@ -286,7 +383,7 @@ export class Model {
     const held = new Map<number, ModelDevice>();
     for (const [id, d] of this.devices) {
       const copy = cloneDevice(d);
-      copy.table.forEach((_k, slot) => this.hold(copy.table.data[slot], 1));
+      copy.table.forEach((_k, slot) => this.hold(copy.table.dataAt(slot), 1));
       held.set(id, copy);
     }
     this.held = held;
@@ -294,7 +391,7 @@ export class Model {
 
   releaseMetadataSnap(): void {
     this.savePool([]);
-    for (const d of this.held!.values()) d.table.forEach((_k, slot) => this.hold(d.table.data[slot], -1));
+    for (const d of this.held!.values()) d.table.forEach((_k, slot) => this.hold(d.table.dataAt(slot), -1));
     this.held = null;
   }
 
@@ -305,7 +402,7 @@ export class Model {
     const d = this.devices.get(devId)!;
     const slot = d.table.find(block);
     this.saveMapping(devId, d, block, slot);
-    if (slot >= 0) this.hold(d.table.data[slot], -1);
+    if (slot >= 0) this.hold(d.table.dataAt(slot), -1);
     this.setContent(d, block, content, data, this.time);
     d.changed = true;
   }
@@ -315,7 +412,7 @@ export class Model {
     const d = this.devices.get(devId)!;
     const slot = d.table.find(block);
     this.saveMapping(devId, d, block, slot);
-    this.hold(d.table.data[slot], -1);
+    this.hold(d.table.dataAt(slot), -1);
     d.table.deleteSlot(slot);
     d.mixed.delete(block);
     d.changed = true;
@@ -327,7 +424,7 @@ export class Model {
       this.undo.push({ kind: 'mapping', devId, block, existed: false, line: 0, data: 0, time: 0 });
     } else {
       const t = d.table;
-      this.undo.push({ kind: 'mapping', devId, block, existed: true, line: t.line[slot], data: t.data[slot], time: t.time[slot], mixed: d.mixed.get(block) });
+      this.undo.push({ kind: 'mapping', devId, block, existed: true, line: t.lineAt(slot), data: t.dataAt(slot), time: t.timeAt(slot), mixed: d.mixed.get(block) });
     }
   }
 
@@ -338,17 +435,21 @@ export class Model {
   overwrite(devId: number, block: number, begin: number, end: number, line: number): void {
     const d = this.devices.get(devId)!;
     const slot = d.table.find(block);
-    this.setContent(d, block, overlay(this.content(devId, block), begin, end, line, this.sectorsPerBlock), d.table.data[slot], d.table.time[slot]);
+    this.setContent(d, block, overlay(this.content(devId, block), begin, end, line, this.sectorsPerBlock), d.table.dataAt(slot), d.table.timeAt(slot));
   }
 
   /** The content of a mapped block, as segments covering it. */
   content(devId: number, block: number): Segment[] {
     const d = this.devices.get(devId)!;
-    const line = d.table.line[d.table.find(block)];
+    const line = d.table.lineAt(d.table.find(block));
     return line === MIXED ? d.mixed.get(block)! : [{ begin: 0, end: this.sectorsPerBlock, line }];
   }
 
   private setContent(d: ModelDevice, block: number, content: number | Segment[], data: number, time: number): void {
+    if (!this.keepsContent) {
+      d.table.set(block, UNKNOWN, data, time);
+      return;
+    }
     let line: number;
     if (typeof content === 'number') line = content;
     else if (content.length === 1) line = content[0].line;
@@ -396,9 +497,9 @@ export class Model {
           }
           case 'device': {
             const now = this.devices.get(u.devId);
-            if (now && u.holds) now.table.forEach((_k, slot) => this.hold(now.table.data[slot], -1));
+            if (now && u.holds) now.table.forEach((_k, slot) => this.hold(now.table.dataAt(slot), -1));
             if (u.device) {
-              if (u.holds) u.device.table.forEach((_k, slot) => this.hold(u.device!.table.data[slot], 1));
+              if (u.holds) u.device.table.forEach((_k, slot) => this.hold(u.device!.table.dataAt(slot), 1));
               this.devices.set(u.devId, u.device);
             } else {
               this.devices.delete(u.devId);
@@ -407,8 +508,8 @@ export class Model {
           }
           case 'pool':
             if (this.held !== u.held) {
-              for (const d of this.held?.values() ?? []) d.table.forEach((_k, slot) => this.hold(d.table.data[slot], -1));
-              for (const d of u.held?.values() ?? []) d.table.forEach((_k, slot) => this.hold(d.table.data[slot], 1));
+              for (const d of this.held?.values() ?? []) d.table.forEach((_k, slot) => this.hold(d.table.dataAt(slot), -1));
+              for (const d of u.held?.values() ?? []) d.table.forEach((_k, slot) => this.hold(d.table.dataAt(slot), 1));
               this.held = u.held;
             }
             this.time = u.time;

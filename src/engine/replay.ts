@@ -17,7 +17,7 @@ import { NEEDS_CHECK_FLAG, readSuperblock } from '../thin/superblock.js';
 import { checkMetadata } from '../tools/check.js';
 import { SECTOR_BYTES, describeSector, fillContent } from './content.js';
 import { DataFile } from './data-file.js';
-import { BlockTable, Model, ModelDevice, Segment, UNKNOWN, ZEROES, overlay } from './model.js';
+import { Model, ModelDevice, Segment, UNKNOWN, ZEROES, overlay } from './model.js';
 import { PoolLine, TraceError, TraceOp, readTrace } from './trace.js';
 
 export interface ReplayOptions {
@@ -33,6 +33,7 @@ export interface ReplayOptions {
   crashAt?: number;
   /** Go on after a refusal or mismatch. */
   keepGoing?: boolean;
+  /** Metadata blocks cached (default 8192: 32 MiB, the working set of a million random writes). */
   cacheBlocks?: number;
   /** Sync the metadata at each commit (default true). */
   sync?: boolean;
@@ -87,17 +88,25 @@ class CountingStore implements BlockStore {
     return this.inner.readInto(b, buf);
   }
   write(b: number, data: Buffer): void {
+    const allowed = this.allow(data.length / BLOCK_SIZE);
+    if (allowed > 0) this.inner.write(b, allowed * BLOCK_SIZE === data.length ? data : data.subarray(0, allowed * BLOCK_SIZE));
+    this.crashIfDue();
+  }
+  writeBlocks(b: number, blocks: Buffer[]): void {
+    const allowed = this.allow(blocks.length);
+    if (allowed > 0) this.inner.writeBlocks(b, allowed === blocks.length ? blocks : blocks.slice(0, allowed));
+    this.crashIfDue();
+  }
+  /** How many of `n` block writes reach the device before the crash. */
+  private allow(n: number): number {
     if (this.crashed) throw new CrashError('crashed');
-    const n = data.length / BLOCK_SIZE;
-    if (this.crashAt !== undefined && this.writes + n > this.crashAt) {
-      const allowed = this.crashAt - this.writes;
-      if (allowed > 0) this.inner.write(b, data.subarray(0, allowed * BLOCK_SIZE));
-      this.writes = this.crashAt;
-      this.crashed = true;
-      throw new CrashError(`crash after metadata write ${this.crashAt}`);
-    }
-    this.inner.write(b, data);
-    this.writes += n;
+    const allowed = this.crashAt === undefined ? n : Math.max(0, Math.min(n, this.crashAt - this.writes));
+    this.writes += allowed;
+    if (allowed < n) this.crashed = true;
+    return allowed;
+  }
+  private crashIfDue(): void {
+    if (this.crashed) throw new CrashError(`crash after metadata write ${this.crashAt}`);
   }
   sync(): void {
     if (this.crashed) throw new CrashError('crashed');
@@ -152,7 +161,6 @@ class Replay {
   private readonly problems: Problem[] = [];
   private problemCount = 0;
   private line = 0;
-  private opText = '';
   private blockProblems = 0;
   /** Blocks read back from the data file and compared with the model. */
   private verifiedBlocks = 0;
@@ -203,7 +211,7 @@ class Replay {
       this.errorIfNoSpace = poolLine.errorIfNoSpace;
     }
     const path = this.opts.metadata;
-    const poolOpts = { cacheBlocks: this.opts.cacheBlocks, sync: this.opts.sync, onCommit: (cause: CommitCause) => this.onCommit(cause) };
+    const poolOpts = { cacheBlocks: this.opts.cacheBlocks ?? 8192, sync: this.opts.sync, onCommit: (cause: CommitCause) => this.onCommit(cause) };
     if (!isFormatted(path)) {
       if (!poolLine) throw new InputError(`${path}: no pool metadata there, and ${this.opts.trace} has no pool line to format one`);
       this.line = poolLine.line;
@@ -211,7 +219,7 @@ class Replay {
       if (!fs.existsSync(path)) fs.writeFileSync(path, '');
       if (fs.statSync(path).isFile() && fs.statSync(path).size < blocks * BLOCK_SIZE) fs.truncateSync(path, blocks * BLOCK_SIZE);
       this.store = new CountingStore(new BlockWriter(path), this.opts.crashAt);
-      this.model = new Model(poolLine.nrDataBlocks, poolLine.dataBlockSize);
+      this.model = new Model(poolLine.nrDataBlocks, poolLine.dataBlockSize, this.opts.data !== undefined);
       try {
         this.pool = Pool.format(this.store, { dataBlockSize: poolLine.dataBlockSize, nrDataBlocks: poolLine.nrDataBlocks }, poolOpts);
       } catch (e) {
@@ -221,7 +229,7 @@ class Replay {
     } else {
       this.store = new CountingStore(new BlockWriter(path), this.opts.crashAt);
       this.pool = Pool.open(this.store, poolOpts);
-      this.model = loadModel(path, this.pool.dataBlockSize);
+      this.model = loadModel(path, this.pool.dataBlockSize, this.opts.data !== undefined);
       if (poolLine) {
         this.line = poolLine.line;
         if (poolLine.dataBlockSize !== this.pool.dataBlockSize) {
@@ -290,7 +298,7 @@ class Replay {
 
   /** The worker commits on its own once a second has passed since its last commit. */
   private periodicCommit(): void {
-    if (this.pool.changed && this.clock - this.lastWorkerCommit >= 1 && this.pool.mode !== 'fail') this.commitIfChanged(true);
+    if (this.clock - this.lastWorkerCommit >= 1 && this.pool.mode !== 'fail' && this.pool.changed) this.commitIfChanged(true);
   }
 
   // ---- problems
@@ -319,12 +327,11 @@ class Replay {
   /** Runs one operation; false if it was refused or disagreed with the model. */
   private execute(op: TraceOp): boolean {
     const before = this.problemCount;
-    this.opText = opText(op);
     try {
       this.dispatch(op);
     } catch (e) {
-      if (e instanceof LineProblem) this.problem(e.kind, `${this.opText}: ${e.message}`);
-      else if (e instanceof PoolError) this.problem('refused', `${this.opText}: ${e.message}`);
+      if (e instanceof LineProblem) this.problem(e.kind, `${opText(op)}: ${e.message}`);
+      else if (e instanceof PoolError) this.problem('refused', `${opText(op)}: ${e.message}`);
       else throw e;
     }
     return this.problemCount === before;
@@ -500,14 +507,14 @@ class Replay {
     if (!dev) mismatch(`device ${devId} should not exist, but the pool has it`);
     const slot = dev!.table.find(block);
     if ((mapping === null) !== (slot < 0)) {
-      mismatch(mapping ? `block ${block} is mapped to data block ${mapping.dataBlock}, but the model has it unmapped` : `block ${block} is unmapped, but the model maps it to data block ${dev!.table.data[slot]}`);
+      mismatch(mapping ? `block ${block} is mapped to data block ${mapping.dataBlock}, but the model has it unmapped` : `block ${block} is unmapped, but the model maps it to data block ${dev!.table.dataAt(slot)}`);
     }
     if (mapping) {
       const t = dev!.table;
-      if (mapping.dataBlock !== t.data[slot] || mapping.time !== t.time[slot]) {
-        mismatch(`block ${block} maps to data block ${mapping.dataBlock} at time ${mapping.time}, but the model says ${t.data[slot]} at time ${t.time[slot]}`);
+      if (mapping.dataBlock !== t.dataAt(slot) || mapping.time !== t.timeAt(slot)) {
+        mismatch(`block ${block} maps to data block ${mapping.dataBlock} at time ${mapping.time}, but the model says ${t.dataAt(slot)} at time ${t.timeAt(slot)}`);
       }
-      if (mapping.shared !== t.time[slot] < dev!.snapTime) mismatch(`block ${block}: the pool and the model disagree on whether it is shared`);
+      if (mapping.shared !== t.timeAt(slot) < dev!.snapTime) mismatch(`block ${block}: the pool and the model disagree on whether it is shared`);
     }
     return { mapping, dev: dev! };
   }
@@ -659,8 +666,8 @@ class Replay {
           wrong.push(`the pool unmapped block ${m.thinBlock}, which the model does not map`);
           return;
         }
-        if (dev.table.data[slot] !== m.dataBlock || dev.table.time[slot] !== m.time) {
-          wrong.push(`block ${m.thinBlock} mapped data block ${m.dataBlock} at time ${m.time}, but the model says ${dev.table.data[slot]} at time ${dev.table.time[slot]}`);
+        if (dev.table.dataAt(slot) !== m.dataBlock || dev.table.timeAt(slot) !== m.time) {
+          wrong.push(`block ${m.thinBlock} mapped data block ${m.dataBlock} at time ${m.time}, but the model says ${dev.table.dataAt(slot)} at time ${dev.table.timeAt(slot)}`);
         }
         this.model.unmap(devId, m.thinBlock as number);
         if (!this.passdown || !this.data) return;
@@ -745,9 +752,9 @@ class Replay {
     try {
       for (const [devId, dev] of this.model.devices) {
         dev.table.forEach((block, slot) => {
-          if (!this.writtenSinceCommit.has(dev.table.data[slot])) return;
+          if (!this.writtenSinceCommit.has(dev.table.dataAt(slot))) return;
           try {
-            this.verifyContent(devId, block, dev.table.data[slot], 0, this.sectorsPerBlock);
+            this.verifyContent(devId, block, dev.table.dataAt(slot), 0, this.sectorsPerBlock);
           } catch (e) {
             if (!(e instanceof LineProblem)) throw e;
             this.problem(e.kind, `after the crash: ${e.message}`);
@@ -817,8 +824,8 @@ class Replay {
         for (let i = 0; i < length; i++) {
           const slot = dev.table.find(thin + i);
           if (slot < 0) report(`device ${devId} maps block ${thin + i} to data block ${data + i}, the model leaves it unmapped`);
-          else if (dev.table.data[slot] !== data + i || dev.table.time[slot] !== time) {
-            report(`device ${devId} block ${thin + i}: data block ${data + i} at time ${time}, the model says ${dev.table.data[slot]} at time ${dev.table.time[slot]}`);
+          else if (dev.table.dataAt(slot) !== data + i || dev.table.timeAt(slot) !== time) {
+            report(`device ${devId} block ${thin + i}: data block ${data + i} at time ${time}, the model says ${dev.table.dataAt(slot)} at time ${dev.table.timeAt(slot)}`);
           }
         }
         count += length;
@@ -834,10 +841,7 @@ class Replay {
   }
 
   private summary(verification: 'passed' | 'failed', crashed: boolean): ReplaySummary {
-    let shared = 0;
-    const users = new Map<number, number>();
-    for (const d of this.model?.devices.values() ?? []) d.table.forEach((_k, slot) => users.set(d.table.data[slot], (users.get(d.table.data[slot]) ?? 0) + 1));
-    for (const n of users.values()) if (n > 1) shared++;
+    const shared = this.model?.sharedDataBlocks ?? 0;
     const io = this.pool?.io ?? { reads: 0, writes: 0 };
     const problems = this.problems;
     if (this.problemCount > problems.length) {
@@ -880,7 +884,7 @@ export function opText(op: TraceOp): string {
 }
 
 /** The model of a pool already on disk: what its metadata (and held snapshot) say, content unknown. */
-function loadModel(path: string, sectorsPerBlock: number): Model {
+function loadModel(path: string, sectorsPerBlock: number, content: boolean): Model {
   const io = new BlockReader(path);
   try {
     const sb = readSuperblock(io);
@@ -890,14 +894,14 @@ function loadModel(path: string, sectorsPerBlock: number): Model {
       readMetadata(io, {
         superblockBegin(p: PoolInfo) {
           if (!metadataSnap) {
-            model = new Model(p.nrDataBlocks, sectorsPerBlock);
+            model = new Model(p.nrDataBlocks, sectorsPerBlock, content);
             model.time = p.time;
             model.transactionId = p.transaction as U64;
           }
         },
         superblockEnd() {},
         deviceBegin(d: DeviceInfo) {
-          dev = { table: new BlockTable(), mixed: new Map(), transactionId: d.transaction, creationTime: d.creationTime, snapTime: d.snapTime, changed: false };
+          dev = { table: model.newTable(), mixed: new Map(), transactionId: d.transaction, creationTime: d.creationTime, snapTime: d.snapTime, changed: false };
           (metadataSnap ? devices : model.devices).set(d.devId, dev);
         },
         deviceEnd() {},

@@ -18,6 +18,8 @@ export interface BlockStore {
   readInto(block: number, buf: Buffer): Buffer;
   /** Writes `data` (whole blocks) from block `block` on. */
   write(block: number, data: Buffer): void;
+  /** Writes consecutive blocks from `block` on, one buffer each (saves copying them together). */
+  writeBlocks?(block: number, blocks: Buffer[]): void;
   /** Makes every write so far durable. */
   sync(): void;
 }
@@ -45,15 +47,21 @@ export class CrashError extends Error {}
 
 const BLOCKNR_OFFSET = 8;
 
-/** A cached block. `data` stays valid while the block is locked (between a get and its unlock). */
+/**
+ * A cached block. `data` stays valid while the block is locked (between a get and its unlock);
+ * after that the block manager may reuse the object for another location.
+ */
 export class Block {
   dirty = false;
   pins = 0;
-  constructor(readonly location: number, readonly data: Buffer, public validator: BlockValidator) {}
+  /** Neighbours in the cache's recency list (least recently used first). */
+  older: Block | null = null;
+  newer: Block | null = null;
+  constructor(public location: number, readonly data: Buffer, public validator: BlockValidator) {}
 }
 
 export interface BlockManagerOptions {
-  /** Blocks kept in memory (default 8192, 32 MiB). Locked blocks may exceed it briefly. */
+  /** Blocks kept in memory (default 4096, 16 MiB). Locked blocks may exceed it briefly. */
   cacheBlocks?: number;
   /**
    * Sync the device at each flush and commit (default). Off, commits still write in the same
@@ -67,16 +75,23 @@ const WRITE_RUN = 256;
 
 export class BlockManager {
   private readonly cache = new Map<number, Block>();
+  /** The recency list: a Map re-insert per access would make V8 rehash the table over and over. */
+  private oldest: Block | null = null;
+  private newest: Block | null = null;
   private readonly capacity: number;
   private readonly durable: boolean;
-  private readonly spare: Buffer[] = [];
-  private readonly run = Buffer.allocUnsafe(WRITE_RUN * BLOCK_SIZE);
+  /**
+   * Blocks dropped from the cache, kept for reuse with their buffers: a block replaced on every
+   * change would otherwise leave a steady stream of garbage in the old generation.
+   */
+  private readonly spare: Block[] = [];
+  private run = Buffer.alloc(0);
   /** Blocks read from and written to the device, for the summary and the benchmarks. */
   reads = 0;
   writes = 0;
 
   constructor(readonly store: BlockStore, opts: BlockManagerOptions = {}) {
-    this.capacity = Math.max(64, opts.cacheBlocks ?? 8192);
+    this.capacity = Math.max(64, opts.cacheBlocks ?? 4096);
     this.durable = opts.sync ?? true;
   }
 
@@ -98,20 +113,24 @@ export class BlockManager {
     return b;
   }
 
-  /** Locks block `location` as a new, zeroed block of kind `v`, without reading it. */
-  zero(location: number, v: BlockValidator): Block {
+  /**
+   * Locks block `location` as a new block of kind `v`, without reading it: zeroed, or with
+   * whatever bytes (`zeroed` false) for a caller about to fill all of it.
+   */
+  zero(location: number, v: BlockValidator, zeroed = true): Block {
     this.checkLocation(location);
     let b = this.cache.get(location);
     if (b) {
       if (b.pins > 0) throw new Error(`block manager: block ${location} is reused while locked`);
-      this.cache.delete(location);
-      b.data.fill(0);
+      if (zeroed) b.data.fill(0);
       b.validator = v;
+      this.touch(b);
     } else {
       this.makeRoom();
-      b = new Block(location, this.buffer(true), v);
+      b = this.block(location, v);
+      if (zeroed) b.data.fill(0);
+      this.add(b);
     }
-    this.cache.set(location, b);
     b.dirty = true;
     b.pins = 1;
     return b;
@@ -136,10 +155,15 @@ export class BlockManager {
       } else {
         for (let k = i; k < j; k++) {
           seal(dirty[k]);
-          dirty[k].data.copy(this.run, (k - i) * BLOCK_SIZE);
           dirty[k].dirty = false;
         }
-        this.store.write(dirty[i].location, this.run.subarray(0, (j - i) * BLOCK_SIZE));
+        if (this.store.writeBlocks) {
+          this.store.writeBlocks(dirty[i].location, dirty.slice(i, j).map((b) => b.data));
+        } else {
+          if (this.run.length === 0) this.run = Buffer.allocUnsafe(WRITE_RUN * BLOCK_SIZE);
+          for (let k = i; k < j; k++) dirty[k].data.copy(this.run, (k - i) * BLOCK_SIZE);
+          this.store.write(dirty[i].location, this.run.subarray(0, (j - i) * BLOCK_SIZE));
+        }
         this.writes += j - i;
       }
       i = j;
@@ -155,8 +179,7 @@ export class BlockManager {
     const cached = this.cache.get(location);
     if (cached) {
       if (cached.pins > 0) throw new Error(`block manager: superblock ${location} is locked at commit`);
-      this.cache.delete(location);
-      this.spare.push(cached.data);
+      this.drop(cached);
     }
     writeU64(data, BLOCKNR_OFFSET, location);
     data.writeUInt32LE(blockChecksum(data, v.salt), 0);
@@ -177,8 +200,9 @@ export class BlockManager {
 
   /** Forgets every cached block, dirty ones included (a transaction being abandoned). */
   discardAll(): void {
-    for (const b of this.cache.values()) this.spare.push(b.data);
+    for (const b of this.cache.values()) this.recycle(b);
     this.cache.clear();
+    this.oldest = this.newest = null;
   }
 
   /** Blocks held in memory now. */
@@ -199,27 +223,65 @@ export class BlockManager {
     if (b.validator !== v) {
       throw new MetadataBlockError(this.store.path, location, `expected a ${v.name}, but the block is in use as a ${b.validator.name}`);
     }
-    // Most recently used last: eviction scans from the front.
-    this.cache.delete(location);
-    this.cache.set(location, b);
+    this.touch(b);
     return b;
   }
 
   private load(location: number, v: BlockValidator): Block {
     this.checkLocation(location);
     this.makeRoom();
-    const buf = this.buffer(false);
+    const b = this.block(location, v);
     try {
-      this.store.readInto(location, buf);
+      this.store.readInto(location, b.data);
       this.reads++;
-      this.validate(location, buf, v);
+      this.validate(location, b.data, v);
     } catch (e) {
-      this.spare.push(buf);
+      this.recycle(b);
       throw e;
     }
-    const b = new Block(location, buf, v);
-    this.cache.set(location, b);
+    this.add(b);
     return b;
+  }
+
+  /** Links a new block in as the most recently used. */
+  private add(b: Block): void {
+    this.cache.set(b.location, b);
+    b.older = this.newest;
+    b.newer = null;
+    if (this.newest) this.newest.newer = b;
+    else this.oldest = b;
+    this.newest = b;
+  }
+
+  private unlink(b: Block): void {
+    if (b.older) b.older.newer = b.newer;
+    else this.oldest = b.newer;
+    if (b.newer) b.newer.older = b.older;
+    else this.newest = b.older;
+    b.older = b.newer = null;
+  }
+
+  /** Makes a cached block the most recently used. */
+  private touch(b: Block): void {
+    if (this.newest === b) return;
+    this.unlink(b);
+    b.older = this.newest;
+    if (this.newest) this.newest.newer = b;
+    else this.oldest = b;
+    this.newest = b;
+  }
+
+  private drop(b: Block): void {
+    this.unlink(b);
+    this.cache.delete(b.location);
+    this.recycle(b);
+  }
+
+  private recycle(b: Block): void {
+    b.older = b.newer = null;
+    b.dirty = false;
+    b.pins = 0;
+    this.spare.push(b);
   }
 
   private validate(location: number, buf: Buffer, v: BlockValidator): void {
@@ -240,24 +302,25 @@ export class BlockManager {
     }
   }
 
-  private buffer(zeroed: boolean): Buffer {
-    const buf = this.spare.pop();
-    if (buf) {
-      if (zeroed) buf.fill(0);
-      return buf;
-    }
-    return zeroed ? Buffer.alloc(BLOCK_SIZE) : Buffer.allocUnsafe(BLOCK_SIZE);
+  /** A block object for `location`, reused if one is spare; its bytes are whatever they were. */
+  private block(location: number, v: BlockValidator): Block {
+    const b = this.spare.pop();
+    if (!b) return new Block(location, Buffer.alloc(BLOCK_SIZE), v);
+    b.location = location;
+    b.validator = v;
+    return b;
   }
 
   /** Drops least recently used unlocked blocks until one more fits, writing dirty ones out. */
   private makeRoom(): void {
-    if (this.cache.size < this.capacity) return;
-    for (const b of this.cache.values()) {
-      if (b.pins > 0) continue;
-      if (b.dirty) this.writeOne(b);
-      this.cache.delete(b.location);
-      this.spare.push(b.data);
-      if (this.cache.size < this.capacity) return;
+    let b = this.oldest;
+    while (this.cache.size >= this.capacity && b) {
+      const next = b.newer;
+      if (b.pins === 0) {
+        if (b.dirty) this.writeOne(b);
+        this.drop(b);
+      }
+      b = next;
     }
   }
 

@@ -31,6 +31,11 @@ export class TransactionManager {
   private sm!: TransactionalSpaceMap;
   /** Blocks created or shadowed in this transaction: changed in place until the commit. */
   private readonly shadows = new Set<number>();
+  /**
+   * Those of them nothing has taken a second reference to since: shadowing one needs no count
+   * lookup (the hot path of every B-tree change). A reference taken through inc() removes it.
+   */
+  private readonly exclusive = new Set<number>();
 
   constructor(readonly bm: BlockManager) {}
 
@@ -56,6 +61,7 @@ export class TransactionManager {
     const location = this.sm.newBlock();
     const b = this.bm.zero(location, v);
     this.shadows.add(location);
+    this.exclusive.add(location);
     return b;
   }
 
@@ -65,19 +71,22 @@ export class TransactionManager {
    * the original loses the reference the caller's pointer gave it.
    */
   shadow(location: number, v: BlockValidator): Shadow {
+    if (this.exclusive.has(location)) return { block: this.bm.write(location, v), incChildren: false };
     const incChildren = this.sm.isShared(location);
     if (!incChildren && this.shadows.has(location)) return { block: this.bm.write(location, v), incChildren };
     const copyAt = this.sm.newBlock();
     this.sm.dec(location);
     const orig = this.bm.read(location, v);
-    const block = this.bm.zero(copyAt, v);
+    const block = this.bm.zero(copyAt, v, false);
     orig.data.copy(block.data);
     this.bm.unlock(orig);
     this.shadows.add(copyAt);
+    this.exclusive.add(copyAt);
     return { block, incChildren };
   }
 
   inc(location: number): void {
+    this.exclusive.delete(location);
     this.sm.inc(location);
   }
 
@@ -103,5 +112,6 @@ export class TransactionManager {
   commit(superblockLocation: number, superblock: Buffer, v: BlockValidator): void {
     this.bm.commitSuperblock(superblockLocation, superblock, v);
     this.shadows.clear();
+    this.exclusive.clear();
   }
 }

@@ -108,6 +108,8 @@ export class Pool {
   mode: PoolMode = 'write';
   commits = 0;
   private readonly scratch = Buffer.alloc(DEVICE_DETAILS_SIZE);
+  /** A mapping value on its way in or out (one at a time: the pool is not reentrant). */
+  private readonly mappingValue = Buffer.alloc(8);
 
   private constructor(private readonly store: BlockStore, private readonly opts: PoolOpenOptions) {}
 
@@ -315,11 +317,16 @@ export class Pool {
     try {
       return fn();
     } catch (e) {
-      if (e instanceof PoolError || e instanceof CrashError) throw e;
-      const why = e instanceof NoSpaceError ? 'out of metadata space' : (e as Error).message;
-      this.abort();
-      throw new PoolError(`${why}: the transaction was aborted, needs_check set and the pool is read-only`, 'aborted');
+      return this.failed(e);
     }
+  }
+
+  /** A change to the metadata failed half way: abort (see guard). */
+  private failed(e: unknown): never {
+    if (e instanceof PoolError || e instanceof CrashError) throw e;
+    const why = e instanceof NoSpaceError ? 'out of metadata space' : (e as Error).message;
+    this.abort();
+    throw new PoolError(`${why}: the transaction was aborted, needs_check set and the pool is read-only`, 'aborted');
   }
 
   /** Drops the open transaction, reopens the last commit and marks it as needing a check. */
@@ -442,10 +449,10 @@ export class Pool {
       image.copy(copy.data);
       // The copy is not a live pool: its space map roots are wiped.
       copy.data.fill(0, 64, 64 + 2 * SPACE_MAP_ROOT_SIZE);
+      this.heldRoot = copy.location;
       this.tm.unlock(copy);
       this.tm.inc(this.root);
       this.tm.inc(this.detailsRoot);
-      this.heldRoot = copy.location;
     });
     this.commit('message');
   }
@@ -486,7 +493,7 @@ export class Pool {
   lookup(devId: number, thinBlock: U64): Mapping | null {
     const d = this.device(devId);
     if (!d) throw new PoolError(`device ${devId} does not exist`);
-    const value = Buffer.allocUnsafe(8);
+    const value = this.mappingValue;
     if (!this.mappingTree.lookup(this.root, [devId, thinBlock], value)) return null;
     const time = mappingTime(value, 0);
     return { dataBlock: mappingDataBlock(value, 0), time, shared: d.snapshottedTime > time };
@@ -535,13 +542,16 @@ export class Pool {
     if (this.mode !== 'write' && this.mode !== 'out-of-data-space') throw this.modeError();
     const d = this.device(devId);
     if (!d) throw new PoolError(`device ${devId} does not exist`);
-    const value = Buffer.allocUnsafe(8);
+    const value = this.mappingValue;
     writeMapping(value, 0, dataBlock, this.time);
-    const { inserted } = this.guard(() => {
+    let inserted: boolean;
+    try {
       const r = this.mappingTree.insert(this.root, [devId, thinBlock], value);
       this.root = r.root;
-      return r;
-    });
+      inserted = r.inserted;
+    } catch (e) {
+      return this.failed(e);
+    }
     d.changed = true;
     if (inserted) d.mappedBlocks++;
   }

@@ -172,9 +172,10 @@ export class SpaceMapLL {
     this.nrBlocks = nrBlocks;
     for (let i = oldBitmaps; i < bitmaps; i++) {
       const b = this.tm.newBlock(BITMAP_BLOCK);
+      const blocknr = b.location;
       this.tm.unlock(b);
       // Entries past the end of the device count as free in the last bitmap, as the kernel's.
-      this.index.append(i, { blocknr: b.location, nrFree: ENTRIES_PER_BITMAP, noneFreeBefore: 0 });
+      this.index.append(i, { blocknr, nrFree: ENTRIES_PER_BITMAP, noneFreeBefore: 0 });
     }
   }
 }

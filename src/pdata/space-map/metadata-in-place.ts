@@ -69,8 +69,8 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
     sm.begin = 1;
     const refTree = new BTree(tm, REF_COUNT_TYPE);
     const indexBlock = tm.newBlock(INDEX_BLOCK);
-    tm.unlock(indexBlock);
     sm.indexLocation = indexBlock.location;
+    tm.unlock(indexBlock);
     sm.index = new MemoryIndex([]);
     sm.ll = new SpaceMapLL(tm, sm.index, 0, 0, refTree.empty(), refTree);
     sm.ll.extend(size);
