@@ -225,6 +225,48 @@ function splitWords(text: string): string[] {
   return words;
 }
 
+/**
+ * The common lines of large traces (`write D B [N]`, `read`, `discard`, `commit`) parsed without
+ * splitting into words: null for anything else, or anything unusual, which the full parser then
+ * handles (and reports).
+ */
+function parseFast(text: string): Op | null {
+  if (text === 'commit') return { kind: 'commit' };
+  let kind: 'write' | 'read' | 'discard';
+  let i: number;
+  if (text.startsWith('write ')) {
+    kind = 'write';
+    i = 6;
+  } else if (text.startsWith('read ')) {
+    kind = 'read';
+    i = 5;
+  } else if (text.startsWith('discard ')) {
+    kind = 'discard';
+    i = 8;
+  } else {
+    return null;
+  }
+  const numbers = [0, 0, 1];
+  let n = 0;
+  while (n < 3) {
+    const start = i;
+    let v = 0;
+    for (; i < text.length; i++) {
+      const c = text.charCodeAt(i) - 48;
+      if (c < 0 || c > 9) break;
+      v = v * 10 + c;
+    }
+    // Up to 15 digits, so exact; a longer number or anything else goes the slow way.
+    if (i === start || i - start > 15) return null;
+    numbers[n++] = v;
+    if (i === text.length) break;
+    if (text.charCodeAt(i) !== 32) return null;
+    i++;
+  }
+  if (i !== text.length || n < 2 || numbers[0] > MAX_DEV_ID || numbers[2] === 0) return null;
+  return { kind, dev: numbers[0], block: numbers[1], count: numbers[2] };
+}
+
 const CHUNK = 1 << 16;
 
 /**
@@ -251,7 +293,7 @@ export function* readTrace(path: string, onProgress?: (bytes: number) => void): 
     const parse = (text: string): TraceOp | null => {
       lineNo++;
       const hash = text.indexOf('#');
-      const op = parseLine(hash >= 0 ? text.slice(0, hash) : text, fail) as TraceOp | null;
+      const op = (parseFast(text) ?? parseLine(hash >= 0 ? text.slice(0, hash) : text, fail)) as TraceOp | null;
       if (!op) return null;
       if (op.kind === 'pool' && !first) fail('pool must be the first operation');
       if (op.kind === 'parallel') {
