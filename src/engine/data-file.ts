@@ -1,19 +1,22 @@
 // The pool's data device as a file: data block N at byte N * block size. Discards passed down
 // punch holes (fallocate PUNCH_HOLE | KEEP_SIZE) so freed blocks give their space back. Node has
-// no fallocate, so holes are punched by util-linux's `fallocate` in batches, one process per
-// batch (docs/decisions.md has the measurements); they are queued until the next commit, which is
-// early enough: a block freed by a discard is not handed out again before the commit, except one
-// allocated in the same transaction, whose queued hole is then cancelled.
+// no fallocate, so holes are punched by util-linux's `fallocate`, a process per hole run, a shell
+// per batch (docs/decisions.md has the measurements). Holes are queued, and punched sorted and
+// merged when many are waiting at a commit or at the end: nothing reads a freed block, and one
+// handed out again has its queued hole cancelled first.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { InputError } from '../io/block-io.js';
 
-/** Hole ranges per fallocate process (each a separate command in one shell). */
+/** Hole runs per shell (each a fallocate process). */
 const PUNCHES_PER_BATCH = 2000;
+/** Hole runs queued before a commit punches them. */
+const PUNCHES_QUEUED = 4096;
 
 export class DataFile {
   private readonly fd: number;
-  /** Runs of data blocks to punch: [first, count]. */
+  /** Runs of data blocks to punch, [first, count]: freed by committed transactions, and by the open one. */
+  private committed: Array<[number, number]> = [];
   private pending: Array<[number, number]> = [];
   punched = 0;
 
@@ -53,28 +56,45 @@ export class DataFile {
 
   /** Drops a queued hole: the block was handed out again before the holes were punched. */
   cancelPunch(dataBlock: number): void {
-    for (let i = 0; i < this.pending.length; i++) {
-      const [first, count] = this.pending[i];
-      if (dataBlock < first || dataBlock >= first + count) continue;
-      const after: Array<[number, number]> = [];
-      if (dataBlock > first) after.push([first, dataBlock - first]);
-      if (dataBlock + 1 < first + count) after.push([dataBlock + 1, first + count - dataBlock - 1]);
-      this.pending.splice(i, 1, ...after);
-      this.punched--;
-      return;
+    for (const queue of [this.pending, this.committed]) {
+      for (let i = 0; i < queue.length; i++) {
+        const [first, count] = queue[i];
+        if (dataBlock < first || dataBlock >= first + count) continue;
+        const after: Array<[number, number]> = [];
+        if (dataBlock > first) after.push([first, dataBlock - first]);
+        if (dataBlock + 1 < first + count) after.push([dataBlock + 1, first + count - dataBlock - 1]);
+        queue.splice(i, 1, ...after);
+        this.punched--;
+        return;
+      }
     }
   }
 
-  /** Forgets the queued holes: the discards that freed those blocks were undone. */
+  /** Forgets the holes of the open transaction: its discards were undone (an abort). */
   dropPunches(): void {
     for (const [, count] of this.pending) this.punched -= count;
     this.pending = [];
   }
 
-  /** Punches every queued hole. */
+  /** At a commit: the open transaction's holes are for good; punched once many are waiting. */
+  commitPunches(): void {
+    for (const run of this.pending) this.committed.push(run);
+    this.pending = [];
+    if (this.committed.length >= PUNCHES_QUEUED) this.flushPunches();
+  }
+
+  /** Punches every committed hole, in order, neighbouring runs merged. */
   flushPunches(): void {
-    while (this.pending.length > 0) {
-      const batch = this.pending.splice(0, PUNCHES_PER_BATCH);
+    this.committed.sort((a, b) => a[0] - b[0]);
+    const merged: Array<[number, number]> = [];
+    for (const run of this.committed) {
+      const last = merged[merged.length - 1];
+      if (last && last[0] + last[1] === run[0]) last[1] += run[1];
+      else merged.push([run[0], run[1]]);
+    }
+    this.committed = merged;
+    while (this.committed.length > 0) {
+      const batch = this.committed.splice(0, PUNCHES_PER_BATCH);
       const args: string[] = [];
       for (const [first, count] of batch) args.push(String(first * this.blockBytes), String(count * this.blockBytes));
       const script = 'f=$1; shift; while [ $# -gt 0 ]; do fallocate --punch-hole --keep-size --offset "$1" --length "$2" "$f" || exit 1; shift 2; done';

@@ -262,7 +262,7 @@ class Replay {
   private committed(): void {
     this.model.commit();
     this.writtenSinceCommit.clear();
-    this.data?.flushPunches();
+    this.data?.commitPunches();
     if (this.opts.verifyEveryCommit) this.checkOnDisk('after a commit');
     this.opts.afterCommit?.(this.line);
   }
@@ -711,6 +711,7 @@ class Replay {
     if (stopped) {
       this.model.rollback();
       this.data?.dropPunches();
+      this.data?.flushPunches();
     }
     this.store.close();
     this.data?.close();
