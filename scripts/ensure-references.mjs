@@ -81,8 +81,11 @@ function ensure1x() {
     if (!deb || run('dpkg-deb', ['-x', path.join(work, deb), path.join(work, 'x')]) === null) {
       fail('the upstream 1.x reference tools (unpacking failed)', command);
     }
+    fs.rmSync(UPSTREAM_DIR, { recursive: true, force: true }); // an earlier, broken install
     fs.mkdirSync(path.join(UPSTREAM_DIR, 'bin'), { recursive: true });
-    fs.cpSync(path.join(work, 'x', 'usr', 'sbin'), path.join(UPSTREAM_DIR, 'bin'), { recursive: true });
+    // verbatimSymlinks: the package's tools are relative links to pdata_tools, which cpSync would
+    // otherwise rewrite to absolute links into the temporary directory removed below.
+    fs.cpSync(path.join(work, 'x', 'usr', 'sbin'), path.join(UPSTREAM_DIR, 'bin'), { recursive: true, verbatimSymlinks: true });
     if (run(path.join(UPSTREAM_DIR, 'bin', 'thin_check'), ['-V']) === null) {
       fs.rmSync(UPSTREAM_DIR, { recursive: true, force: true });
       fail('the upstream 1.x reference tools (they do not run here)', command);
