@@ -7,8 +7,7 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const vm = require('node:vm');
-const { wrap } = require('node:module');
-const { createRequire } = require('node:module');
+const { createRequire, wrap } = require('node:module');
 
 function mtime(file) {
   try {

@@ -11,6 +11,7 @@
 // when the Node that runs the tool is not the one that built it.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,26 +22,53 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DIST = path.join(ROOT, 'dist');
 const OUT = path.join(DIST, 'bundle');
 
+/**
+ * The package of this machine's native crc32c binary, as @node-rs/crc32's loader picks it. The
+ * loader first tries a file that is not there (a thrown error), reads /usr/bin/ldd to tell glibc
+ * from musl and checks versions: 2 to 6 ms of every start. The bundle asks for the binary's
+ * package directly and falls back to the loader if that fails (another machine, a reinstall).
+ */
+function nativeCrc32Package() {
+  const require = createRequire(import.meta.url);
+  require('@node-rs/crc32');
+  for (const file of Object.keys(require.cache)) {
+    const m = /node_modules[\\/]@node-rs[\\/](crc32-[^\\/]+)[\\/][^\\/]+\.node$/.exec(file);
+    if (m) return `@node-rs/${m[1]}`;
+  }
+  return undefined;
+}
+
 /** Source rewrites that only make sense in a CommonJS bundle. */
-const commonJsPlugin = {
-  name: 'thin-tools-commonjs',
-  transform(code, id) {
-    // Our modules reach CommonJS packages and package.json through createRequire: in the bundle
-    // that is the module's own require, which the bundler resolves (computing import.meta.url
-    // from __filename instead would load the URL machinery, ~5 ms).
-    // Of package.json the tools need only the version (printed by -V).
-    if (id === path.join(ROOT, 'package.json')) return JSON.stringify({ version: JSON.parse(code).version });
-    if (id.startsWith(DIST)) return code.replaceAll('createRequire(import.meta.url)', 'require');
-    // commander loads child_process (and with it net and streams, ~4 ms) for git-style
-    // subcommands, which no tool of ours has: load it only if one ever runs.
-    if (id.endsWith(path.join('commander', 'lib', 'command.js'))) {
-      const eager = "const childProcess = require('node:child_process');";
-      if (!code.includes(eager)) throw new Error('bundle: commander no longer loads child_process as expected; update scripts/bundle.mjs');
-      return code.replace(eager, "const childProcess = { spawn: (...a) => require('node:child_process').spawn(...a) };");
-    }
-    return null;
-  },
-};
+function commonJsPlugin() {
+  const crc32Package = nativeCrc32Package();
+  const must = (code, from, to, what) => {
+    if (!code.includes(from)) throw new Error(`bundle: ${what} no longer reads as expected; update scripts/bundle.mjs`);
+    return code.replace(from, to);
+  };
+  return {
+    name: 'thin-tools-commonjs',
+    transform(code, id) {
+      // Of package.json the tools need only the version (printed by -V).
+      if (id === path.join(ROOT, 'package.json')) return JSON.stringify({ version: JSON.parse(code).version });
+      // commander loads child_process (and with it net and streams, ~4 ms) for git-style
+      // subcommands, which no tool of ours has: load it only if one ever runs.
+      if (id.endsWith(path.join('commander', 'lib', 'command.js'))) {
+        return must(code, "const childProcess = require('node:child_process');",
+          "const childProcess = { spawn: (...a) => require('node:child_process').spawn(...a) };", 'commander');
+      }
+      if (!id.startsWith(DIST)) return null;
+      // Our modules reach package.json and CommonJS packages through createRequire: in the
+      // bundle that is the bundle's own require, so the bundler takes them into the one file
+      // (cli-progress included, run only when a bar is shown).
+      let out = code.replaceAll('createRequire(import.meta.url)', 'require');
+      if (id === path.join(DIST, 'pdata', 'checksum.js') && crc32Package) {
+        out = must(out, "require('@node-rs/crc32')",
+          `(() => { try { return require('${crc32Package}'); } catch { return require('@node-rs/crc32'); } })()`, 'checksum.ts');
+      }
+      return out;
+    },
+  };
+}
 
 /** A run of each tool that exercises what its users run, to take the code cache from. */
 function trainingRuns(scratch) {
@@ -62,7 +90,7 @@ function trainingRuns(scratch) {
   };
 }
 
-async function bundle(tool) {
+async function bundle(tool, plugin) {
   const entry = path.join(DIST, 'cli', `${tool}.js`);
   if (!fs.existsSync(entry)) throw new Error(`bundle: ${path.relative(ROOT, entry)} is missing: run tsc first`);
   await build({
@@ -70,7 +98,7 @@ async function bundle(tool) {
     platform: 'node',
     // The native crc32c addon loads its platform's binary at run time.
     external: [/^@node-rs\//],
-    plugins: [commonJsPlugin],
+    plugins: [plugin],
     output: { file: path.join(OUT, `${tool}.cjs`), format: 'cjs', codeSplitting: false },
     logLevel: 'warn',
   });
@@ -79,7 +107,8 @@ async function bundle(tool) {
 async function main() {
   const tools = Object.keys(JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).bin);
   fs.rmSync(OUT, { recursive: true, force: true });
-  for (const tool of tools) await bundle(tool);
+  const plugin = commonJsPlugin();
+  for (const tool of tools) await bundle(tool, plugin);
 
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'thin-bundle-'));
   try {
