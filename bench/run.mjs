@@ -7,7 +7,7 @@
 //
 //   node bench/run.mjs [--smoke | --large] [--sizes 1000000,5000000] [--snapshots 4] [--repeat 1]
 //                      [--tools check,dump,restore,repair] [--impls 0.9.0,1.x,ours]
-//                      [--upstream DIR] [--dir DIR] [--keep] [--json FILE] [--markdown]
+//                      [--upstream DIR] [--dir DIR] [--keep] [--json FILE] [--markdown] [--profile DIR]
 //
 // Exit status: 0 when every tool of ours ran and its output checked out, however slow; 1 when a
 // tool of ours failed or wrote something wrong, or the harness itself broke (a reference tool
@@ -17,7 +17,8 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { generateMetadataXml } from './generate.mjs';
+import { HarnessError, freshFile, lastLine, makeFixture } from './fixture.mjs';
+import { summarize } from './profile-summary.mjs';
 import { ROOT, UPSTREAM_DIR, referenceTools, upstreamTools } from './references.mjs';
 
 /**
@@ -45,13 +46,11 @@ const CASES = [
 const IMPLS = ['0.9.0', '1.x', 'ours'];
 const TIME = '/usr/bin/time';
 
-class HarnessError extends Error {}
-
 // --- options ---------------------------------------------------------------------------------
 
 function parseArgs(argv) {
   const o = { sizes: [1_000_000, 5_000_000], snapshots: 4, repeat: 1, tools: CASES.map((c) => c.name), impls: IMPLS,
-    upstream: UPSTREAM_DIR, dir: undefined, keep: false, json: undefined, markdown: false };
+    upstream: UPSTREAM_DIR, dir: undefined, keep: false, json: undefined, markdown: false, profile: undefined };
   let mode;
   let sizesGiven = false;
   const list = (s, allowed, what) => {
@@ -80,10 +79,11 @@ function parseArgs(argv) {
     else if (a === '--keep') o.keep = true;
     else if (a === '--json') o.json = value();
     else if (a === '--markdown') o.markdown = true;
+    else if (a === '--profile') o.profile = path.resolve(value());
     else if (a === '-h' || a === '--help') {
       console.log('usage: node bench/run.mjs [--smoke | --large] [--sizes 1000000,5000000] [--snapshots N] [--repeat N]\n' +
         '                        [--tools check,dump,restore,repair] [--impls 0.9.0,1.x,ours]\n' +
-        '                        [--upstream DIR] [--dir DIR] [--keep] [--json FILE] [--markdown]');
+        '                        [--upstream DIR] [--dir DIR] [--keep] [--json FILE] [--markdown] [--profile DIR]');
       process.exit(0);
     } else throw new HarnessError(`unknown option '${a}'`);
   }
@@ -181,15 +181,6 @@ function sha256(file, firstLine) {
   });
 }
 
-function freshFile(file, bytes) {
-  fs.writeFileSync(file, '');
-  fs.truncateSync(file, bytes);
-}
-
-/** The line that says what went wrong: tools print progress first and the error last. */
-function lastLine(s) {
-  return (s.trim().split('\n').pop() ?? '').trim().slice(0, 160);
-}
 
 // --- the benchmark ---------------------------------------------------------------------------
 
@@ -215,23 +206,8 @@ async function benchSize(mappings, o, { impls, v090 }) {
   const rows = [];
   const problems = [];
   try {
-    const xml = path.join(dir, 'input.xml');
-    let t = process.hrtime.bigint();
-    const gen = generateMetadataXml(xml, mappings, o.snapshots);
-    const genSeconds = Number(process.hrtime.bigint() - t) / 1e9;
-
-    // Generous: the 0.9.0 restore uses ~35 bytes of metadata per mapping here, and
-    // thin_metadata_size sizes for the pool, not for how many snapshots share it.
-    const metaBytes = Math.ceil((gen.mappings * 64 + (16 << 20)) / 4096) * 4096;
-    const image = path.join(dir, 'image.meta');
-    freshFile(image, metaBytes);
-    t = process.hrtime.bigint();
-    const made = spawnSync(v090('thin_restore'), ['-i', xml, '-o', image], { encoding: 'utf8' });
-    if (made.status !== 0) throw new HarnessError(`the 0.9.0 thin_restore could not make the image: ${lastLine(made.stderr)}`);
-    const restoreSeconds = Number(process.hrtime.bigint() - t) / 1e9;
-    console.log(`\n${gen.mappings} mappings over ${gen.devices} devices: XML ${(fs.statSync(xml).size / 2 ** 20).toFixed(1)} MiB ` +
-      `generated in ${genSeconds.toFixed(2)} s; image made by the 0.9.0 thin_restore in ${restoreSeconds.toFixed(2)} s`);
-    const fixture = { image, xml, metaBytes, devIds: [...Array(gen.devices).keys()], nrDataBlocks: gen.nrDataBlocks };
+    const fixture = makeFixture(dir, mappings, o.snapshots, v090);
+    const { image, metaBytes } = fixture;
 
     // What the 0.9.0 thin_dump prints for the source: what restore and repair must reproduce.
     let sourceDump;
@@ -277,18 +253,36 @@ async function benchSize(mappings, o, { impls, v090 }) {
         } else verdict = (await sha256(outputs[impl])) === reference ? 'ok' : 'DIFFERS from 0.9.0';
         verdicts[impl] = verdict;
         if (verdict !== 'ok' && verdict !== 'ok*') {
-          const line = `${impl} ${c.tool} at ${gen.mappings}: ${verdict}`;
+          const line = `${impl} ${c.tool} at ${fixture.mappings}: ${verdict}`;
           problems.push({ line, fatal: impl !== '1.x' });
         }
       }
+      if (o.profile && impls.ours) profileOurs(c, fixture, dir, o.profile);
       for (const f of Object.values(outputs)) fs.rmSync(f, { force: true });
-      rows.push({ tool: c.tool, mappings: gen.mappings, runs, verdicts, note: verdicts['1.x'] === 'ok*' ? c.upstream.note : undefined });
+      rows.push({ tool: c.tool, mappings: fixture.mappings, runs, verdicts, note: verdicts['1.x'] === 'ok*' ? c.upstream.note : undefined });
     }
   } finally {
     if (o.keep) console.log(`kept ${dir}`);
     else fs.rmSync(dir, { recursive: true, force: true });
   }
   return { rows, problems };
+}
+
+/**
+ * One more run of our tool under the V8 profiler (the compiled modules, so the profile names each
+ * source module), its profile kept in DIR/<tool>-<mappings>/ and summarised on the console.
+ */
+function profileOurs(c, fixture, dir, profileDir) {
+  const into = path.join(profileDir, `${c.tool}-${fixture.mappings}`);
+  fs.rmSync(into, { recursive: true, force: true });
+  const out = path.join(dir, `${c.name}.profile.out`);
+  if (c.output === 'metadata') freshFile(out, fixture.metaBytes);
+  const r = spawnSync(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${into}`, path.join(ROOT, 'dist', 'cli', `${c.tool}.js`),
+    ...c.args(fixture, out)], { stdio: ['ignore', c.output === 'stdout' ? fs.openSync(out, 'w') : 'ignore', 'pipe'], encoding: 'utf8' });
+  fs.rmSync(out, { force: true });
+  const profile = fs.existsSync(into) && fs.readdirSync(into).find((f) => f.endsWith('.cpuprofile'));
+  if (r.status !== 0 || !profile) throw new HarnessError(`profiling our ${c.tool} failed (${r.status}): ${lastLine(r.stderr ?? '')}`);
+  console.log(`\nprofile of our ${c.tool} at ${count(fixture.mappings)} (${path.join(into, profile)}):\n${summarize(path.join(into, profile), 12)}`);
 }
 
 // --- report ----------------------------------------------------------------------------------
