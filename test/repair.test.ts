@@ -97,7 +97,7 @@ beforeAll(() => {
     const internalRoots = roots.filter((r) => !new BTreeNode(r.root, io.read(r.root)).isLeaf);
     expect(internalRoots.length).toBeGreaterThanOrEqual(2);
     const leafOwner = new BTreeNode(internalRoots[0].root, io.read(internalRoots[0].root));
-    blocks.leaf = leafOwner.valueU64(2);
+    blocks.leaf = leafOwner.valueBlock(2);
     blocks.leafEntries = new BTreeNode(blocks.leaf, io.read(blocks.leaf)).nrEntries;
     blocks.internal = internalRoots[1].root;
     const devId = internalRoots[1].devId;
