@@ -119,17 +119,22 @@ function readHighWaterKiB(pid) {
   }
 }
 
-/** Runs `cmd args`, stdout to `stdoutFile` (or discarded); resolves with status, seconds, peak KiB. */
+/**
+ * Runs `cmd args`, stdout to `stdoutFile` (or discarded); resolves with status, wall seconds, CPU
+ * seconds (user + system, all threads; GNU time only) and peak KiB. On a busy machine the CPU time
+ * grows much less than the wall time, so it tells a slow run from a starved one.
+ */
 function timedRun([cmd, ...args], { stdoutFile, workDir }) {
   return new Promise((resolve, reject) => {
     const out = stdoutFile ? fs.openSync(stdoutFile, 'w') : 'ignore';
     const rssFile = path.join(workDir, 'rss.txt');
-    const [file, argv] = RSS_METHOD === 'gnu-time' ? [TIME, ['-f', '%M', '-o', rssFile, cmd, ...args]] : [cmd, args];
+    const [file, argv] = RSS_METHOD === 'gnu-time' ? [TIME, ['-f', '%M %U %S', '-o', rssFile, cmd, ...args]] : [cmd, args];
     const start = process.hrtime.bigint();
     const child = spawn(file, argv, { stdio: ['ignore', out, 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d) => { if (stderr.length < 4096) stderr += d; });
     let peakKiB = 0;
+    let cpuSeconds;
     let poll;
     if (RSS_METHOD === 'proc-poll') {
       const sample = () => { peakKiB = Math.max(peakKiB, readHighWaterKiB(child.pid)); };
@@ -144,9 +149,11 @@ function timedRun([cmd, ...args], { stdoutFile, workDir }) {
       if (RSS_METHOD === 'gnu-time') {
         // GNU time may write "Command exited with non-zero status N" before the number.
         const lines = fs.readFileSync(rssFile, 'utf8').trim().split('\n');
-        peakKiB = Number(lines[lines.length - 1]) || 0;
+        const [kib, user, sys] = lines[lines.length - 1].split(' ').map(Number);
+        peakKiB = kib || 0;
+        cpuSeconds = user + sys;
       }
-      resolve({ status: signal ? `signal ${signal}` : code, seconds, peakKiB, stderr });
+      resolve({ status: signal ? `signal ${signal}` : code, seconds, cpuSeconds, peakKiB, stderr });
     });
   });
 }
@@ -320,6 +327,16 @@ function table(rows, impls) {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
 }
 
+/** CPU seconds (user + system) of each run, beside its wall time: how much of it was waiting. */
+function cpuTable(rows, impls) {
+  const head = ['tool', 'mappings', ...impls.map((i) => `${i} cpu s`)];
+  const body = rows.map((r) => [r.tool, count(r.mappings),
+    ...impls.map((i) => (r.runs[i]?.status === 0 && r.runs[i].cpuSeconds !== undefined ? r.runs[i].cpuSeconds.toFixed(2) : '-'))]);
+  const widths = head.map((h, c) => Math.max(h.length, ...body.map((b) => b[c].length)));
+  const line = (cs) => cs.map((x, c) => (c === 0 ? x.padEnd(widths[c]) : x.padStart(widths[c]))).join('  ');
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
+}
+
 function markdown(rows, impls) {
   const head = header(impls);
   const line = (cs) => `| ${cs.join(' | ')} |`;
@@ -365,13 +382,14 @@ async function main() {
     console.log(table(r.rows, impls));
   }
   if (o.sizes.length > 1) console.log(`\nall sizes:\n${table(rows, impls)}\n\nper million mappings:\n${scaling(rows, impls)}`);
+  if (RSS_METHOD === 'gnu-time') console.log(`\nCPU time of the same runs:\n${cpuTable(rows, impls)}`);
   for (const note of new Set(rows.map((r) => r.note).filter(Boolean))) console.log(`ok*: same after normalising: ${note}`);
   if (o.markdown) console.log(`\n${markdown(rows, impls)}`);
   console.log(`load average at the end ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   if (o.json) {
     fs.writeFileSync(o.json, JSON.stringify({ node: process.version, cpus: cpus.length, rssMethod: RSS_METHOD, loadavg: os.loadavg(),
       rows: rows.map((r) => ({ ...r, runs: Object.fromEntries(Object.entries(r.runs).map(([k, v]) => [k,
-        { status: v.status, seconds: v.seconds, peakKiB: v.peakKiB }])) })) }, null, 2));
+        { status: v.status, seconds: v.seconds, cpuSeconds: v.cpuSeconds, peakKiB: v.peakKiB }])) })) }, null, 2));
   }
   for (const p of problems) console.log(`${p.fatal ? 'PROBLEM' : 'note'}: ${p.line}`);
   return problems.some((p) => p.fatal) ? 1 : 0;
