@@ -261,7 +261,8 @@ async function benchSize(mappings, o, { impls, v090 }) {
         verdicts[impl] = verdict;
         if (verdict !== 'ok' && verdict !== 'ok*') {
           const line = `${impl} ${c.tool} at ${fixture.mappings}: ${verdict}`;
-          problems.push({ line, fatal: impl !== '1.x' });
+          // Only ours and the 0.9.0 oracle must be right; without 0.9.0 in the run there is nothing to compare with.
+          problems.push({ line, fatal: impl !== '1.x' && !verdict.startsWith('unchecked') });
         }
       }
       if (o.profile && impls.ours) profileOurs(c, fixture, dir, o.profile);
