@@ -290,7 +290,7 @@ function profileOurs(c, fixture, dir, profileDir) {
   fs.rmSync(out, { force: true });
   const profile = fs.existsSync(into) && fs.readdirSync(into).find((f) => f.endsWith('.cpuprofile'));
   if (r.status !== 0 || !profile) throw new HarnessError(`profiling our ${c.tool} failed (${r.status}): ${lastLine(r.stderr ?? '')}`);
-  console.log(`\nprofile of our ${c.tool} at ${count(fixture.mappings)} (${path.join(into, profile)}):\n${summarize(path.join(into, profile), 12)}`);
+  console.log(`\nprofile of our ${c.tool} at ${sizeLabel(fixture.mappings)} (${path.join(into, profile)}):\n${summarize(path.join(into, profile), 12)}`);
 }
 
 // --- report ----------------------------------------------------------------------------------
@@ -298,14 +298,14 @@ function profileOurs(c, fixture, dir, profileDir) {
 const mib = (run) => (run?.status === 0 && run.peakKiB ? (run.peakKiB / 1024).toFixed(1) : '-');
 const secs = (run) => (!run ? '-' : run.status === 0 ? run.seconds.toFixed(2) : 'failed');
 const ratio = (a, b) => (a?.status === 0 && b?.status === 0 ? (a.seconds / b.seconds).toFixed(2) : '-');
-const count = (n) => (n % 1_000_000 === 0 ? `${n / 1_000_000}M` : n % 1000 === 0 ? `${n / 1000}k` : String(n));
+const sizeLabel = (n) => (n % 1_000_000 === 0 ? `${n / 1_000_000}M` : n % 1000 === 0 ? `${n / 1000}k` : String(n));
 
 function cells(row, impls) {
   const r = row.runs;
   const checks = impls.map((i) => (row.verdicts[i] && row.verdicts[i] !== 'ok' ? `${i}: ${row.verdicts[i].split(':')[0]}` : undefined))
     .filter(Boolean);
   return [
-    row.tool, count(row.mappings),
+    row.tool, sizeLabel(row.mappings),
     ...impls.map((i) => secs(r[i])),
     ...(r.ours ? impls.filter((i) => i !== 'ours').map((i) => ratio(r.ours, r[i])) : []),
     ...impls.map((i) => mib(r[i])),
@@ -331,7 +331,7 @@ function table(rows, impls) {
 /** CPU seconds (user + system) of each run, beside its wall time: how much of it was waiting. */
 function cpuTable(rows, impls) {
   const head = ['tool', 'mappings', ...impls.map((i) => `${i} cpu s`)];
-  const body = rows.map((r) => [r.tool, count(r.mappings),
+  const body = rows.map((r) => [r.tool, sizeLabel(r.mappings),
     ...impls.map((i) => (r.runs[i]?.status === 0 && r.runs[i].cpuSeconds !== undefined ? r.runs[i].cpuSeconds.toFixed(2) : '-'))]);
   const widths = head.map((h, c) => Math.max(h.length, ...body.map((b) => b[c].length)));
   const line = (cs) => cs.map((x, c) => (c === 0 ? x.padEnd(widths[c]) : x.padStart(widths[c]))).join('  ');
@@ -352,7 +352,7 @@ function scaling(rows, impls) {
     for (const impl of impls) {
       const at = rows.filter((r) => r.tool === tool && r.runs[impl]?.status === 0);
       if (at.length < 2) continue;
-      out.push(`${tool} ${impl}: ` + at.map((r) => `${count(r.mappings)} ${(r.runs[impl].seconds / (r.mappings / 1e6)).toFixed(3)} s/M, ` +
+      out.push(`${tool} ${impl}: ` + at.map((r) => `${sizeLabel(r.mappings)} ${(r.runs[impl].seconds / (r.mappings / 1e6)).toFixed(3)} s/M, ` +
         `${mib(r.runs[impl])} MiB`).join('; '));
     }
   }

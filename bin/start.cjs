@@ -40,6 +40,6 @@ module.exports = function start(tool) {
     importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
   });
   if (writeCache) process.once('exit', () => fs.writeFileSync(writeCache, script.createCachedData()));
-  const module = { exports: {} };
-  script.runInThisContext().call(module.exports, module.exports, createRequire(bundle), module, bundle, path.dirname(bundle));
+  const bundleModule = { exports: {} };
+  script.runInThisContext().call(bundleModule.exports, bundleModule.exports, createRequire(bundle), bundleModule, bundle, path.dirname(bundle));
 };

@@ -49,7 +49,7 @@ function commonJsPlugin() {
     transform(code, id) {
       // Of package.json the tools need only the version (printed by -V).
       if (id === path.join(ROOT, 'package.json')) return JSON.stringify({ version: JSON.parse(code).version });
-      // commander loads child_process (and with it net and streams, ~4 ms) for git-style
+      // commander loads child_process (and with it net and streams, 2-4 ms) for git-style
       // subcommands, which no tool of ours has: load it only if one ever runs.
       if (id.endsWith(path.join('commander', 'lib', 'command.js'))) {
         return must(code, "const childProcess = require('node:child_process');",
@@ -60,6 +60,8 @@ function commonJsPlugin() {
       // bundle that is the bundle's own require, so the bundler takes them into the one file
       // (cli-progress included, run only when a bar is shown).
       let out = code.replaceAll('createRequire(import.meta.url)', 'require');
+      // Any other use would name the bundle's location instead of the module's: refuse it.
+      if (out.includes('import.meta')) throw new Error(`bundle: ${path.relative(ROOT, id)} uses import.meta, which would point into dist/bundle; update scripts/bundle.mjs`);
       if (id === path.join(DIST, 'pdata', 'checksum.js') && crc32Package) {
         out = must(out, "require('@node-rs/crc32')",
           `(() => { try { return require('${crc32Package}'); } catch { return require('@node-rs/crc32'); } })()`, 'checksum.ts');
