@@ -141,7 +141,11 @@ function timedRun([cmd, ...args], { stdoutFile, workDir }) {
       child.once('spawn', sample);
       poll = setInterval(sample, 5);
     }
-    child.on('error', (e) => { clearInterval(poll); reject(e); });
+    child.on('error', (e) => {
+      clearInterval(poll);
+      if (typeof out === 'number') fs.closeSync(out);
+      reject(e);
+    });
     child.on('close', (code, signal) => {
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
       clearInterval(poll);
@@ -156,6 +160,16 @@ function timedRun([cmd, ...args], { stdoutFile, workDir }) {
       resolve({ status: signal ? `signal ${signal}` : code, seconds, cpuSeconds, peakKiB, stderr });
     });
   });
+}
+
+/** Runs `cmd args` to completion with its stdout in `file`. */
+function spawnTo(file, cmd, args) {
+  const fd = fs.openSync(file, 'w');
+  try {
+    return spawnSync(cmd, args, { stdio: ['ignore', fd, 'pipe'], encoding: 'utf8' });
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 // --- checking outputs ------------------------------------------------------------------------
@@ -220,7 +234,7 @@ async function benchSize(mappings, o, { impls, v090 }) {
     let sourceDump;
     const dumpHash = async (meta) => {
       const file = path.join(dir, 'verify.xml');
-      const r = spawnSync(v090('thin_dump'), [meta], { stdio: ['ignore', fs.openSync(file, 'w'), 'pipe'], encoding: 'utf8' });
+      const r = spawnTo(file, v090('thin_dump'), [meta]);
       const h = r.status === 0 ? await sha256(file) : undefined;
       fs.rmSync(file, { force: true });
       return h;
@@ -285,8 +299,8 @@ function profileOurs(c, fixture, dir, profileDir) {
   fs.rmSync(into, { recursive: true, force: true });
   const out = path.join(dir, `${c.name}.profile.out`);
   if (c.output === 'metadata') freshFile(out, fixture.metaBytes);
-  const r = spawnSync(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${into}`, path.join(ROOT, 'dist', 'cli', `${c.tool}.js`),
-    ...c.args(fixture, out)], { stdio: ['ignore', c.output === 'stdout' ? fs.openSync(out, 'w') : 'ignore', 'pipe'], encoding: 'utf8' });
+  const r = spawnTo(c.output === 'stdout' ? out : '/dev/null', process.execPath,
+    ['--cpu-prof', `--cpu-prof-dir=${into}`, path.join(ROOT, 'dist', 'cli', `${c.tool}.js`), ...c.args(fixture, out)]);
   fs.rmSync(out, { force: true });
   const profile = fs.existsSync(into) && fs.readdirSync(into).find((f) => f.endsWith('.cpuprofile'));
   if (r.status !== 0 || !profile) throw new HarnessError(`profiling our ${c.tool} failed (${r.status}): ${lastLine(r.stderr ?? '')}`);
