@@ -149,6 +149,27 @@ describe.each(XML_PROBLEMS)('thin_restore input $name', (problem) => {
   });
 });
 
+describe('thin_restore input through a pipe', () => {
+  it.each([
+    ['binary metadata', () => fs.readFileSync(metadata, 'latin1'), /binary metadata, not XML/],
+    ['nothing', () => '', /empty/],
+  ])('%s: the same message as from a file', (_what, content, message) => {
+    const before = sha256(output);
+    const r = runOurs('thin_restore', ['-i', '/dev/stdin', '-o', output], content());
+    expect(r.status).toBe(1);
+    expect(oneLine('thin_restore', r)).toMatch(message);
+    expect(sha256(output)).toBe(before);
+  });
+
+  it('XML through a pipe is restored', () => {
+    const out = at('piped.bin');
+    fs.copyFileSync(metadata, out);
+    const r = runOurs('thin_restore', ['-i', '/dev/stdin', '-o', out], fs.readFileSync(xml, 'utf8'));
+    expect(r.status, r.stderr).toBe(0);
+    expect(runReference('thin_dump', [out]).stdout).toBe(runReference('thin_dump', [metadata]).stdout);
+  });
+});
+
 describe('outputs thin_restore and thin_repair refuse before reading their input', () => {
   const cases: { name: string; file: () => string; message: RegExp }[] = [
     { name: 'missing', file: () => at('no-such-output'), message: /No such file or directory/ },

@@ -19,8 +19,7 @@
 // - Semantic rules (order, overlaps, nr_data_blocks, mapped_blocks, ...) are StreamValidator's.
 import * as fs from 'node:fs';
 import { Readable } from 'node:stream';
-import { InputError, OpenedFile } from '../io/block-io.js';
-import { openXmlInput } from '../io/open.js';
+import { InputError, OpenedFile, openFile } from '../io/block-io.js';
 import { U64, U64_MAX, parseU64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { MAX_DATA_BLOCK, MAX_TIME } from '../thin/mapping.js';
@@ -57,6 +56,10 @@ export async function readMetadataXml(
   let filled = 0;
   let bytesRead = 0;
   const consume = () => {
+    // XML has no zero bytes; binary metadata has them in its first 16 (the superblock's blocknr).
+    if (bytesRead === filled && work.subarray(0, filled).includes(0)) {
+      throw new InputError(`${name}: this looks like binary metadata, not XML (thin_dump turns metadata into XML)`);
+    }
     const used = parser.feed(work.subarray(0, filled), false);
     work.copy(work, 0, used, filled);
     filled -= used;
@@ -66,7 +69,7 @@ export async function readMetadataXml(
   };
   if (!(input instanceof Readable)) {
     // A path is opened (and closed) here; an opened file stays its opener's to close.
-    const file = typeof input === 'string' ? openXmlInput(input) : input;
+    const file = typeof input === 'string' ? openFile(input, 'stream') : input;
     try {
       for (;;) {
         const n = fs.readSync(file.fd, work, filled, CHUNK_BYTES, null);
@@ -91,6 +94,7 @@ export async function readMetadataXml(
       }
     }
   }
+  if (bytesRead === 0) throw new InputError(`${name}: empty, not thin_dump XML`);
   parser.finish(work.subarray(0, filled));
 }
 

@@ -1,41 +1,27 @@
-// The one way every tool opens what it reads and writes, so each problem with a file reads the
-// same in every tool: missing, a directory, unreadable, too small, XML given as metadata (or
-// metadata given as XML), busy, or an output that is the input under another name.
+// How every tool opens the metadata it reads and writes, on top of openFile (block-io.ts), so each
+// problem reads the same in every tool: XML or anything under one block given as metadata, an
+// output that is missing or busy, or an output that is the input under another name. (XML inputs
+// are openFile(path, 'stream'); the XML reader refuses empty and binary input.)
 import * as fs from 'node:fs';
-import { BLOCK_SIZE, BlockReader, BlockWriter, InputError, OpenedFile, openFile, sysfsBlockDir } from './block-io.js';
-
-/** The first block of a seekable file (fewer bytes if it is shorter); empty for a stream. */
-function head(file: OpenedFile): Buffer {
-  if (!file.seekable) return Buffer.alloc(0);
-  const buf = Buffer.alloc(Math.min(file.size, BLOCK_SIZE));
-  const n = fs.readSync(file.fd, buf, 0, buf.length, 0);
-  return buf.subarray(0, n);
-}
+import { BLOCK_SIZE, BlockReader, BlockWriter, InputError, openFile, sysfsBlockDir } from './block-io.js';
 
 /**
  * thin_dump XML: text that starts with a tag of ours or a declaration. Binary metadata always has
- * zero bytes in its first block (the superblock's magic number is one u64 below 2^32), XML never.
+ * zero bytes in its first block (the superblock's blocknr and magic are u64s below 2^32), XML never.
  */
-function looksLikeXml(bytes: Buffer): boolean {
-  if (bytes.includes(0)) return false;
-  const text = bytes.toString('latin1', 0, 64).replace(/^\xEF\xBB\xBF/, '').trimStart();
+function looksLikeXml(head: Buffer): boolean {
+  if (head.includes(0)) return false;
+  const text = head.toString('latin1', 0, 64).replace(/^\xEF\xBB\xBF/, '').trimStart();
   return text.startsWith('<superblock') || text.startsWith('<?xml') || text.startsWith('<!DOCTYPE');
-}
-
-function closeOnError<T>(file: OpenedFile, use: () => T): T {
-  try {
-    return use();
-  } catch (e) {
-    fs.closeSync(file.fd);
-    throw e;
-  }
 }
 
 /** Opens binary metadata (a file or block device) to read, refusing what cannot be metadata. */
 export function openMetadataInput(path: string): BlockReader {
   const file = openFile(path, 'read');
-  return closeOnError(file, () => {
-    if (looksLikeXml(head(file))) {
+  try {
+    const head = Buffer.alloc(Math.min(file.size, BLOCK_SIZE));
+    const n = fs.readSync(file.fd, head, 0, head.length, 0);
+    if (looksLikeXml(head.subarray(0, n))) {
       throw new InputError(`${path}: this looks like XML, not binary metadata (thin_restore turns XML into metadata)`);
     }
     if (file.size < BLOCK_SIZE) {
@@ -44,20 +30,10 @@ export function openMetadataInput(path: string): BlockReader {
       );
     }
     return new BlockReader(file);
-  });
-}
-
-/** Opens thin_dump XML to read: a file, or a pipe. The caller closes `fd`. */
-export function openXmlInput(path: string): OpenedFile {
-  const file = openFile(path, 'stream');
-  return closeOnError(file, () => {
-    if (file.seekable && file.size === 0) throw new InputError(`${path}: empty, not thin_dump XML`);
-    // XML has no zero bytes; metadata and other binary files do in their first block.
-    if (head(file).includes(0)) {
-      throw new InputError(`${path}: this looks like binary metadata, not XML (thin_dump turns metadata into XML)`);
-    }
-    return file;
-  });
+  } catch (e) {
+    fs.closeSync(file.fd);
+    throw e;
+  }
 }
 
 /**

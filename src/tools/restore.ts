@@ -1,7 +1,7 @@
 // thin_restore as a library function: thin_dump XML -> binary metadata on a file or device.
 import * as fs from 'node:fs';
-import { InputError } from '../io/block-io.js';
-import { openMetadataOutput, openXmlInput, refuseOutputOverInput } from '../io/open.js';
+import { InputError, openFile } from '../io/block-io.js';
+import { openMetadataOutput, refuseOutputOverInput } from '../io/open.js';
 import { readMetadataXml } from '../formats/xml-reader.js';
 import { SuperblockOverrides } from '../thin/events.js';
 import { StreamValidator } from '../thin/validate-stream.js';
@@ -25,7 +25,7 @@ export interface RestoreOptions {
  */
 export async function restoreMetadata(opts: RestoreOptions): Promise<void> {
   const overrides = opts.overrides ?? {};
-  const input = openXmlInput(opts.input);
+  const input = openFile(opts.input, 'stream');
   try {
     refuseOutputOverInput(opts.input, opts.output);
     const out = openMetadataOutput(opts.output);
