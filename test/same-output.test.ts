@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { setNeedsCheck } from './support/damage.js';
 import { RunResult, runOurs, runReference, sha256, tempDir } from './support/reference.js';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -140,5 +141,23 @@ describe.skipIf(!isRoot)('loop devices', () => {
       expect(runReference('thin_check', [dev]).status).toBe(0);
       expect(runReference('thin_dump', [dev]).stdout).toBe(runReference('thin_dump', [metadata]).stdout);
     }
+  });
+
+  it('thin_check clears needs_check only on a device no one holds', () => {
+    const flagged = freshCopy(metadata, 'flagged.bin');
+    setNeedsCheck(flagged, true);
+    const dev = attach(flagged);
+    const args = ['-q', '--clear-needs-check-flag', dev];
+    const fd = fs.openSync(dev, fs.constants.O_RDONLY | fs.constants.O_EXCL);
+    try {
+      const before = sha256(flagged);
+      const r = runOurs('thin_check', args);
+      expect([r.status, r.stdout, r.stderr]).toEqual([1, '', `thin_check: ${dev}: Device or resource busy (is the pool active?)\n`]);
+      expect(sha256(flagged)).toBe(before);
+    } finally {
+      fs.closeSync(fd);
+    }
+    expect(runOurs('thin_check', args).status).toBe(0);
+    expect(runReference('thin_dump', [dev]).stdout).toMatch(/^<superblock [^>]* flags="0" /);
   });
 });
