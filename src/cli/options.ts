@@ -38,3 +38,19 @@ export function withOverrideOptions(program: Command, source: string): Command {
     .option('--data-block-size <sectors>', `override the data block size ${source}`, dataBlockSizeValue)
     .option('--nr-data-blocks <natural>', `override the number of data blocks ${source}`, (v) => u64Value('--nr-data-blocks', v));
 }
+
+/**
+ * Refuses options given together that cannot be honoured together, in the 1.x tools' words (each
+ * pair by long names). An option ignored in silence would let the user believe it took effect.
+ */
+export function refuseConflicts(program: Command, pairs: [string, string][]): void {
+  const given = (long: string): boolean => {
+    const option = program.options.find((o) => o.long === long);
+    if (!option) throw new Error(`no option ${long}`);
+    return program.getOptionValue(option.attributeName()) !== undefined;
+  };
+  for (const [a, b] of pairs) {
+    if (given(a) && given(b)) throw new UsageError(`the argument '${a}' cannot be used with '${b}'`);
+  }
+}
+

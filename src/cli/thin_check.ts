@@ -3,8 +3,8 @@ import { openMetadataInput } from '../io/open.js';
 import { checkMetadata, clearNeedsCheckFlag, CheckEvent } from '../tools/check.js';
 import { RepairRefusedError, repairSpaceMaps } from '../tools/check-repair.js';
 import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
-import { Progress, UsageError, newProgram, progressBar, runTool } from './common.js';
-import { blockValue } from './options.js';
+import { Progress, newProgram, progressBar, runTool } from './common.js';
+import { blockValue, refuseConflicts } from './options.js';
 
 const NAME = 'thin_check';
 
@@ -36,11 +36,13 @@ await runTool(NAME, (argv) => {
   const flags = program.opts<Flags>();
   const input = program.args[0];
 
-  const overridden = flags.overrideMappingRoot !== undefined || flags.overrideDetailsRoot !== undefined;
-  if ((flags.clearNeedsCheckFlag || flags.autoRepair) && (flags.metadataSnap || overridden)) {
-    const option = flags.autoRepair ? '--auto-repair' : '--clear-needs-check-flag';
-    throw new UsageError(`${option} only applies to the live metadata, without -m or root overrides`);
-  }
+  // Both write the live metadata, after a check of all of it.
+  refuseConflicts(program, [
+    ...['--metadata-snap', '--override-mapping-root', '--override-details-root', '--super-block-only', '--skip-mappings', '--ignore-non-fatal-errors']
+      .map((other): [string, string] => ['--auto-repair', other]),
+    ...['--metadata-snap', '--override-mapping-root', '--override-details-root']
+      .map((other): [string, string] => ['--clear-needs-check-flag', other]),
+  ]);
 
   const quiet = !!flags.quiet;
   let bar: Progress | undefined;
@@ -80,8 +82,7 @@ await runTool(NAME, (argv) => {
     io.close();
   }
 
-  const spaceMapsChecked = !flags.superBlockOnly && !flags.skipMappings;
-  if (flags.autoRepair && spaceMapsChecked && (result.fatalErrors > 0 || result.nonFatalErrors > 0)) {
+  if (flags.autoRepair && (result.fatalErrors > 0 || result.nonFatalErrors > 0)) {
     return autoRepair(input, quiet);
   }
   if (!result.ok) return 1;

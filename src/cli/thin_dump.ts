@@ -4,7 +4,7 @@ import { U64 } from '../pdata/le.js';
 import { SuperblockOverrides, overridesIn } from '../thin/events.js';
 import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, dumpMetadata } from '../tools/dump.js';
 import { Progress, newProgram, progressBar, runTool } from './common.js';
-import { blockValue, u64Value, withOverrideOptions } from './options.js';
+import { blockValue, refuseConflicts, u64Value, withOverrideOptions } from './options.js';
 
 /** Below this many mappings a dump is over before a progress bar would be seen. */
 const PROGRESS_THRESHOLD = 1_000_000;
@@ -59,6 +59,8 @@ async function main(rawArgv: string[]): Promise<number> {
     .option('-r, --repair', 'repair the metadata while dumping it')
     .option('-q, --quiet', 'no progress bar');
   program.parse(argv, { from: 'user' });
+  // The repair reads the live metadata whole and prints it flat.
+  refuseConflicts(program, [['--repair', '--metadata-snap'], ['--repair', '--shared-subtrees']]);
   const o = program.opts<SuperblockOverrides & {
     format: DumpFormat;
     metadataSnap?: boolean;

@@ -30,12 +30,12 @@ export interface DumpOptions extends SuperblockOverrides {
   /** Where standard output goes when there is no `output` file. */
   stdoutFd?: number;
   onProgress?: (done: number, total: number) => void;
-  /** Dump what damaged metadata still holds (`thin_dump --repair`), told what was lost. */
+  /**
+   * Dump what damaged live metadata still holds (`thin_dump --repair`), told what was lost;
+   * flat, and without `metadataSnap` or `sharedSubtrees`.
+   */
   repair?: Pick<SalvageOptions, 'warn' | 'scanProgress'>;
 }
-
-/** `--repair` rebuilds the live metadata; a metadata snapshot is not what it reads (the 1.x wording). */
-export const REPAIR_SNAP_CONFLICT = "the argument '--repair' cannot be used with '--metadata-snap'";
 
 function writerFor(format: DumpFormat, sink: FdSink): MetadataVisitor {
   switch (format) {
@@ -97,8 +97,6 @@ export function dumpMetadata(input: string, opts: DumpOptions = {}): void {
   const format = opts.format ?? 'xml';
   if (!DUMP_FORMATS.includes(format)) throw new InputError(`unknown format '${format}'`);
   if (opts.sharedSubtrees && format !== 'xml') throw new InputError('shared subtrees can only be dumped as xml');
-  if (opts.repair && opts.metadataSnap !== undefined) throw new InputError(REPAIR_SNAP_CONFLICT);
-  if (opts.repair && opts.sharedSubtrees) throw new InputError('--shared-subtrees cannot be combined with --repair');
   if (opts.output !== undefined) refuseOutputOverInput(input, opts.output);
   const io = openMetadataInput(input);
   try {
