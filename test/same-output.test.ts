@@ -106,6 +106,12 @@ describe.skipIf(!isRoot)('loop devices', () => {
     ['thin_repair', 'the file behind the output loop device', () => ['-i', image, '-o', loop]],
     ['thin_repair', 'the loop device of the output file', () => ['-i', loop, '-o', image]],
     ['thin_repair', 'two loop devices of one file', () => ['-i', loop, '-o', secondLoop]],
+    ['thin_repair', 'one device under another name', () => {
+      const link = at('loop.symlink');
+      fs.rmSync(link, { force: true });
+      fs.symlinkSync(loop, link);
+      return ['-i', loop, '-o', link];
+    }],
     ['thin_dump', 'the file behind the output loop device', () => [image, '-o', loop]],
     ['thin_dump', 'the loop device of the output file', () => [loop, '-o', image]],
     ['thin_dump', 'repair: the loop device of the output file', () => ['--repair', loop, '-o', image]],
