@@ -184,6 +184,24 @@ describe('sizes the output cannot hold are refused at once, with the size needed
     expect(sha256(out)).toBe(before);
   });
 
+  it.each([0, 1, 100_000, 16_320_001])('nr_data_blocks %i without devices: the size named is the size needed', (n) => {
+    const empty = at(`empty-${n}.xml`);
+    fs.writeFileSync(empty, `<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="${n}">\n</superblock>\n`);
+    const sized = (blocks: number) => {
+      const p = at(`empty-${n}-${blocks}.bin`);
+      fs.writeFileSync(p, '');
+      fs.truncateSync(p, blocks * 4096);
+      return p;
+    };
+    const refused = runOurs('thin_restore', ['-i', empty, '-o', sized(0)]);
+    const needed = Number(NEEDS.exec(oneLine('thin_restore', refused))![2]);
+    expect(runOurs('thin_restore', ['-i', empty, '-o', sized(needed - 1)]).status).toBe(1);
+    const exact = sized(needed);
+    const r = runOurs('thin_restore', ['-i', empty, '-o', exact]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(runReference('thin_check', [exact]).status).toBe(0);
+  });
+
   it.each([10_000_000, 16_320_000, 20_000_000, 100_000_000])(
     'nr_data_blocks %i into 4 MiB: the same verdict as the reference',
     (n) => {

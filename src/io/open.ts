@@ -44,7 +44,7 @@ export function openMetadataOutput(path: string): BlockWriter {
   if (!fs.existsSync(path)) {
     throw new InputError(`${path}: No such file or directory (the output must be a block device or an existing file large enough for the metadata)`);
   }
-  return new BlockWriter(openFile(path, 'write'));
+  return new BlockWriter(path);
 }
 
 /** The file behind loop device `rdev`, if it is one. */

@@ -310,10 +310,11 @@ function withOwnBitmaps(blocks: number): number {
 function minimumBlocks(nrDataBlocks: U64): number {
   const perBitmap = BigInt(ENTRIES_PER_BITMAP);
   const bitmaps = Number((BigInt(nrDataBlocks) + perBitmap - 1n) / perBitmap);
+  // Leaves of the index, then each level of internal nodes up to the root (an empty tree is one leaf).
   let indexNodes = 0;
-  for (let level = Math.ceil(bitmaps / maxEntriesFor(INDEX_ENTRY_SIZE)); ; level = Math.ceil(level / maxEntriesFor(8))) {
+  for (let level = Math.max(1, Math.ceil(bitmaps / maxEntriesFor(INDEX_ENTRY_SIZE))); ; level = Math.ceil(level / maxEntriesFor(8))) {
     indexNodes += level;
-    if (level <= 1) break;
+    if (level === 1) break;
   }
   return 1 + 2 + bitmaps + indexNodes + 1 + 2;
 }
