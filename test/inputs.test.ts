@@ -176,20 +176,26 @@ describe('thin_restore input through a pipe', () => {
   });
 });
 
-describe('outputs thin_restore and thin_repair refuse before reading their input', () => {
-  const cases: { name: string; file: () => string; message: RegExp }[] = [
+describe('outputs, refused before the input is read', () => {
+  const cases: { name: string; file: () => string; message: RegExp; dump?: boolean }[] = [
     { name: 'missing', file: () => at('no-such-output'), message: /No such file or directory/ },
-    { name: 'a directory', file: () => at('a-directory'), message: /Is a directory/ },
+    { name: 'in a missing directory', file: () => at('no-such-dir/out'), message: /No such file or directory/, dump: true },
+    { name: 'a directory', file: () => at('a-directory'), message: /Is a directory/, dump: true },
     { name: 'not a file or block device', file: () => '/dev/null', message: /not a regular file or block device/ },
   ];
-  it.each(cases)('$name', (c) => {
+  it.each(cases)('$name: the same message from thin_restore, thin_repair (and thin_dump -o)', (c) => {
     const restore = ours('thin_restore', ['-i', xml, '-o', c.file()]);
     const repair = ours('thin_repair', ['-i', metadata, '-o', c.file()]);
     const message = oneLine('thin_restore', restore);
     expect(message).toMatch(c.message);
-    expect(message).toContain(c.file());
+    expect(message.startsWith(`${c.file()}: `)).toBe(true);
     expect(oneLine('thin_repair', repair)).toBe(message);
     expect([restore.status, repair.status]).toEqual([1, 1]);
     expect(reference('thin_restore', ['-i', xml, '-o', c.file()]).status).toBe(1);
+    if (c.dump) {
+      const dump = ours('thin_dump', [metadata, '-o', c.file()]);
+      expect(dump.status).toBe(1);
+      expect(oneLine('thin_dump', dump)).toBe(message.replace(/ \(the output must .*\)$/, ''));
+    }
   });
 });

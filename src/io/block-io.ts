@@ -23,7 +23,7 @@ const ERRNO_TEXT: Record<string, string> = {
 };
 
 /** The one-line error for a failed system call on `path`. */
-function explainIoError(path: string, e: unknown): InputError {
+export function explainIoError(path: string, e: unknown): InputError {
   const err = e as NodeJS.ErrnoException;
   return new InputError(`${path}: ${(err.code !== undefined && ERRNO_TEXT[err.code]) || err.message}`);
 }
