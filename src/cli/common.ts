@@ -31,8 +31,9 @@ function endByClosedPipe(): void {
  */
 export async function runTool(name: string, main: (argv: string[]) => Promise<number> | number): Promise<void> {
   process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code !== 'EPIPE') throw e;
-    endByClosedPipe();
+    if (e.code === 'EPIPE') return endByClosedPipe();
+    process.stderr.write(`${name}: standard output: ${e.message}\n`);
+    process.exit(1);
   });
   let status: number;
   try {
