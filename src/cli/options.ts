@@ -20,6 +20,37 @@ export function blockValue(option: string, value: string): number {
   return v;
 }
 
+/**
+ * -m takes its block only attached (`-m5`, `--metadata-snap=5`), as with getopt's optional
+ * arguments; commander would swallow a following path instead, so attached blocks are taken out
+ * here and -m is left as a plain flag. `takesValue`: the command's options that take a separate
+ * value, so a value is never mistaken for -m.
+ */
+export function extractSnapBlock(argv: string[], takesValue: ReadonlySet<string>): { argv: string[]; snapBlock?: number } {
+  const out: string[] = [];
+  let snapBlock: number | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (takesValue.has(a)) {
+      out.push(a);
+      if (i + 1 < argv.length) out.push(argv[++i]);
+      continue;
+    }
+    const m = /^(?:-m|--metadata-snap=)(.*)$/s.exec(a);
+    if (m && m[1] !== '') {
+      snapBlock = blockValue('--metadata-snap', m[1]);
+      out.push('-m');
+      continue;
+    }
+    out.push(a);
+  }
+  return { argv: out, snapBlock };
+}
+
 /** A data block size in sectors, as the kernel takes it. */
 export function dataBlockSizeValue(value: string): number {
   const v = parseU64(value);
