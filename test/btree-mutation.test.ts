@@ -16,7 +16,7 @@ import { openDiskSpaceMap } from '../src/pdata/space-map/disk.js';
 import { DataSpaceMap } from '../src/pdata/space-map/disk-in-place.js';
 import { MetadataSpaceMap } from '../src/pdata/space-map/metadata-in-place.js';
 import { openMetadataSpaceMap } from '../src/pdata/space-map/metadata.js';
-import { SpaceMapRoot } from '../src/pdata/space-map/root.js';
+import { SpaceMapRoot, spaceMapSize } from '../src/pdata/space-map/root.js';
 import { TransactionManager } from '../src/pdata/transaction-manager.js';
 import { rng } from './support/generate.js';
 import { tempDir } from './support/reference.js';
@@ -52,8 +52,8 @@ function walkOnDisk(file: string, root: number): { keys: number[]; values: numbe
   walkBTree(io, root, 8, {
     leaf(n) {
       for (let i = 0; i < n.nrEntries; i++) {
-        keys.push(n.key(i));
-        values.push(n.valueU64(i));
+        keys.push(n.keyNumber(i));
+        values.push(n.valueBlock(i));
       }
     },
     error: (e) => errors.push(e),
@@ -75,8 +75,9 @@ function countsOnDisk(file: string, root: SpaceMapRoot, kind: 'metadata' | 'data
   const io = new BlockReader(file);
   const sink = { error: (e: Error) => { throw e; } };
   const sm: SpaceMapReader = kind === 'metadata' ? openMetadataSpaceMap(io, root, sink) : openDiskSpaceMap(io, root, sink);
-  const out = new Uint32Array(root.nrBlocks);
-  sm.forEachBitmap(sink, (first, counts) => out.set(counts.subarray(0, Math.min(counts.length, root.nrBlocks - first)), first));
+  const nrBlocks = spaceMapSize(root);
+  const out = new Uint32Array(nrBlocks);
+  sm.forEachBitmap(sink, (first, counts) => out.set(counts.subarray(0, Math.min(counts.length, nrBlocks - first)), first));
   const overflow = sm.readOverflowCounts(sink);
   for (let i = 0; i < overflow.size; i++) out[overflow.blockAt(i)] = overflow.countAt(i);
   io.close();

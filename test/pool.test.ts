@@ -112,18 +112,18 @@ async function modelFromDump(xml: string): Promise<Model> {
   let dev!: ModelDevice;
   const visitor: MetadataVisitor = {
     superblockBegin(p: PoolInfo) {
-      model = new Model(p.dataBlockSize, p.nrDataBlocks);
+      model = new Model(p.dataBlockSize, Number(p.nrDataBlocks));
       model.time = p.time;
-      model.transaction = p.transaction;
+      model.transaction = Number(p.transaction);
     },
     superblockEnd() {},
     deviceBegin(d: DeviceInfo) {
-      dev = { mappings: new Map(), transaction: d.transaction, creation: d.creationTime, snap: d.snapTime };
+      dev = { mappings: new Map(), transaction: Number(d.transaction), creation: d.creationTime, snap: d.snapTime };
       model.devices.set(d.devId, dev);
     },
     deviceEnd() {},
     mapRun(thin, data, length, time) {
-      for (let i = 0; i < length; i++) model.setMapping(dev, thin + i, { data: data + i, time });
+      for (let i = 0; i < length; i++) model.setMapping(dev, Number(thin) + i, { data: data + i, time });
     },
   };
   await readMetadataXml(file, visitor);

@@ -219,7 +219,6 @@ describe('readMetadataXml: bad input', () => {
   const DEV = '<device dev_id="1" mapped_blocks="1" transaction="0" creation_time="0" snap_time="1">';
   const map = (attrs: string) => `${SB}\n${DEV}\n<single_mapping ${attrs}/>\n</device>\n</superblock>\n`;
   const bad: [string, string, string][] = [
-    ['empty input', '', 'bad.xml:1: no <superblock> element'],
     ['only whitespace and a comment', '\n\n<!-- x -->\n', 'bad.xml:4: no <superblock> element'],
     ['unclosed root', `${SB}\n${DEV}\n</device>\n`, 'bad.xml:4: unexpected end of input: <superblock> (line 1) is not closed'],
     ['unclosed tag at end', `${SB}\n<device dev_id="1"`, 'bad.xml:2: unexpected end of input inside a tag'],
@@ -263,7 +262,7 @@ describe('readMetadataXml: bad input', () => {
     ['fraction', map('origin_block="1.5" data_block="0" time="0"'), 'bad.xml:3: <single_mapping> origin_block="1.5" is not a non-negative decimal integer'],
     ['data block of 2^40', map('origin_block="0" data_block="1099511627776" time="0"'), 'bad.xml:3: <single_mapping> data_block="1099511627776" is out of range (0 .. 1099511627775)'],
     ['mapping time of 2^24', map('origin_block="0" data_block="0" time="16777216"'), 'bad.xml:3: <single_mapping> time="16777216" is out of range (0 .. 16777215)'],
-    ['thin block beyond 2^53', map('origin_block="18446744073709551615" data_block="0" time="0"'), 'bad.xml:3: <single_mapping> origin_block="18446744073709551615" is out of range (0 .. 9007199254740991)'],
+    ['thin block beyond 2^64-1', map('origin_block="18446744073709551616" data_block="0" time="0"'), 'bad.xml:3: <single_mapping> origin_block="18446744073709551616" is out of range (0 .. 18446744073709551615)'],
     ['dev_id of 2^24', `${SB}\n<device dev_id="16777216" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0"/>`, 'bad.xml:2: <device> dev_id="16777216" is out of range (0 .. 16777215)'],
     ['u32 time overflow', '<superblock uuid="" time="4294967296"', 'bad.xml:1: <superblock> time="4294967296" is out of range (0 .. 4294967295)'],
     ['range length 0', `${SB}\n${DEV}\n<range_mapping origin_begin="0" data_begin="0" length="0" time="0"/>`, 'bad.xml:3: <range_mapping> length="0" is out of range (1 .. 9007199254740991)'],
@@ -275,6 +274,13 @@ describe('readMetadataXml: bad input', () => {
       expect(await errorOf(xml, new Recorder(), 1)).toBe(message);
     });
   }
+
+  it.each([
+    ['empty input', '', 'bad.xml: empty, not thin_dump XML'],
+    ['binary input', '\u0000\u0001<superblock', 'bad.xml: this looks like binary metadata, not XML (thin_dump turns metadata into XML)'],
+  ])('refuses %s, naming it', async (_what, text, message) => {
+    await expect(readMetadataXml(fromString(text), new Recorder(), { name: 'bad.xml' })).rejects.toThrow(message);
+  });
 
   it('refuses a tag that never closes instead of buffering it', async () => {
     const endless = Readable.from(

@@ -2,7 +2,8 @@
 // file), checking it against the model at every step.
 import { crashSweep } from '../engine/crash-sweep.js';
 import { Problem, ReplaySummary, replay } from '../engine/replay.js';
-import { UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
+import { UsageError, newProgram, progressBar, runTool } from './common.js';
+import { countValue } from './options.js';
 
 const NAME = 'thin_replay';
 
@@ -19,7 +20,7 @@ interface Flags {
   json?: boolean;
 }
 
-await runTool(NAME, (argv) => {
+void runTool(NAME, (argv) => {
   const program = newProgram(NAME, 'Replays a trace of thin-pool operations and IO on a pool, checking it against a model at every step.')
     .argument('<trace>', 'the trace file (format: TRACE.md)')
     .option('--metadata <file>', 'the pool\'s metadata: formatted from the trace\'s pool line if empty or missing, else opened')
@@ -42,9 +43,9 @@ await runTool(NAME, (argv) => {
     trace,
     metadata: flags.metadata,
     data: flags.data,
-    seed: flags.seed === undefined ? undefined : parseNatural(flags.seed, '--seed'),
+    seed: flags.seed === undefined ? undefined : countValue('--seed', flags.seed),
     verifyEveryCommit: !!flags.verifyEveryCommit,
-    crashAt: flags.crashAt === undefined ? undefined : parseNatural(flags.crashAt, '--crash-at'),
+    crashAt: flags.crashAt === undefined ? undefined : countValue('--crash-at', flags.crashAt),
     keepGoing: !!flags.keepGoing,
     sync: flags.sync !== false,
   };

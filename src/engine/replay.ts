@@ -732,7 +732,7 @@ class Replay {
     if (!this.pool) return isFormatted(this.opts.metadata) ? this.crashFailure('the format was interrupted, yet block 0 holds a superblock') : 'passed';
     this.model.rollback();
     try {
-      const reopened = Pool.open(new BlockWriter(this.opts.metadata, 'r'));
+      const reopened = Pool.open(new BlockWriter(this.opts.metadata));
       reopened.close();
     } catch (e) {
       this.problem('mismatch', `after the crash the pool cannot be opened: ${(e as Error).message}`);
@@ -820,8 +820,13 @@ class Replay {
       deviceEnd() {
         if (dev && count !== dev.table.size) report(`device ${devId} maps ${count} blocks, the model ${dev.table.size}`);
       },
-      mapRun(thin: number, data: number, length: number, time: number) {
+      mapRun(thinBegin: U64, data: number, length: number, time: number) {
         if (!dev) return;
+        if (typeof thinBegin === 'bigint') {
+          report(`device ${devId} maps block ${thinBegin}, beyond the 2^53 blocks the model keeps`);
+          return;
+        }
+        const thin = thinBegin;
         for (let i = 0; i < length; i++) {
           const slot = dev.table.find(thin + i);
           if (slot < 0) report(`device ${devId} maps block ${thin + i} to data block ${data + i}, the model leaves it unmapped`);
@@ -895,9 +900,9 @@ function loadModel(path: string, sectorsPerBlock: number, content: boolean): Mod
       readMetadata(io, {
         superblockBegin(p: PoolInfo) {
           if (!metadataSnap) {
-            model = new Model(p.nrDataBlocks, sectorsPerBlock, content);
+            model = new Model(Number(p.nrDataBlocks), sectorsPerBlock, content);
             model.time = p.time;
-            model.transactionId = p.transaction as U64;
+            model.transactionId = p.transaction;
           }
         },
         superblockEnd() {},
@@ -906,7 +911,8 @@ function loadModel(path: string, sectorsPerBlock: number, content: boolean): Mod
           (metadataSnap ? devices : model.devices).set(d.devId, dev);
         },
         deviceEnd() {},
-        mapRun(thin: number, data: number, length: number, time: number) {
+        mapRun(thin: U64, data: number, length: number, time: number) {
+          if (typeof thin === 'bigint') throw new InputError(`${path}: a device maps block ${thin}; thin_replay keeps blocks below 2^53`);
           for (let i = 0; i < length; i++) dev.table.set(thin + i, UNKNOWN, data + i, time);
         },
       }, { metadataSnap });

@@ -3,6 +3,8 @@
 // of millions of mappings costs a few hundred system calls and next to no garbage.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { explainIoError } from '../io/block-io.js';
+import { U64 } from '../pdata/le.js';
 
 const CHUNK_BYTES = 1 << 20;
 /** Pieces shorter than this are copied char by char; that beats a native call for each. */
@@ -13,8 +15,8 @@ const NUMBER_ROOM = 24;
 /** Where formatted text goes. The text is ASCII. */
 export interface TextSink {
   write(text: string): void;
-  /** Writes a non-negative integer in decimal; sinks without it get `write(String(n))`. */
-  number?(n: number): void;
+  /** Writes a non-negative integer (a U64) in decimal; sinks without it get `write(String(n))`. */
+  number?(n: U64): void;
 }
 
 /** A sink with `number`, adapting one that lacks it. */
@@ -72,7 +74,9 @@ export class FdSink implements Required<TextSink> {
     }
   }
 
-  number(n: number): void {
+  number(n: U64): void {
+    // A bigint is past 2^53: rare enough for a string.
+    if (typeof n !== 'number') return this.write(String(n));
     if (this.pos + NUMBER_ROOM > CHUNK_BYTES) this.flush();
     const buf = this.buf;
     let digits = 1;
@@ -153,11 +157,11 @@ export class AtomicFileSink extends FdSink {
   }
 }
 
+/** Opens `file` (the target or its temporary), a failure told as every tool tells it, by the target's name. */
 function openOrExplain(file: string, flags: string, target = file): number {
   try {
     return fs.openSync(file, flags, 0o666);
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new Error(`${target}: cannot write output: ${err.code ?? err.message}`);
+    throw explainIoError(target, e);
   }
 }

@@ -7,7 +7,7 @@ import { BLOCK_SIZE } from '../io/block-io.js';
 import { BlockManager, BlockManagerOptions, BlockStore, BlockValidator, CrashError } from '../pdata/block-manager.js';
 import { BTree, ValueType } from '../pdata/btree/tree.js';
 import { SUPERBLOCK_CSUM_XOR } from '../pdata/checksum.js';
-import { U64, readBlockNr, readU64, writeU64 } from '../pdata/le.js';
+import { U64, readBlockNr, readU64, u64Add, writeU64 } from '../pdata/le.js';
 import { DataSpaceMap } from '../pdata/space-map/disk-in-place.js';
 import { MetadataSpaceMap } from '../pdata/space-map/metadata-in-place.js';
 import { encodeSpaceMapRoot } from '../pdata/space-map/root.js';
@@ -31,7 +31,6 @@ export const MAX_DEV_ID = 2 ** 24 - 1;
 const METADATA_BLOCK_SECTORS = BLOCK_SIZE / 512;
 /** The kernel records at most this many metadata blocks in the superblock (255 bitmaps of 2^14). */
 const THIN_METADATA_MAX_BLOCKS = 255 * (1 << 14);
-const TRANSACTION_ID_OFFSET = 48;
 
 /**
  * The pool's modes, in degraded order, as dm-thin's: out of data space still changes metadata but
@@ -166,7 +165,7 @@ export class Pool {
 
   /** Metadata blocks in use, as the metadata space map counts them. */
   get usedMetadataBlocks(): number {
-    return this.msm.root().nrAllocated;
+    return Number(this.msm.root().nrAllocated);
   }
 
   get needsCheck(): boolean {
@@ -247,7 +246,7 @@ export class Pool {
     this.time = sb.time;
     this.root = sb.dataMappingRoot;
     this.detailsRoot = sb.deviceDetailsRoot;
-    this.transactionId = readU64(raw, TRANSACTION_ID_OFFSET);
+    this.transactionId = sb.transactionId;
     this.flags = sb.flags;
     this.flagsOnDisk = sb.flags;
     this.heldRoot = sb.heldRoot;
@@ -296,16 +295,14 @@ export class Pool {
       ...this.sb,
       flags: this.flags,
       time: this.time,
-      transactionId: 0,
+      transactionId: this.transactionId,
       heldRoot: this.heldRoot,
       dataMappingRoot: this.root,
       deviceDetailsRoot: this.detailsRoot,
       dataSpaceMapRoot: encodeSpaceMapRoot(this.dsm.root()),
       metadataSpaceMapRoot: encodeSpaceMapRoot(this.msm.root()),
     };
-    const buf = encodeSuperblock(sb);
-    writeU64(buf, TRANSACTION_ID_OFFSET, this.transactionId);
-    return buf;
+    return encodeSuperblock(sb);
   }
 
   /**
@@ -408,7 +405,7 @@ export class Pool {
   }
 
   private newDevice(): DeviceState {
-    return { mappedBlocks: 0, transactionId: this.transactionId as number, creationTime: this.time, snapshottedTime: this.time, changed: true };
+    return { mappedBlocks: 0, transactionId: this.transactionId, creationTime: this.time, snapshottedTime: this.time, changed: true };
   }
 
   /** Removes the device, releasing what only it held (shared subtrees lose one reference). */
@@ -553,7 +550,7 @@ export class Pool {
       return this.failed(e);
     }
     d.changed = true;
-    if (inserted) d.mappedBlocks++;
+    if (inserted) d.mappedBlocks = u64Add(d.mappedBlocks, 1);
   }
 
   /**
@@ -581,7 +578,7 @@ export class Pool {
       this.root = this.topTree.insert(this.root, [devId], u64Value(devRoot)).root;
       return r.removed;
     });
-    d.mappedBlocks -= removed;
+    d.mappedBlocks = u64Add(d.mappedBlocks, -removed);
     d.changed = true;
     return removed;
   }

@@ -6,7 +6,7 @@ import { BTree } from '../btree/tree.js';
 import { TransactionManager } from '../transaction-manager.js';
 import { INDEX_ENTRY_SIZE, IndexEntry, decodeIndexEntry, encodeIndexEntry } from './common.js';
 import { CommittedCounts, IndexStore, REF_COUNT_TYPE, SpaceMapLL, findCommonFree } from './in-place.js';
-import { SpaceMapRoot } from './root.js';
+import { SpaceMapRoot, spaceMapSize } from './root.js';
 
 /** Index entries cached before they are written back into the index tree. */
 const INDEX_CACHE_ENTRIES = 4096;
@@ -78,8 +78,8 @@ export class DataSpaceMap {
   static open(tm: TransactionManager, root: SpaceMapRoot): DataSpaceMap {
     const sm = new DataSpaceMap(tm);
     sm.index = new TreeIndex(sm.indexTree, root.bitmapRoot);
-    sm.ll = new SpaceMapLL(tm, sm.index, root.nrBlocks, root.nrAllocated, root.refCountRoot, sm.refTree);
-    sm.snapshot(root.nrBlocks);
+    sm.ll = new SpaceMapLL(tm, sm.index, spaceMapSize(root), Number(root.nrAllocated), root.refCountRoot, sm.refTree);
+    sm.snapshot(spaceMapSize(root));
     return sm;
   }
 

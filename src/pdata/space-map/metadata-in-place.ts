@@ -7,7 +7,7 @@ import { NoSpaceError, TransactionManager, TransactionalSpaceMap } from '../tran
 import { INDEX_ENTRY_SIZE, IndexEntry, OVERFLOW_COUNT, bitmapsFor, decodeIndexEntry, encodeIndexEntry } from './common.js';
 import { CommittedCounts, INDEX_BLOCK, IndexStore, REF_COUNT_TYPE, SpaceMapLL, findCommonFree } from './in-place.js';
 import { INDEX_HEADER_SIZE, MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS } from './metadata.js';
-import { SpaceMapRoot } from './root.js';
+import { SpaceMapRoot, spaceMapSize } from './root.js';
 
 /** The index: one block's worth of entries, kept in memory and written at each commit. */
 class MemoryIndex implements IndexStore {
@@ -88,16 +88,17 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
   static open(tm: TransactionManager, root: SpaceMapRoot): MetadataSpaceMap {
     const sm = new MetadataSpaceMap(tm);
     tm.attach(sm);
-    if (root.nrBlocks > MAX_METADATA_BLOCKS) {
+    const nrBlocks = spaceMapSize(root);
+    if (nrBlocks > MAX_METADATA_BLOCKS) {
       throw new Error(`metadata space map claims ${root.nrBlocks} blocks, more than the ${MAX_METADATA_BLOCKS} it can describe`);
     }
     const blk = tm.read(root.bitmapRoot, INDEX_BLOCK);
     const entries: IndexEntry[] = [];
-    for (let i = 0; i < bitmapsFor(root.nrBlocks); i++) entries.push(decodeIndexEntry(blk.data, INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE));
+    for (let i = 0; i < bitmapsFor(nrBlocks); i++) entries.push(decodeIndexEntry(blk.data, INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE));
     tm.unlock(blk);
     sm.indexLocation = root.bitmapRoot;
     sm.index = new MemoryIndex(entries);
-    sm.ll = new SpaceMapLL(tm, sm.index, root.nrBlocks, root.nrAllocated, root.refCountRoot, new BTree(tm, REF_COUNT_TYPE));
+    sm.ll = new SpaceMapLL(tm, sm.index, nrBlocks, Number(root.nrAllocated), root.refCountRoot, new BTree(tm, REF_COUNT_TYPE));
     sm.snapshot();
     return sm;
   }
