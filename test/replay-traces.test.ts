@@ -122,8 +122,16 @@ describe('example traces', () => {
     expect(dump).toContain('flags="1"');
     expect(dump.match(/<device dev_id/g)).toHaveLength(5);
     expect(dump.match(/length="6000"/g)).toHaveLength(5);
+    const before = fs.readFileSync(metadata);
     expect(runOurs('thin_check', ['--clear-needs-check-flag', metadata]).status).toBe(0);
     expect(runReference('thin_dump', [metadata]).stdout).toBe(dump.replace('flags="1"', 'flags="0"'));
+    // A commit of the superblock alone: every other block as it was, and in the superblock only
+    // the flags and the checksum.
+    const after = fs.readFileSync(metadata);
+    expect(after.subarray(4096).equals(before.subarray(4096))).toBe(true);
+    const differing = [...Array(4096).keys()].filter((i) => after[i] !== before[i]);
+    expect(differing.every((i) => i < 8)).toBe(true);
+    expect(after.readUInt32LE(4)).toBe(before.readUInt32LE(4) & ~NEEDS_CHECK_FLAG);
     expectAccepted(metadata);
   });
 });

@@ -4,10 +4,9 @@
 // modes). The IO path is offered as steps (lookup, allocate, insert, remove) so the caller does the
 // data IO between them, and a scheduler could interleave them.
 import { BLOCK_SIZE } from '../io/block-io.js';
-import { BlockManager, BlockManagerOptions, BlockStore, BlockValidator, CrashError } from '../pdata/block-manager.js';
+import { BlockManager, BlockManagerOptions, BlockStore, CrashError } from '../pdata/block-manager.js';
 import { BTree, ValueType } from '../pdata/btree/tree.js';
-import { SUPERBLOCK_CSUM_XOR } from '../pdata/checksum.js';
-import { U64, readBlockNr, readU64, u64Add, writeU64 } from '../pdata/le.js';
+import { U64, readBlockNr, u64Add, writeU64 } from '../pdata/le.js';
 import { DataSpaceMap } from '../pdata/space-map/disk-in-place.js';
 import { MetadataSpaceMap } from '../pdata/space-map/metadata-in-place.js';
 import { encodeSpaceMapRoot } from '../pdata/space-map/root.js';
@@ -15,15 +14,9 @@ import { NoSpaceError, TransactionManager } from '../pdata/transaction-manager.j
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails, encodeDeviceDetails } from './device-details.js';
 import { MAX_DATA_BLOCK, MAX_TIME, mappingDataBlock, mappingTime, writeMapping } from './mapping.js';
 import {
-  NEEDS_CHECK_FLAG, SPACE_MAP_ROOT_SIZE, SUPERBLOCK_LOCATION, SUPERBLOCK_MAGIC, Superblock, dataSpaceMapRoot, decodeSuperblock,
+  NEEDS_CHECK_FLAG, SPACE_MAP_ROOT_SIZE, SUPERBLOCK_BLOCK, SUPERBLOCK_LOCATION, SUPERBLOCK_MAGIC, Superblock, dataSpaceMapRoot, decodeSuperblock,
   encodeSuperblock, metadataSpaceMapRoot, validDataBlockSize,
 } from './superblock.js';
-
-export const SUPERBLOCK_BLOCK: BlockValidator = {
-  name: 'superblock',
-  salt: SUPERBLOCK_CSUM_XOR,
-  check: (buf) => (readU64(buf, 32) === SUPERBLOCK_MAGIC ? null : `bad magic number in superblock: ${readU64(buf, 32)}`),
-};
 
 /** dm-thin's device ids are 24 bits. */
 export const MAX_DEV_ID = 2 ** 24 - 1;

@@ -113,6 +113,20 @@ export class DataSpaceMap {
     return this.ll.lookup(b);
   }
 
+  /** Sets block `b`'s count (a repair; see SpaceMapLL.set). */
+  set(b: number, count: number): void {
+    this.ll.set(b, count);
+  }
+
+  dropRefCount(b: number): void {
+    this.ll.dropRefCount(b);
+  }
+
+  /** See SpaceMapLL.recount; changed index entries are written at the commit. */
+  recount(): boolean {
+    return this.ll.recount();
+  }
+
   extend(extra: number): void {
     this.ll.extend(extra);
   }

@@ -3,7 +3,7 @@
 // free entries, and the ref-count tree for counts of 3 and more. Where the index entries live is
 // the one difference: one block held in memory (metadata) or a B-tree (data).
 import { BlockValidator } from '../block-manager.js';
-import { BTree } from '../btree/tree.js';
+import { BTree, KeyNotFoundError } from '../btree/tree.js';
 import { BITMAP_CSUM_XOR, INDEX_CSUM_XOR } from '../checksum.js';
 import { TransactionManager } from '../transaction-manager.js';
 import { BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, IndexEntry, OVERFLOW_COUNT, REF_COUNT_VALUE_SIZE, bitmapCount } from './common.js';
@@ -83,11 +83,15 @@ export class SpaceMapLL {
   }
 
   private lookupBig(b: number): number {
+    const count = this.refCountEntry(b);
+    if (count < 0) throw new Error(`space map: block ${b} is marked 3+ in its bitmap but has no ref-count entry`);
+    return count;
+  }
+
+  /** Block `b`'s entry in the ref-count tree, or -1 if it has none. */
+  private refCountEntry(b: number): number {
     const out = Buffer.allocUnsafe(REF_COUNT_VALUE_SIZE);
-    if (!this.refTree.lookup(this.refCountRoot, [b], out)) {
-      throw new Error(`space map: block ${b} is marked 3+ in its bitmap but has no ref-count entry`);
-    }
-    return out.readUInt32LE(0);
+    return this.refTree.lookup(this.refCountRoot, [b], out) ? out.readUInt32LE(0) : -1;
   }
 
   /** The first block in [begin, end) with a count of 0, or -1. */
@@ -121,12 +125,62 @@ export class SpaceMapLL {
     });
   }
 
-  /** Sets block `b`'s count. Returns +1, -1 or 0 as the block became allocated, free or neither. */
+  /**
+   * Sets block `b`'s count. Returns +1, -1 or 0 as the block became allocated, free or neither.
+   * Unlike inc and dec it also takes a bitmap saying 3+ with no ref-count entry (damage a repair
+   * overwrites): the old count is then taken as 3.
+   */
   set(b: number, count: number): number {
-    return this.mutate(b, () => count);
+    return this.mutate(b, () => count, true);
   }
 
-  private mutate(b: number, fn: (old: number) => number): number {
+  /** Removes block `b`'s ref-count entry if it has one (a stray, its bitmap not saying 3+). */
+  dropRefCount(b: number): void {
+    try {
+      this.refCountRoot = this.refTree.remove(this.refCountRoot, [b]);
+    } catch (e) {
+      if (!(e instanceof KeyNotFoundError)) throw e;
+    }
+  }
+
+  /**
+   * Recomputes what the bitmaps imply and the index and root only summarise: each index entry's
+   * free count and first free entry, and the number of blocks allocated. Changed index entries
+   * are written at the commit. Returns whether anything differed.
+   */
+  recount(): boolean {
+    let allocated = 0;
+    let differed = false;
+    const bitmaps = Math.ceil(this.nrBlocks / ENTRIES_PER_BITMAP);
+    for (let i = 0; i < bitmaps; i++) {
+      const ie = this.index.entry(i);
+      const blk = this.tm.read(ie.blocknr, BITMAP_BLOCK);
+      // Entries past the end of the device are zero and count as free, as the kernel's extend counts them.
+      const inDevice = Math.min(ENTRIES_PER_BITMAP, this.nrBlocks - i * ENTRIES_PER_BITMAP);
+      let free = 0;
+      let firstFree = -1;
+      for (let e = 0; e < ENTRIES_PER_BITMAP; e++) {
+        if (bitmapCount(blk.data, e) !== 0) {
+          if (e < inDevice) allocated++;
+        } else {
+          free++;
+          if (firstFree < 0) firstFree = e;
+        }
+      }
+      this.tm.unlock(blk);
+      if (firstFree < 0) firstFree = ENTRIES_PER_BITMAP;
+      // none_free_before is a hint: below the first free entry it only costs a longer search.
+      if (ie.nrFree !== free || ie.noneFreeBefore > firstFree) {
+        this.index.changed(i, { ...ie, nrFree: free, noneFreeBefore: Math.min(ie.noneFreeBefore, firstFree) });
+        differed = true;
+      }
+    }
+    if (allocated !== this.nrAllocated) differed = true;
+    this.nrAllocated = allocated;
+    return differed;
+  }
+
+  private mutate(b: number, fn: (old: number) => number, repairing = false): number {
     if (b >= this.nrBlocks || b < 0) throw new Error(`space map: block ${b} is outside the space map (${this.nrBlocks} blocks)`);
     const i = Math.floor(b / ENTRIES_PER_BITMAP);
     const bit = b % ENTRIES_PER_BITMAP;
@@ -134,12 +188,17 @@ export class SpaceMapLL {
     const { block } = this.tm.shadow(ie.blocknr, BITMAP_BLOCK);
     ie.blocknr = block.location;
     let old = bitmapCount(block.data, bit);
-    if (old >= OVERFLOW_COUNT) old = this.lookupBig(b);
+    let hasEntry = old >= OVERFLOW_COUNT;
+    if (hasEntry) {
+      const big = repairing ? this.refCountEntry(b) : this.lookupBig(b);
+      hasEntry = big >= 0;
+      if (hasEntry) old = big;
+    }
     const count = fn(old);
     setBitmapCount(block.data, bit, Math.min(count, OVERFLOW_COUNT));
     this.tm.unlock(block);
     if (count < OVERFLOW_COUNT) {
-      if (old >= OVERFLOW_COUNT) this.refCountRoot = this.refTree.remove(this.refCountRoot, [b]);
+      if (hasEntry) this.refCountRoot = this.refTree.remove(this.refCountRoot, [b]);
     } else {
       const value = Buffer.allocUnsafe(REF_COUNT_VALUE_SIZE);
       value.writeUInt32LE(count, 0);

@@ -54,6 +54,7 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
   private bootstrapLimit = -1;
   private indexLocation = 0;
   private index!: MemoryIndex;
+  private protect?: (b: number) => boolean;
 
   private constructor(private readonly tm: TransactionManager) {}
 
@@ -84,9 +85,14 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
     return sm;
   }
 
-  /** The space map a committed superblock describes. */
-  static open(tm: TransactionManager, root: SpaceMapRoot): MetadataSpaceMap {
+  /**
+   * The space map a committed superblock describes. `protect` names blocks never to hand out
+   * whatever their count says: a repair protects every block the old metadata references, since
+   * a count that is too low would otherwise let a live block be overwritten.
+   */
+  static open(tm: TransactionManager, root: SpaceMapRoot, protect?: (b: number) => boolean): MetadataSpaceMap {
     const sm = new MetadataSpaceMap(tm);
+    sm.protect = protect;
     tm.attach(sm);
     const nrBlocks = spaceMapSize(root);
     if (nrBlocks > MAX_METADATA_BLOCKS) {
@@ -121,7 +127,7 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
       if (this.begin >= this.bootstrapLimit) throw new NoSpaceError('metadata device too small for its own space map');
       return this.begin++;
     }
-    const b = findCommonFree(this.ll, this.old, this.begin, (x) => this.promised(x));
+    const b = findCommonFree(this.ll, this.old, this.begin, (x) => this.promised(x) || (this.protect?.(x) ?? false));
     if (b < 0) throw new NoSpaceError('out of metadata space');
     this.begin = b + 1;
     if (this.depth > 0) {
@@ -162,6 +168,36 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
 
   count(b: number): number {
     return this.ll.lookup(b) + this.adjustment(b);
+  }
+
+  // ---- repairs (thin_check --auto-repair), each made outside any other change
+
+  /** Sets block `b`'s count (see SpaceMapLL.set). */
+  set(b: number, count: number): void {
+    this.outermost(() => this.ll.set(b, count));
+  }
+
+  /** Moves block `b`'s count by `delta`. */
+  adjust(b: number, delta: number): void {
+    this.outermost(() => this.ll.set(b, this.ll.lookup(b) + delta));
+  }
+
+  dropRefCount(b: number): void {
+    this.outermost(() => this.ll.dropRefCount(b));
+  }
+
+  /** See SpaceMapLL.recount; the index is written at the commit if it changed. */
+  recount(): boolean {
+    return this.outermost(() => this.ll.recount());
+  }
+
+  private outermost<T>(fn: () => T): T {
+    if (this.depth !== 0) throw new Error('metadata space map: a repair may not run inside another change');
+    // As inc and dec: a failure half way (out of space) leaves the transaction to be abandoned.
+    this.depth++;
+    const r = fn();
+    this.out();
+    return r;
   }
 
   isShared(b: number): boolean {
