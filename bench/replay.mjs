@@ -1,13 +1,16 @@
 // Replay throughput of thin_replay: mapped blocks and commits per second, and peak RSS, for
 // sequential and random write traces, metadata-only and with a data file.
 //
-//   node bench/replay.mjs [--smoke] [--blocks N] [--data-blocks N] [--commit-every N]
+//   node bench/replay.mjs [--smoke] [--blocks N] [--data-blocks N] [--commit-every N] [--no-sync]
 //                         [--runs random,sequential,random-data,sequential-data] [--dir DIR] [--keep] [--json FILE]
 //
 // The traces: one thin device; N single-block writes to distinct random virtual blocks (random),
 // or writes of 1000 consecutive blocks (sequential); a commit every --commit-every writes (1000).
 // With a data file each block writes its 64 KiB: a million of them would be 64 GiB, so the data
-// runs default to 100k blocks. Peak RSS is GNU time's (ru_maxrss). See docs/benchmarks.md.
+// runs default to 100k blocks. Peak RSS is GNU time's (ru_maxrss). --no-sync passes thin_replay's
+// --no-sync (commits not synced: what the CPU costs, without the disk's flush latency). The CPU
+// pressure Linux reports (/proc/pressure/cpu, "some" over the last 60 s) is printed per run: on a
+// shared machine it says how much of the wall time was spent waiting for a CPU. See docs/benchmarks.md.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -20,7 +23,7 @@ const TIME = '/usr/bin/time';
 const RUNS = ['random', 'sequential', 'random-data', 'sequential-data'];
 
 function parseArgs(argv) {
-  const o = { blocks: 1_000_000, dataBlocks: 100_000, commitEvery: 1000, runs: RUNS, dir: undefined, keep: false, json: undefined };
+  const o = { blocks: 1_000_000, dataBlocks: 100_000, commitEvery: 1000, runs: RUNS, dir: undefined, keep: false, json: undefined, sync: true };
   let smoke = false;
   const given = new Set();
   for (let i = 0; i < argv.length; i++) {
@@ -37,6 +40,7 @@ function parseArgs(argv) {
     else if (a === '--blocks') { o.blocks = count(value()); given.add('blocks'); }
     else if (a === '--data-blocks') { o.dataBlocks = count(value()); given.add('data'); }
     else if (a === '--commit-every') o.commitEvery = count(value());
+    else if (a === '--no-sync') o.sync = false;
     else if (a === '--runs') {
       o.runs = value().split(',');
       for (const r of o.runs) if (!RUNS.includes(r)) throw new Error(`--runs: unknown run '${r}'`);
@@ -44,7 +48,7 @@ function parseArgs(argv) {
     else if (a === '--keep') o.keep = true;
     else if (a === '--json') o.json = value();
     else if (a === '-h' || a === '--help') {
-      console.log('usage: node bench/replay.mjs [--smoke] [--blocks N] [--data-blocks N] [--commit-every N] [--runs LIST] [--dir DIR] [--keep] [--json FILE]');
+      console.log('usage: node bench/replay.mjs [--smoke] [--blocks N] [--data-blocks N] [--commit-every N] [--no-sync] [--runs LIST] [--dir DIR] [--keep] [--json FILE]');
       process.exit(0);
     } else throw new Error(`unknown option '${a}'`);
   }
@@ -85,10 +89,21 @@ function writeTrace(file, kind, blocks, commitEvery) {
   return file;
 }
 
-function run(trace, metadata, data) {
+/** Linux's CPU pressure, "some" averaged over 60 s: the share of time tasks waited for a CPU. */
+function cpuPressure() {
+  try {
+    const m = /some avg10=\S+ avg60=(\S+)/.exec(fs.readFileSync('/proc/pressure/cpu', 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function run(trace, metadata, data, sync) {
   for (const f of [metadata, data]) if (f) fs.rmSync(f, { force: true });
   const args = [trace, '--metadata', metadata, '--json'];
   if (data) args.push('--data', data);
+  if (!sync) args.push('--no-sync');
   const haveTime = fs.existsSync(TIME);
   const cmd = haveTime ? TIME : REPLAY;
   const r = spawnSync(cmd, haveTime ? ['-f', 'TIME %e %U %S %M', REPLAY, ...args] : args, { encoding: 'utf8', maxBuffer: 1 << 26 });
@@ -117,7 +132,8 @@ function main() {
       const kind = name.replace('-data', '');
       const blocks = withData ? o.dataBlocks : o.blocks;
       const trace = writeTrace(path.join(dir, `${kind}-${blocks}.trace`), kind, blocks, o.commitEvery);
-      const r = run(trace, path.join(dir, 'metadata'), withData ? path.join(dir, 'data') : undefined);
+      const r = run(trace, path.join(dir, 'metadata'), withData ? path.join(dir, 'data') : undefined, o.sync);
+      const pressure = cpuPressure();
       const s = r.summary;
       const row = {
         run: name,
@@ -129,13 +145,16 @@ function main() {
         blocksPerSecond: Math.round(s.dataBlocks.allocated / r.wall),
         commitsPerSecond: Math.round(s.commits / r.wall),
         peakMiB: r.peakMiB,
+        cpuPressure: pressure,
         verification: s.verification,
         status: r.status,
       };
       results.push(row);
+      const cpu = r.user === undefined ? '?' : (r.user + r.system).toFixed(1);
       console.log(`${name.padEnd(16)} ${String(blocks).padStart(8)} blocks  ${r.wall.toFixed(1).padStart(6)} s ` +
-        `(user ${r.user ?? '?'} s)  ${String(row.blocksPerSecond).padStart(7)} blocks/s  ${String(row.commitsPerSecond).padStart(5)} commits/s  ` +
-        `peak ${row.peakMiB ?? '?'} MiB  ${s.verification}${r.status === 0 ? '' : ` (exit ${r.status})`}`);
+        `(cpu ${cpu} s)  ${String(row.blocksPerSecond).padStart(7)} blocks/s  ${String(row.commitsPerSecond).padStart(5)} commits/s  ` +
+        `peak ${row.peakMiB ?? '?'} MiB  ${s.verification}${r.status === 0 ? '' : ` (exit ${r.status})`}` +
+        `${pressure === undefined ? '' : `  cpu pressure ${pressure}%`}`);
       for (const f of ['metadata', 'data']) fs.rmSync(path.join(dir, f), { force: true });
     }
     console.log(`load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${os.cpus().length} CPUs`);
