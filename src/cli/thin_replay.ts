@@ -22,7 +22,7 @@ interface Flags {
 
 void runTool(NAME, (argv) => {
   const program = newProgram(NAME, 'Replays a trace of thin-pool operations and IO on a pool, checking it against a model at every step.')
-    .argument('<trace>', 'the trace file (format: TRACE.md)')
+    .argument('<trace>', 'the trace file (format: docs/TRACE.md)')
     .option('--metadata <file>', 'the pool\'s metadata: formatted from the trace\'s pool line if empty or missing, else opened')
     .option('--data <file>', 'the pool\'s data file (made if missing); without it no data is written or read')
     .option('--seed <n>', 'seed for interleaving parallel IO')
