@@ -82,7 +82,9 @@ function ensure1x() {
       fail('the upstream 1.x reference tools (unpacking failed)', command);
     }
     fs.mkdirSync(path.join(UPSTREAM_DIR, 'bin'), { recursive: true });
-    fs.cpSync(path.join(work, 'x', 'usr', 'sbin'), path.join(UPSTREAM_DIR, 'bin'), { recursive: true });
+    // The package's tool names are relative links to pdata_tools: keep them relative (cpSync would
+    // point them into the temporary directory removed below).
+    fs.cpSync(path.join(work, 'x', 'usr', 'sbin'), path.join(UPSTREAM_DIR, 'bin'), { recursive: true, verbatimSymlinks: true });
     if (run(path.join(UPSTREAM_DIR, 'bin', 'thin_check'), ['-V']) === null) {
       fs.rmSync(UPSTREAM_DIR, { recursive: true, force: true });
       fail('the upstream 1.x reference tools (they do not run here)', command);
