@@ -94,3 +94,34 @@ export function progressBar(label: string, total: number, quiet: boolean): Progr
   bar.start(total, 0);
   return { update: (done) => bar.update(done), stop: () => bar.stop() };
 }
+
+/**
+ * -m takes its block only attached (`-m5`, `--metadata-snap=5`), as with getopt's optional
+ * arguments; commander would swallow a following path instead, so attached blocks are taken out
+ * here and -m is left as a plain flag. `takesValue`: the command's options that take a separate
+ * value, so a value is never mistaken for -m.
+ */
+export function extractSnapBlock(argv: string[], takesValue: ReadonlySet<string>): { argv: string[]; snapBlock?: number } {
+  const out: string[] = [];
+  let snapBlock: number | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (takesValue.has(a)) {
+      out.push(a);
+      if (i + 1 < argv.length) out.push(argv[++i]);
+      continue;
+    }
+    const m = /^(?:-m|--metadata-snap=)(.*)$/s.exec(a);
+    if (m && m[1] !== '') {
+      snapBlock = parseNatural(m[1], 'metadata snapshot block');
+      out.push('-m');
+      continue;
+    }
+    out.push(a);
+  }
+  return { argv: out, snapBlock };
+}

@@ -3,47 +3,18 @@ import { Option } from 'commander';
 import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, OutputClosedError, dumpMetadata } from '../tools/dump.js';
 import { dumpRepaired } from '../tools/repair.js';
 import {
-  OverrideFlags, Progress, UsageError, newProgram, overridesFrom, parseNatural, progressBar, runTool, withOverrideOptions,
+  OverrideFlags, Progress, UsageError, extractSnapBlock, newProgram, overridesFrom, parseNatural, progressBar, runTool,
+  withOverrideOptions,
 } from './common.js';
 
 /** Below this many mappings a dump is over before a progress bar would be seen. */
 const PROGRESS_THRESHOLD = 1_000_000;
 
-/** Options that take a separate value, so the -m scan below doesn't mistake a value for an option. */
+/** Options that take a separate value, so the -m scan doesn't mistake a value for an option. */
 const TAKES_VALUE = new Set(['-f', '--format', '-o', '--output', '--dev-id', '--transaction-id', '--data-block-size', '--nr-data-blocks']);
 
-/**
- * -m takes its block only attached (`-m5`, `--metadata-snap=5`), as with getopt's optional
- * arguments; commander would swallow a following path instead, so attached blocks are taken out
- * here and -m is left as a plain flag.
- */
-function extractSnapBlock(argv: string[]): { argv: string[]; snapBlock?: number } {
-  const out: string[] = [];
-  let snapBlock: number | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--') {
-      out.push(...argv.slice(i));
-      break;
-    }
-    if (TAKES_VALUE.has(a)) {
-      out.push(a);
-      if (i + 1 < argv.length) out.push(argv[++i]);
-      continue;
-    }
-    const m = /^(?:-m|--metadata-snap=)(.*)$/s.exec(a);
-    if (m && m[1] !== '') {
-      snapBlock = parseNatural(m[1], 'metadata snapshot block');
-      out.push('-m');
-      continue;
-    }
-    out.push(a);
-  }
-  return { argv: out, snapBlock };
-}
-
 async function main(rawArgv: string[]): Promise<number> {
-  const { argv, snapBlock } = extractSnapBlock(rawArgv);
+  const { argv, snapBlock } = extractSnapBlock(rawArgv, TAKES_VALUE);
   const base = newProgram('thin_dump', 'Dump thin-provisioning metadata to standard output or a file.')
     .argument('<input>', 'metadata device or file')
     .addOption(new Option('-f, --format <format>', 'output format').choices(DUMP_FORMATS).default('xml'))

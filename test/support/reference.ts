@@ -47,6 +47,11 @@ export function runOurs(name: string, args: string[], input?: string): RunResult
   );
 }
 
+/** An upstream 1.x tool (1.1.0), installed into .references/1x by scripts/ensure-references.mjs. */
+export function upstreamTool(name: string): string {
+  return path.join(ROOT, '.references', '1x', 'bin', name);
+}
+
 /** A fresh temporary directory, removed by the caller's afterAll. */
 export function tempDir(prefix = 'thin-test-'): string {
   return fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', prefix));

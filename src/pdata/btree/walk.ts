@@ -55,7 +55,39 @@ export interface WalkOptions {
   allowUnderfull?: boolean;
 }
 
-const NO_LIMIT = Number.MAX_SAFE_INTEGER + 1;
+/** The high bound of a whole tree's key range. */
+export const NO_LIMIT = Number.MAX_SAFE_INTEGER + 1;
+
+/**
+ * Why a node can't stand where it is in a tree, or null: its header (nodeDefect), its fill (a
+ * non-root node at least a third full unless `allowUnderfull`), keys rising strictly inside the
+ * parent's range [lowKey, highKey). Every walker of a tree checks nodes with this.
+ */
+export function nodeDefectInTree(
+  node: BTreeNode,
+  leafValueSize: number,
+  lowKey: number,
+  highKey: number,
+  isRoot: boolean,
+  allowUnderfull = false,
+): string | null {
+  const defect = nodeDefect(node, node.block, leafValueSize);
+  if (defect) return defect;
+  const n = node.nrEntries;
+  const minEntries = Math.floor(node.maxEntries / 3);
+  if (!isRoot && n < minEntries && !allowUnderfull) {
+    return `too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`;
+  }
+  let prev = -1;
+  for (let i = 0; i < n; i++) {
+    const k = node.key(i);
+    if (k <= prev && i > 0) return `keys out of order: ${k} after ${prev}`;
+    if (k < lowKey || k >= highKey) return `key ${k} outside parent range [${lowKey}, ${highKey})`;
+    prev = k;
+  }
+  if (!node.isLeaf && n === 0) return 'internal node with no entries';
+  return null;
+}
 
 /** Walks the tree at `root`; returns its summary, or null if the root itself was unreadable. */
 export function walkBTree(
@@ -107,27 +139,15 @@ export function walkBTree(
     depth: number,
     fail: (reason: string) => null,
   ): SubtreeSummary | null => {
-    const defect = nodeDefect(node, node.block, leafValueSize);
+    const defect = nodeDefectInTree(node, leafValueSize, lowKey, highKey, node.block === root, opts.allowUnderfull);
     if (defect) return fail(defect);
     const n = node.nrEntries;
-    const minEntries = Math.floor(node.maxEntries / 3);
-    if (node.block !== root && n < minEntries && !opts.allowUnderfull) {
-      return fail(`too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`);
-    }
-    let prev = -1;
-    for (let i = 0; i < n; i++) {
-      const k = node.key(i);
-      if (k <= prev && i > 0) return fail(`keys out of order: ${k} after ${prev}`);
-      if (k < lowKey || k >= highKey) return fail(`key ${k} outside parent range [${lowKey}, ${highKey})`);
-      prev = k;
-    }
     if (node.isLeaf) {
       visitor.leaf(node);
       return n === 0
         ? { height: 0, minKey: 0, maxKey: 0, empty: true, entries: 0 }
         : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false, entries: n };
     }
-    if (n === 0) return fail('internal node with no entries');
     const rejected = visitor.internal?.(node);
     if (rejected) return fail(rejected);
     let height = -1;

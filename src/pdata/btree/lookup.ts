@@ -1,0 +1,49 @@
+// Finding one key in a B-tree: the path from the root down, each node validated on the way.
+import { BLOCK_SIZE, BlockReader } from '../../io/block-io.js';
+import { BTreeNode } from './node.js';
+import { BTreeError, NO_LIMIT, nodeDefectInTree } from './walk.js';
+
+const MAX_DEPTH = 32;
+
+/**
+ * The leaf holding `key` and the entry's index in it, or null when the tree has no such key.
+ * Throws BTreeError on a damaged node along the path.
+ */
+export function lookupBTree(
+  io: BlockReader,
+  root: number,
+  leafValueSize: number,
+  key: number,
+  allowUnderfull = false,
+): { node: BTreeNode; index: number } | null {
+  let block = root;
+  let lowKey = 0;
+  let highKey = NO_LIMIT;
+  for (let depth = 0; depth < MAX_DEPTH; depth++) {
+    const fail = (reason: string) => new BTreeError(block, reason, lowKey, highKey);
+    if (block >= io.nrBlocks) throw fail(`block ${block} is beyond the end of the metadata device`);
+    let node: BTreeNode;
+    try {
+      node = new BTreeNode(block, io.readInto(block, Buffer.allocUnsafe(BLOCK_SIZE)));
+    } catch (e) {
+      throw fail((e as Error).message);
+    }
+    const defect = nodeDefectInTree(node, leafValueSize, lowKey, highKey, depth === 0, allowUnderfull);
+    if (defect) throw fail(defect);
+    // The last entry whose key is at or below `key`.
+    let lo = 0;
+    let hi = node.nrEntries;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (node.key(mid) <= key) lo = mid + 1;
+      else hi = mid;
+    }
+    const i = lo - 1;
+    if (node.isLeaf) return i >= 0 && node.key(i) === key ? { node, index: i } : null;
+    if (i < 0) return null;
+    lowKey = node.key(i);
+    if (i + 1 < node.nrEntries) highKey = node.key(i + 1);
+    block = node.valueU64(i);
+  }
+  throw new BTreeError(block, `tree deeper than ${MAX_DEPTH} levels (a cycle?)`, lowKey, highKey);
+}
