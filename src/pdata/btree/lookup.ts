@@ -1,21 +1,33 @@
 // Finding one key in a B-tree: the path from the root down, each node validated on the way.
 import { BLOCK_SIZE, BlockReader } from '../../io/block-io.js';
+import { U64 } from '../le.js';
 import { BTreeNode } from './node.js';
 import { BTreeError, NO_LIMIT, nodeDefectInTree } from './walk.js';
 
 const MAX_DEPTH = 32;
 
+export interface Entry {
+  node: BTreeNode;
+  index: number;
+}
+
+/** The leaf holding `key` and the entry's index in it, or null when the tree has no such key. */
+export function lookupBTree(io: BlockReader, root: number, leafValueSize: number, key: number, allowUnderfull = false): Entry | null {
+  const e = floorBTree(io, root, leafValueSize, key, allowUnderfull);
+  return e && e.node.key(e.index) === key ? e : null;
+}
+
 /**
- * The leaf holding `key` and the entry's index in it, or null when the tree has no such key.
- * Throws BTreeError on a damaged node along the path.
+ * The entry with the highest key at or below `key` (U64_MAX: the last entry), or null when every
+ * key is above it. Throws BTreeError on a damaged node along the path.
  */
-export function lookupBTree(
+export function floorBTree(
   io: BlockReader,
   root: number,
   leafValueSize: number,
-  key: number,
+  key: U64,
   allowUnderfull = false,
-): { node: BTreeNode; index: number } | null {
+): Entry | null {
   let block = root;
   let lowKey = 0;
   let highKey = NO_LIMIT;
@@ -39,8 +51,8 @@ export function lookupBTree(
       else hi = mid;
     }
     const i = lo - 1;
-    if (node.isLeaf) return i >= 0 && node.key(i) === key ? { node, index: i } : null;
     if (i < 0) return null;
+    if (node.isLeaf) return { node, index: i };
     lowKey = node.key(i);
     if (i + 1 < node.nrEntries) highKey = node.key(i + 1);
     block = node.valueU64(i);

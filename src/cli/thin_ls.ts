@@ -1,0 +1,38 @@
+// thin_ls: list the thin devices of a pool, with their sizes and how much of them is shared.
+import { MetadataSnapError } from '../tools/dump.js';
+import { LS_FIELDS, LsError, parseLsFields, lsPool } from '../tools/ls.js';
+import { OutputClosedError } from '../formats/output.js';
+import { UsageError, extractSnapBlock, newProgram, runTool } from './common.js';
+
+const TAKES_VALUE = new Set(['-o', '--format']);
+
+interface Flags {
+  format?: string;
+  headers: boolean;
+  metadataSnap?: boolean;
+}
+
+await runTool('thin_ls', (rawArgv) => {
+  const { argv, snapBlock } = extractSnapBlock(rawArgv, TAKES_VALUE);
+  const program = newProgram('thin_ls', 'List the thin devices of a pool.')
+    .argument('[input]', 'metadata device or file')
+    .option('-o, --format <fields>', `comma-separated fields, from: ${LS_FIELDS.join(', ')}`)
+    .option('--no-headers', "don't print the header line")
+    .option('-m, --metadata-snap', 'use the held metadata snapshot');
+  program.parse(argv, { from: 'user' });
+  const o = program.opts<Flags>();
+  const input = program.args[0];
+  if (input === undefined) throw new UsageError('No input file provided.');
+  try {
+    lsPool(input, {
+      fields: o.format === undefined ? undefined : parseLsFields(o.format),
+      headers: o.headers,
+      metadataSnap: o.metadataSnap ? (snapBlock ?? true) : undefined,
+    });
+  } catch (e) {
+    if (e instanceof OutputClosedError) return 1;
+    if (e instanceof LsError || e instanceof MetadataSnapError) throw new UsageError(e.message);
+    throw e;
+  }
+  return 0;
+});
