@@ -81,16 +81,17 @@ function ensure1x() {
     if (!deb || run('dpkg-deb', ['-x', path.join(work, deb), path.join(work, 'x')]) === null) {
       fail('the upstream 1.x reference tools (unpacking failed)', command);
     }
-    fs.mkdirSync(path.join(UPSTREAM_DIR, 'bin'), { recursive: true });
-    // The package's tool names are relative links to pdata_tools: keep them relative (cpSync would
-    // point them into the temporary directory removed below).
+    // A failed earlier install may have left dangling links behind.
+    fs.rmSync(UPSTREAM_DIR, { recursive: true, force: true });
+    fs.mkdirSync(UPSTREAM_DIR, { recursive: true });
+    // The tools are links to one binary, pdata_tools: keep them relative.
     fs.cpSync(path.join(work, 'x', 'usr', 'sbin'), path.join(UPSTREAM_DIR, 'bin'), { recursive: true, verbatimSymlinks: true });
-    if (run(path.join(UPSTREAM_DIR, 'bin', 'thin_check'), ['-V']) === null) {
-      fs.rmSync(UPSTREAM_DIR, { recursive: true, force: true });
-      fail('the upstream 1.x reference tools (they do not run here)', command);
-    }
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
+  }
+  if (run(path.join(UPSTREAM_DIR, 'bin', 'thin_check'), ['-V']) === null) {
+    fs.rmSync(UPSTREAM_DIR, { recursive: true, force: true });
+    fail('the upstream 1.x reference tools (they do not run here)', command);
   }
 }
 

@@ -7,7 +7,7 @@ import { BlockReader, BlockWriter } from '../src/io/block-io.js';
 import { BTreeBuilder, KeyOrderError, NodeSummary } from '../src/pdata/btree/builder.js';
 import { BlockAllocator } from '../src/pdata/block-allocator.js';
 import { BTreeNode, maxEntriesFor, nodeDefect } from '../src/pdata/btree/node.js';
-import { readU64, writeU64 } from '../src/pdata/le.js';
+import { readBlockNr, writeU64 } from '../src/pdata/le.js';
 import { tempDir } from './support/reference.js';
 
 const dir = tempDir('thin-builder-');
@@ -41,9 +41,9 @@ function readTree(io: BlockReader, root: number, valueSize = 8): TreeShape {
     if (node.isLeaf) {
       depths.add(depth);
       leaves.push(block);
-      for (let i = 0; i < node.nrEntries; i++) entries.push([node.key(i), valueSize === 8 ? node.valueU64(i) : 0]);
+      for (let i = 0; i < node.nrEntries; i++) entries.push([Number(node.key(i)), valueSize === 8 ? node.valueBlock(i) : 0]);
     } else {
-      for (let i = 0; i < node.nrEntries; i++) visit(node.valueU64(i), depth + 1, false, node.key(i));
+      for (let i = 0; i < node.nrEntries; i++) visit(node.valueBlock(i), depth + 1, false, Number(node.key(i)));
     }
   };
   visit(root, 1, true, null);
@@ -138,7 +138,7 @@ describe('BTreeBuilder', () => {
 
   it('calls valueRef once per value of each leaf it writes', () => {
     const seen: number[] = [];
-    const b = new BTreeBuilder(alloc, { valueSize: 8, valueRef: (vals, off) => seen.push(readU64(vals, off)) });
+    const b = new BTreeBuilder(alloc, { valueSize: 8, valueRef: (vals, off) => seen.push(readBlockNr(vals, off)) });
     pushRange(b, 0, 5000);
     b.complete();
     expect(seen.sort((x, y) => x - y)).toEqual(Array.from({ length: 5000 }, (_, i) => i + 7));
@@ -149,7 +149,7 @@ describe('shared leaves', () => {
   /** Leaves built once, as a <def>. */
   function def(from: number, n: number): { leaves: NodeSummary[]; refs: number[] } {
     const refs: number[] = [];
-    const b = new BTreeBuilder(alloc, { valueSize: 8, valueRef: (v, o) => refs.push(readU64(v, o)) }, true);
+    const b = new BTreeBuilder(alloc, { valueSize: 8, valueRef: (v, o) => refs.push(readBlockNr(v, o)) }, true);
     pushRange(b, from, n);
     return { leaves: b.completeLeaves(), refs };
   }

@@ -22,7 +22,7 @@ const emptyOutput = (sizeBytes: number) => scratch.emptyOutput(sizeBytes, 'meta.
 function metadataAllocated(meta: string): number {
   const io = new BlockReader(meta);
   try {
-    return decodeSpaceMapRoot(decodeSuperblock(io.read(0)).metadataSpaceMapRoot).nrAllocated;
+    return Number(decodeSpaceMapRoot(decodeSuperblock(io.read(0)).metadataSpaceMapRoot).nrAllocated);
   } finally {
     io.close();
   }

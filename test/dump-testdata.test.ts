@@ -57,7 +57,7 @@ describe('thin_dump on the bundled images', () => {
           // A run that could have been extended was not cut short.
           expect(thin === last.thin + 1 && data === last.data + 1 && time === last.time).toBe(false);
           devices.at(-1)!.mapped += length;
-          last = { thin: thin + length - 1, data: data + length - 1, time };
+          last = { thin: Number(thin) + length - 1, data: data + length - 1, time };
         },
       };
       try {

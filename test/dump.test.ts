@@ -211,7 +211,7 @@ describe('thin_dump -m (metadata snapshot)', () => {
       const copy = encodeSuperblock({
         ...sb,
         blocknr: snapBlock,
-        transactionId: sb.transactionId + 100,
+        transactionId: Number(sb.transactionId) + 100,
         time: sb.time + 1,
         dataSpaceMapRoot: Buffer.alloc(128),
         metadataSpaceMapRoot: Buffer.alloc(128),

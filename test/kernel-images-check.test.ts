@@ -40,7 +40,7 @@ describe('thin_check on kernel images', () => {
       const io = new BlockReader(image);
       const msm = metadataSpaceMapRoot(readSuperblock(io));
       io.close();
-      expect(r.stdout).toContain(`METADATA_FREE_BLOCKS=${msm.nrBlocks - msm.nrAllocated}\n`);
+      expect(r.stdout).toContain(`METADATA_FREE_BLOCKS=${Number(msm.nrBlocks) - Number(msm.nrAllocated)}\n`);
 
       const expectedM = recordedStatus(name, 'thin_check_m');
       const m = runOurs('thin_check', ['-m', image]);

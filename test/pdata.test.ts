@@ -67,7 +67,7 @@ function walk(file: string, root: number, strict = false) {
   const refs: number[] = [];
   const summary = walkBTree(io, root, 8, {
     leaf(n) {
-      for (let i = 0; i < n.nrEntries; i++) leafKeys.push(n.key(i));
+      for (let i = 0; i < n.nrEntries; i++) leafKeys.push(Number(n.key(i)));
     },
     nodeRef: (b) => refs.push(b),
     error: (e) => errors.push(e),

@@ -7,10 +7,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockReader } from '../src/io/block-io.js';
-import { BTreeNode } from '../src/pdata/btree/node.js';
+import { BTreeNode, NODE_HEADER_SIZE } from '../src/pdata/btree/node.js';
+import { walkBTree } from '../src/pdata/btree/walk.js';
+import { BTREE_CSUM_XOR, sealBlock } from '../src/pdata/checksum.js';
+import { DEVICE_DETAILS_SIZE } from '../src/thin/device-details.js';
 import { BlockKind, scanBlocks } from '../src/thin/salvage-scan.js';
 import { readDeviceRoots } from '../src/thin/mapping-tree.js';
 import { readSuperblock } from '../src/thin/superblock.js';
+import { readBlock, writeBlock } from './support/damage.js';
 import { generateXml } from './support/generate.js';
 import { referenceRestore, runOurs, runReference, tempDir } from './support/reference.js';
 
@@ -97,7 +101,7 @@ beforeAll(() => {
     const internalRoots = roots.filter((r) => !new BTreeNode(r.root, io.read(r.root)).isLeaf);
     expect(internalRoots.length).toBeGreaterThanOrEqual(2);
     const leafOwner = new BTreeNode(internalRoots[0].root, io.read(internalRoots[0].root));
-    blocks.leaf = leafOwner.valueU64(2);
+    blocks.leaf = leafOwner.valueBlock(2);
     blocks.leafEntries = new BTreeNode(blocks.leaf, io.read(blocks.leaf)).nrEntries;
     blocks.internal = internalRoots[1].root;
     const devId = internalRoots[1].devId;
@@ -167,6 +171,86 @@ describe('thin_repair on damaged metadata', () => {
   it('a corrupted space-map bitmap loses nothing: the dump is identical', () => {
     const ours = compare(damaged('bitmap', blocks.bitmap, 'flip'));
     expect(ours.dump).toBe(baseDump);
+  });
+});
+
+/** A copy of the base image with one B-tree node rewritten by `edit` and resealed (checksum fixed). */
+function resealed(name: string, block: number, edit: (node: BTreeNode) => void): string {
+  const p = path.join(dir, `${name}.bin`);
+  fs.copyFileSync(base, p);
+  const buf = readBlock(p, block);
+  edit(new BTreeNode(block, buf));
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(p, block, buf);
+  return p;
+}
+
+/** The details tree's leaf holding `devId`, and the entry's index. */
+function detailsEntry(devId: number): { leaf: number; index: number } {
+  const io = new BlockReader(base);
+  try {
+    let found: { leaf: number; index: number } | undefined;
+    walkBTree(io, readSuperblock(io).deviceDetailsRoot, DEVICE_DETAILS_SIZE, {
+      leaf(node) {
+        for (let i = 0; i < node.nrEntries; i++) if (node.keyNumber(i) === devId) found = { leaf: node.block, index: i };
+      },
+      error: (e) => {
+        throw e;
+      },
+    });
+    return found!;
+  } finally {
+    io.close();
+  }
+}
+
+describe('thin_repair never stops on a damaged value', () => {
+  it('a leaf whose values were bit-flipped (checksum fixed): no less than the reference, the rest intact', () => {
+    const input = resealed('values', blocks.leaf, (node) => {
+      // Flip high bits of every third value's data block: most point past the data device.
+      for (let i = 0; i < node.nrEntries; i += 3) node.buf[node.valueOffset(i) + 6] ^= 0x5a;
+    });
+    const ours = compare(input);
+    expect(ours.mappings).toBeGreaterThanOrEqual(totalMappings - blocks.leafEntries);
+  });
+
+  it('a leaf whose keys were bit-flipped out of order (checksum fixed): keeps the sound ones', () => {
+    const input = resealed('keys', blocks.leaf, (node) => {
+      for (let i = 5; i < node.nrEntries; i += 40) node.buf[NODE_HEADER_SIZE + 8 * i + 7] ^= 0x80; // past 2^63
+    });
+    const ours = compare(input);
+    const flipped = Math.ceil((blocks.leafEntries - 5) / 40);
+    // Every flipped key is out of order; the node's other entries are all kept.
+    expect(ours.mappings).toBe(totalMappings - flipped);
+  });
+
+  for (const [what, value] of [['2^64-1', 0xffn], ['2^63', 0x80n]] as const) {
+    it(`a device whose details hold a transaction id of ${what}: every mapping recovered, the id kept exactly`, () => {
+      const devId = Number(/<device dev_id="(\d+)"/.exec(baseDump)![1]);
+      const { leaf, index } = detailsEntry(devId);
+      const input = resealed(`tid-${value}`, leaf, (node) => {
+        const off = node.valueOffset(index) + 8;
+        if (value === 0xffn) node.buf.fill(0xff, off, off + 8);
+        else node.buf.writeBigUInt64LE(1n << 63n, off);
+      });
+      const ours = compare(input);
+      expect(ours.mappings).toBe(totalMappings);
+      const tid = value === 0xffn ? '18446744073709551615' : '9223372036854775808';
+      expect(ours.dump).toContain(`<device dev_id="${devId}" mapped_blocks=`);
+      expect(ours.dump).toMatch(new RegExp(`<device dev_id="${devId}" [^>]*transaction="${tid}"`));
+    });
+  }
+
+  it('mappings newer than the pool: kept, with time 0 (the kernel copies before writing)', () => {
+    const sbTime = Number(/<superblock [^>]*time="(\d+)"/.exec(baseDump)![1]);
+    const input = resealed('late', blocks.leaf, (node) => {
+      const off = node.valueOffset(0);
+      node.buf.writeUInt32LE(((node.buf.readUInt32LE(off) & 0xff000000) | (sbTime + 7)) >>> 0, off);
+    });
+    const ours = compare(input);
+    expect(ours.mappings).toBe(totalMappings);
+    const r = runOurs('thin_repair', ['-i', input, '-o', emptyMetadata('late.out')]);
+    expect(r.stderr).toMatch(/1 mappings newer than the pool's time \d+ given time 0/);
   });
 });
 

@@ -41,7 +41,7 @@ function referenceXml(xml: string): string {
 function metadataAllocated(out: string): number {
   const io = new BlockReader(out);
   try {
-    return decodeSpaceMapRoot(decodeSuperblock(io.read(0)).metadataSpaceMapRoot).nrAllocated;
+    return Number(decodeSpaceMapRoot(decodeSuperblock(io.read(0)).metadataSpaceMapRoot).nrAllocated);
   } finally {
     io.close();
   }

@@ -263,7 +263,7 @@ describe('readMetadataXml: bad input', () => {
     ['fraction', map('origin_block="1.5" data_block="0" time="0"'), 'bad.xml:3: <single_mapping> origin_block="1.5" is not a non-negative decimal integer'],
     ['data block of 2^40', map('origin_block="0" data_block="1099511627776" time="0"'), 'bad.xml:3: <single_mapping> data_block="1099511627776" is out of range (0 .. 1099511627775)'],
     ['mapping time of 2^24', map('origin_block="0" data_block="0" time="16777216"'), 'bad.xml:3: <single_mapping> time="16777216" is out of range (0 .. 16777215)'],
-    ['thin block beyond 2^53', map('origin_block="18446744073709551615" data_block="0" time="0"'), 'bad.xml:3: <single_mapping> origin_block="18446744073709551615" is out of range (0 .. 9007199254740991)'],
+    ['thin block beyond 2^64-1', map('origin_block="18446744073709551616" data_block="0" time="0"'), 'bad.xml:3: <single_mapping> origin_block="18446744073709551616" is out of range (0 .. 18446744073709551615)'],
     ['dev_id of 2^24', `${SB}\n<device dev_id="16777216" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0"/>`, 'bad.xml:2: <device> dev_id="16777216" is out of range (0 .. 16777215)'],
     ['u32 time overflow', '<superblock uuid="" time="4294967296"', 'bad.xml:1: <superblock> time="4294967296" is out of range (0 .. 4294967295)'],
     ['range length 0', `${SB}\n${DEV}\n<range_mapping origin_begin="0" data_begin="0" length="0" time="0"/>`, 'bad.xml:3: <range_mapping> length="0" is out of range (1 .. 9007199254740991)'],

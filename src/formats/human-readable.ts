@@ -1,5 +1,6 @@
 // thin_dump --format human_readable, byte for byte as the reference prints it. Not readable back
 // by thin_restore; meant for people.
+import { U64, u64Add } from '../pdata/le.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { TextSink, withNumbers } from './output.js';
 
@@ -33,7 +34,7 @@ export class HumanReadableWriter implements MetadataVisitor {
     this.out.write('\n');
   }
 
-  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
+  mapRun(thinBegin: U64, dataBegin: number, length: number, time: number): void {
     const o = this.out;
     if (length === 1) {
       o.write('    ');
@@ -44,7 +45,7 @@ export class HumanReadableWriter implements MetadataVisitor {
       o.write('    (');
       o.number(thinBegin);
       o.write('..');
-      o.number(thinBegin + length - 1);
+      o.number(u64Add(thinBegin, length - 1));
       o.write(') -> (');
       o.number(dataBegin);
       o.write('..');

@@ -3,6 +3,7 @@
 // of millions of mappings costs a few hundred system calls and next to no garbage.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { U64 } from '../pdata/le.js';
 
 const CHUNK_BYTES = 1 << 20;
 /** Pieces shorter than this are copied char by char; that beats a native call for each. */
@@ -13,8 +14,8 @@ const NUMBER_ROOM = 24;
 /** Where formatted text goes. The text is ASCII. */
 export interface TextSink {
   write(text: string): void;
-  /** Writes a non-negative integer in decimal; sinks without it get `write(String(n))`. */
-  number?(n: number): void;
+  /** Writes a non-negative integer (a U64) in decimal; sinks without it get `write(String(n))`. */
+  number?(n: U64): void;
 }
 
 /** A sink with `number`, adapting one that lacks it. */
@@ -72,7 +73,9 @@ export class FdSink implements Required<TextSink> {
     }
   }
 
-  number(n: number): void {
+  number(n: U64): void {
+    // A bigint is past 2^53: rare enough for a string.
+    if (typeof n !== 'number') return this.write(String(n));
     if (this.pos + NUMBER_ROOM > CHUNK_BYTES) this.flush();
     const buf = this.buf;
     let digits = 1;

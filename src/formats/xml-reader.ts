@@ -20,6 +20,7 @@
 import * as fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../io/block-io.js';
+import { U64, U64_MAX, parseU64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { MAX_DATA_BLOCK, MAX_TIME } from '../thin/mapping.js';
 import { StreamError } from '../thin/validate-stream.js';
@@ -113,7 +114,12 @@ function openInput(path: string): number {
 const CHUNK_BYTES = 1 << 18;
 const MAX_TAG_BYTES = 1 << 20;
 const MAX_U32 = 2 ** 32 - 1;
-const MAX_U64 = Number.MAX_SAFE_INTEGER; // the suite keeps u64s as exact JavaScript numbers
+/** Numbers that are block numbers or lengths, which never reach 2^53. */
+const MAX_COUNT = Number.MAX_SAFE_INTEGER;
+/** Attributes that are u64s on disk, carried exactly (see U64): the spec's max is this marker. */
+const U64_ATTR = -1;
+/** Up to 15 digits a double holds exactly; longer u64 values are parsed as bigints. */
+const EXACT_DIGITS = 15;
 
 const LT = 0x3c, GT = 0x3e, SLASH = 0x2f, EQ = 0x3d, DQ = 0x22, SQ = 0x27;
 const NL = 0x0a, SP = 0x20, TAB = 0x09, CR = 0x0d, BANG = 0x21, QM = 0x3f, DASH = 0x2d;
@@ -127,6 +133,7 @@ interface AttrSpec {
   name: string;
   bytes: Buffer;
   text: boolean; // a string, else a number in [min, max]
+  u64: boolean; // a number in [min, 2^64-1], exact
   required: boolean;
   min: number;
   max: number;
@@ -146,6 +153,7 @@ function element(name: string, leaf: boolean, attrs: [string, 'text' | number, b
     name: n,
     bytes: Buffer.from(n),
     text: type === 'text',
+    u64: type === U64_ATTR,
     required,
     min: min ?? 0,
     max: type === 'text' ? 0 : type,
@@ -158,20 +166,20 @@ function element(name: string, leaf: boolean, attrs: [string, 'text' | number, b
 const SUPERBLOCK = 0, DEVICE = 1, DEF = 2, SINGLE = 3, RANGE = 4, REF = 5;
 const ELEMENTS: ElementSpec[] = [
   element('superblock', false, [
-    ['uuid', 'text', true], ['time', MAX_U32, true], ['transaction', MAX_U64, true],
+    ['uuid', 'text', true], ['time', MAX_U32, true], ['transaction', U64_ATTR, true],
     ['flags', MAX_U32, false], ['version', MAX_U32, false], ['data_block_size', MAX_U32, true],
-    ['nr_data_blocks', MAX_U64, true], ['metadata_snap', MAX_U64, false],
+    ['nr_data_blocks', U64_ATTR, true], ['metadata_snap', MAX_COUNT, false],
   ]),
   element('device', false, [
-    ['dev_id', 2 ** 24 - 1, true], ['mapped_blocks', MAX_U64, true], ['transaction', MAX_U64, true],
+    ['dev_id', 2 ** 24 - 1, true], ['mapped_blocks', U64_ATTR, true], ['transaction', U64_ATTR, true],
     ['creation_time', MAX_U32, true], ['snap_time', MAX_U32, true],
   ]),
   element('def', false, [['name', 'text', true]]),
   element('single_mapping', true, [
-    ['origin_block', MAX_U64, true], ['data_block', MAX_DATA_BLOCK, true], ['time', MAX_TIME, true],
+    ['origin_block', U64_ATTR, true], ['data_block', MAX_DATA_BLOCK, true], ['time', MAX_TIME, true],
   ]),
   element('range_mapping', true, [
-    ['origin_begin', MAX_U64, true], ['data_begin', MAX_DATA_BLOCK, true], ['length', MAX_U64, true, 1],
+    ['origin_begin', U64_ATTR, true], ['data_begin', MAX_DATA_BLOCK, true], ['length', MAX_COUNT, true, 1],
     ['time', MAX_TIME, true],
   ]),
   element('ref', true, [['name', 'text', true]]),
@@ -197,6 +205,9 @@ class Parser {
   // The tag being parsed: attribute values by slot, and which slots were given.
   private readonly nums = new Float64Array(8);
   private readonly texts: string[] = [];
+  /** u64 values too long for a double, by slot, where `bigMask` has the slot's bit. */
+  private readonly bigs: U64[] = [];
+  private bigMask = 0;
   private seen = 0;
 
   constructor(
@@ -360,6 +371,7 @@ class Parser {
     let line = this.line;
     let selfClosing: boolean;
     this.seen = 0;
+    this.bigMask = 0;
     for (;;) {
       let space = false;
       let c = 0;
@@ -448,6 +460,16 @@ class Parser {
       v = v * 10 + d;
     }
     if (vs === ve) this.fail(`<${spec.name}> ${a.name}="" is not a non-negative decimal integer`);
+    if (a.u64) {
+      if (ve - vs > EXACT_DIGITS) {
+        const exact = parseU64(buf.toString('latin1', vs, ve));
+        if (exact === null) this.fail(`<${spec.name}> ${a.name}="${shown(buf, vs, ve)}" is out of range (0 .. ${U64_MAX})`);
+        this.bigs[slot] = exact;
+        this.bigMask |= 1 << slot;
+      }
+      this.nums[slot] = v;
+      return 0;
+    }
     if (v > a.max || v < a.min) {
       this.fail(`<${spec.name}> ${a.name}="${shown(buf, vs, ve)}" is out of range (${a.min} .. ${a.max})`);
     }
@@ -481,13 +503,14 @@ class Parser {
     if (parent >= 0 && ELEMENTS[parent].leaf) this.fail(`<${spec.name}> inside <${ELEMENTS[parent].name}>, which holds nothing`);
     const v = this.visitor;
     const n = this.nums;
+    const u = (slot: number): U64 => ((this.bigMask & (1 << slot)) !== 0 ? this.bigs[slot] : n[slot]);
     switch (kind) {
       case SINGLE:
       case RANGE:
       case REF:
         if (parent !== DEVICE && parent !== DEF) this.fail(`<${spec.name}> outside a <device> or <def>`);
-        if (kind === SINGLE) v.mapRun(n[0], n[1], 1, n[2]);
-        else if (kind === RANGE) v.mapRun(n[0], n[1], n[2], n[3]);
+        if (kind === SINGLE) v.mapRun(u(0), n[1], 1, n[2]);
+        else if (kind === RANGE) v.mapRun(u(0), n[1], n[2], n[3]);
         else {
           if (!v.ref) this.fail('shared mappings (<def>/<ref>) are not supported here');
           v.ref(this.texts[0]);
@@ -496,7 +519,7 @@ class Parser {
       case DEVICE:
         if (parent === DEVICE) this.fail(`<device> nested inside <device> (line ${this.stackLines[open - 1]})`);
         if (parent !== SUPERBLOCK) this.fail(parent < 0 ? '<device> outside <superblock>' : `<device> inside <${ELEMENTS[parent].name}>`);
-        v.deviceBegin({ devId: n[0], mappedBlocks: n[1], transaction: n[2], creationTime: n[3], snapTime: n[4] });
+        v.deviceBegin({ devId: n[0], mappedBlocks: u(1), transaction: u(2), creationTime: n[3], snapTime: n[4] });
         if (selfClosing) v.deviceEnd();
         break;
       case DEF:
@@ -513,11 +536,11 @@ class Parser {
         const pool: PoolInfo = {
           uuid: this.texts[0],
           time: n[1],
-          transaction: n[2],
+          transaction: u(2),
           flags: has(3) ? n[3] : 0,
           version: has(4) ? n[4] : 2,
           dataBlockSize: n[5],
-          nrDataBlocks: n[6],
+          nrDataBlocks: u(6),
         };
         if (has(7)) pool.metadataSnap = n[7];
         v.superblockBegin(pool);

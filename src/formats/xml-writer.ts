@@ -1,5 +1,6 @@
 // The thin_dump XML format, byte for byte as the reference tools print it: one element per line,
 // two spaces of indent per level, attributes in a fixed order, mappings as self-closing tags.
+import { U64 } from '../pdata/le.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { TextSink, withNumbers } from './output.js';
 
@@ -69,7 +70,7 @@ export class XmlWriter implements MetadataVisitor {
   }
 
   // The hot path: pieces and digits go straight to the sink, no string is built per mapping.
-  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
+  mapRun(thinBegin: U64, dataBegin: number, length: number, time: number): void {
     const o = this.out;
     o.write(this.pad);
     if (length === 1) {

@@ -1,11 +1,8 @@
 // Sequential allocation of metadata blocks for a tool that writes a whole pool (restore, repair),
 // with the reference count of every block, and writes batched into large sequential writes.
 import { BLOCK_SIZE, BlockWriter, InputError } from '../io/block-io.js';
-import { ENTRIES_PER_BITMAP } from './space-map/common.js';
-
-/** The metadata space map's index block holds 255 entries, which caps the metadata size. */
-export const MAX_METADATA_BITMAPS = 255;
-export const MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
+import { RefCounts } from './ref-counts.js';
+import { MAX_METADATA_BLOCKS } from './space-map/metadata.js';
 
 const BATCH_BLOCKS = 1024;
 
@@ -58,7 +55,7 @@ export class BlockAllocator implements MetadataAllocator {
 
   constructor(private readonly out: BlockWriter) {
     this.nrBlocks = Math.min(out.nrBlocks, MAX_METADATA_BLOCKS);
-    this.refCounts = new RefCounts(this.nrBlocks);
+    this.refCounts = new RefCounts();
     this.refCounts.inc(0);
   }
 
@@ -123,60 +120,5 @@ export class BlockAllocator implements MetadataAllocator {
     const end = Math.min(this.nextBlock, this.nrBlocks);
     if (end > this.batchStart) this.out.write(this.batchStart, this.batch.subarray(0, (end - this.batchStart) * BLOCK_SIZE));
     this.batchStart = this.nextBlock;
-  }
-}
-
-/**
- * Reference counts of a space map's blocks, compact: one byte per block in pages of one bitmap's
- * span, allocated only where counts are set, and a map for the rare counts above 254.
- */
-export class RefCounts {
-  private readonly pages: (Uint8Array | undefined)[];
-  private readonly big = new Map<number, number>();
-
-  constructor(readonly nrBlocks: number) {
-    this.pages = new Array(Math.ceil(nrBlocks / ENTRIES_PER_BITMAP) + 1);
-  }
-
-  get(b: number): number {
-    const page = this.pages[Math.floor(b / ENTRIES_PER_BITMAP)];
-    if (!page) return 0;
-    const c = page[b % ENTRIES_PER_BITMAP];
-    return c === 255 ? this.big.get(b)! : c;
-  }
-
-  inc(b: number): void {
-    const p = Math.floor(b / ENTRIES_PER_BITMAP);
-    let page = this.pages[p];
-    if (!page) page = this.pages[p] = new Uint8Array(ENTRIES_PER_BITMAP);
-    const i = b % ENTRIES_PER_BITMAP;
-    const c = page[i];
-    if (c < 254) page[i] = c + 1;
-    else if (c === 254) {
-      page[i] = 255;
-      this.big.set(b, 255);
-    } else this.big.set(b, this.big.get(b)! + 1);
-  }
-
-  /** Drops one reference; a count already at zero stays there. */
-  dec(b: number): void {
-    const page = this.pages[Math.floor(b / ENTRIES_PER_BITMAP)];
-    if (!page) return;
-    const i = b % ENTRIES_PER_BITMAP;
-    const c = page[i];
-    if (c === 0) return;
-    if (c < 255) page[i] = c - 1;
-    else {
-      const n = this.big.get(b)! - 1;
-      if (n === 254) {
-        this.big.delete(b);
-        page[i] = 254;
-      } else this.big.set(b, n);
-    }
-  }
-
-  /** The counts of one bitmap's span, or undefined if all are zero. Values of 255 mean "see get()". */
-  page(bitmap: number): Uint8Array | undefined {
-    return this.pages[bitmap];
   }
 }

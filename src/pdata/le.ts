@@ -64,11 +64,3 @@ export function parseU64(s: string): U64 | null {
   const v = BigInt(s);
   return v > U64_MAX ? null : toU64(v);
 }
-
-// Transitional: the callers below still take numbers; they move to readU64 / readBlockNr.
-export class RangeError64 extends Error {}
-export function readSafeU64(buf: Buffer, off: number): number {
-  const v = readU64(buf, off);
-  if (typeof v === 'bigint') throw new RangeError64(`64-bit value at offset ${off} exceeds 2^53`);
-  return v;
-}

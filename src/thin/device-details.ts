@@ -1,19 +1,19 @@
 // A device-details leaf value (24 bytes): what the pool knows about one thin device.
-import { readSafeU64, writeU64 } from '../pdata/le.js';
+import { U64, readU64, writeU64 } from '../pdata/le.js';
 
 export const DEVICE_DETAILS_SIZE = 24;
 
 export interface DeviceDetails {
-  mappedBlocks: number;
-  transactionId: number;
+  mappedBlocks: U64;
+  transactionId: U64;
   creationTime: number;
   snapshottedTime: number;
 }
 
 export function decodeDeviceDetails(buf: Buffer, off: number): DeviceDetails {
   return {
-    mappedBlocks: readSafeU64(buf, off),
-    transactionId: readSafeU64(buf, off + 8),
+    mappedBlocks: readU64(buf, off),
+    transactionId: readU64(buf, off + 8),
     creationTime: buf.readUInt32LE(off + 16),
     snapshottedTime: buf.readUInt32LE(off + 20),
   };

@@ -1,23 +1,25 @@
 // The stream every tool shares: dump produces it from disk, restore builds disk from it,
 // repair produces it from salvaged nodes. Mappings arrive sorted by thin block, as runs.
+// Fields that are u64 on disk are U64s (exact to 2^64-1).
+import { U64 } from '../pdata/le.js';
 
 export interface PoolInfo {
   uuid: string;
   time: number;
-  transaction: number;
+  transaction: U64;
   flags: number;
   version: number;
   dataBlockSize: number;
-  nrDataBlocks: number;
+  nrDataBlocks: U64;
   /** Block of the held metadata snapshot, when the source names one. */
   metadataSnap?: number;
 }
 
 /** The --transaction-id, --data-block-size and --nr-data-blocks options: replace the source's values. */
 export interface SuperblockOverrides {
-  transactionId?: number;
+  transactionId?: U64;
   dataBlockSize?: number;
-  nrDataBlocks?: number;
+  nrDataBlocks?: U64;
 }
 
 export function applyOverrides(pool: PoolInfo, o: SuperblockOverrides): PoolInfo {
@@ -31,8 +33,8 @@ export function applyOverrides(pool: PoolInfo, o: SuperblockOverrides): PoolInfo
 
 export interface DeviceInfo {
   devId: number;
-  mappedBlocks: number;
-  transaction: number;
+  mappedBlocks: U64;
+  transaction: U64;
   creationTime: number;
   snapTime: number;
 }
@@ -43,7 +45,7 @@ export interface MetadataVisitor {
   deviceBegin(dev: DeviceInfo): void;
   deviceEnd(): void;
   /** `length` consecutive thin blocks from `thinBegin` map to data blocks from `dataBegin`, all at `time`. */
-  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void;
+  mapRun(thinBegin: U64, dataBegin: number, length: number, time: number): void;
   /** Shared-subtree form: a named run of mappings defined once (`<def>`), then referenced. */
   defBegin?(name: string): void;
   defEnd?(): void;

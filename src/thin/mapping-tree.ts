@@ -5,6 +5,9 @@ import { BTreeNode } from '../pdata/btree/node.js';
 import { BTreeError, BTreeVisitor, SubtreeMemo, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 
+/** dm-thin refuses device ids of 24 bits or more. */
+export const MAX_DEV_ID = 2 ** 24 - 1;
+
 /** Leaf value sizes of the pool's trees. */
 export const MAPPING_VALUE_SIZE = 8;
 export const TOP_LEVEL_VALUE_SIZE = 8;
@@ -16,21 +19,32 @@ export interface DeviceRoot {
 
 type ErrorSink = (err: BTreeError) => void;
 
+/**
+ * The devices a top-level leaf lists, with their bottom-level roots. Device ids are u64 keys on
+ * disk but 24 bits in the kernel, so every id a pool can hold is an exact number.
+ */
+export function deviceRootsOf(node: BTreeNode): DeviceRoot[] {
+  const roots: DeviceRoot[] = [];
+  for (let i = 0; i < node.nrEntries; i++) roots.push({ devId: node.keyNumber(i), root: node.valueBlock(i) });
+  return roots;
+}
+
 /** The top level of the mapping tree: each device's bottom-level root, in dev_id order. */
 export function readDeviceRoots(
   io: BlockReader,
   mappingRoot: number,
   onError: ErrorSink,
   nodeRef?: (block: number) => void,
+  walkOpts: WalkOptions = {},
 ): DeviceRoot[] {
   const roots: DeviceRoot[] = [];
   walkBTree(io, mappingRoot, TOP_LEVEL_VALUE_SIZE, {
     leaf(node: BTreeNode) {
-      for (let i = 0; i < node.nrEntries; i++) roots.push({ devId: node.key(i), root: node.valueU64(i) });
+      roots.push(...deviceRootsOf(node));
     },
     nodeRef,
     error: onError,
-  });
+  }, walkOpts);
   return roots;
 }
 
@@ -50,7 +64,7 @@ export function readDeviceDetails(
   walkBTree(io, detailsRoot, DEVICE_DETAILS_SIZE, {
     leaf(node: BTreeNode) {
       for (let i = 0; i < node.nrEntries; i++) {
-        devices.push({ devId: node.key(i), ...decodeDeviceDetails(node.buf, node.valueOffset(i)) });
+        devices.push({ devId: node.keyNumber(i), ...decodeDeviceDetails(node.buf, node.valueOffset(i)) });
       }
     },
     nodeRef,

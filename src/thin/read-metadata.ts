@@ -16,16 +16,17 @@
 // printed once, as <def>s before the devices, which <ref> them (see shared-subtrees.ts). That
 // needs a first pass over the trees, so damage in a device's tree fails before anything is printed.
 import { BlockReader } from '../io/block-io.js';
-import { BTreeNode, NODE_HEADER_SIZE, nodeDefect } from '../pdata/btree/node.js';
+import { BTreeNode, nodeDefect } from '../pdata/btree/node.js';
 import { walkBTree } from '../pdata/btree/walk.js';
-import { RangeError64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from './events.js';
+import { MappingRuns } from './mapping-runs.js';
 import { SharedLeafIndex } from './shared-subtrees.js';
 import {
   DeviceDetailsEntry,
   DeviceRoot,
   MAPPING_VALUE_SIZE,
   TOP_LEVEL_VALUE_SIZE,
+  deviceRootsOf,
   readDeviceDetails,
   walkDeviceTree,
 } from './mapping-tree.js';
@@ -58,8 +59,6 @@ export interface ReadMetadataOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-const TWO_32 = 0x100000000;
-
 /** Picks the superblock to dump: block 0, or the held metadata snapshot it names. */
 export function selectSuperblock(io: BlockReader, metadataSnap?: true | number): Superblock {
   const live = readSuperblock(io);
@@ -83,9 +82,7 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
 
   const detailErrors: string[] = [];
   const details = new Map<number, DeviceDetailsEntry>();
-  const allDetails = unrepresentableIsDamage('device details tree', () =>
-    readDeviceDetails(io, sb.deviceDetailsRoot, (e) => detailErrors.push(e.message), undefined, DUMP_WALK),
-  );
+  const allDetails = readDeviceDetails(io, sb.deviceDetailsRoot, (e) => detailErrors.push(e.message), undefined, DUMP_WALK);
   for (const d of allDetails) {
     if (selected(d.devId)) details.set(d.devId, d);
   }
@@ -101,18 +98,11 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
     topError = `mapping tree top level: ${message}`;
     rootsBeforeError = roots.length;
   };
-  try {
-    walkBTree(io, sb.dataMappingRoot, TOP_LEVEL_VALUE_SIZE, {
-      leaf(node) {
-        for (let i = 0; i < node.nrEntries; i++) roots.push({ devId: node.key(i), root: node.valueU64(i) });
-      },
-      error: (e) => noteTopError(e.message),
-      internal: childBeyondEnd(io),
-    }, DUMP_WALK);
-  } catch (e) {
-    if (!(e instanceof RangeError64)) throw e;
-    noteTopError(e.message);
-  }
+  walkBTree(io, sb.dataMappingRoot, TOP_LEVEL_VALUE_SIZE, {
+    leaf: (node) => roots.push(...deviceRootsOf(node)),
+    error: (e) => noteTopError(e.message),
+    internal: childBeyondEnd(io),
+  }, DUMP_WALK);
   if (topError === undefined) rootsBeforeError = roots.length;
 
   const pool: PoolInfo = {
@@ -130,7 +120,7 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
 
   let total = 0;
   if (opts.onProgress && !opts.skipMappings) {
-    for (const r of roots) if (selected(r.devId)) total += details.get(r.devId)?.mappedBlocks ?? 0;
+    for (const r of roots) if (selected(r.devId)) total += Number(details.get(r.devId)?.mappedBlocks ?? 0);
   }
   let done = 0;
 
@@ -176,81 +166,25 @@ export function readMetadata(io: BlockReader, visitor: MetadataVisitor, opts: Re
 function childBeyondEnd(io: BlockReader): (node: BTreeNode) => string | null {
   return (node) => {
     for (let i = 0; i < node.nrEntries; i++) {
-      const child = node.valueU64(i);
+      const child = node.valueBlock(i);
       if (child >= io.nrBlocks) return `child ${child} is beyond the end of the metadata device`;
     }
     return null;
   };
 }
 
-/** A u64 beyond 2^53 in a tree is corruption, reported like any other damage. */
-function unrepresentableIsDamage<T>(where: string, read: () => T): T {
-  try {
-    return read();
-  } catch (e) {
-    if (e instanceof RangeError64) throw new MetadataDamageError(`${where}: ${e.message}`);
-    throw e;
-  }
-}
-
-/** Merges mappings, leaf after leaf, into runs of consecutive thin and data blocks at one time. */
-class MappingRuns {
-  private thin = 0;
-  private data = 0;
-  private time = 0;
-  private len = 0;
-
-  constructor(private readonly visitor: MetadataVisitor) {}
-
-  /** Decodes a leaf straight from its buffer. */
-  leaf(node: BTreeNode): void {
-    const buf = node.buf;
-    const n = node.nrEntries;
-    const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
-    for (let i = 0; i < n; i++) {
-      const k = NODE_HEADER_SIZE + 8 * i;
-      const thin = buf.readUInt32LE(k + 4) * TWO_32 + buf.readUInt32LE(k);
-      const v = values + 8 * i;
-      const lo = buf.readUInt32LE(v);
-      const data = buf.readUInt32LE(v + 4) * 256 + (lo >>> 24);
-      const time = lo & 0xffffff;
-      if (this.len !== 0 && thin === this.thin + this.len && data === this.data + this.len && time === this.time) {
-        this.len++;
-      } else {
-        this.flush();
-        this.thin = thin;
-        this.data = data;
-        this.time = time;
-        this.len = 1;
-      }
-    }
-  }
-
-  /** Emits the run in hand (before a ref, or at the end of a device or def). */
-  flush(): void {
-    if (this.len !== 0) this.visitor.mapRun(this.thin, this.data, this.len, this.time);
-    this.len = 0;
-  }
-}
-
 /** Walks a device's tree; returns null, or why the walk stopped early. */
 function walkMappings(io: BlockReader, root: number, leaf: (node: BTreeNode) => void): string | null {
   let damage: string | null = null;
-  try {
-    walkDeviceTree(io, root, {
-      leaf(node) {
-        if (damage === null) leaf(node);
-      },
-      error(e) {
-        damage ??= e.message;
-      },
-      internal: childBeyondEnd(io),
-    }, undefined, DUMP_WALK);
-  } catch (e) {
-    // A key too large for the walker to represent.
-    if (!(e instanceof RangeError64)) throw e;
-    damage ??= e.message;
-  }
+  walkDeviceTree(io, root, {
+    leaf(node) {
+      if (damage === null) leaf(node);
+    },
+    error(e) {
+      damage ??= e.message;
+    },
+    internal: childBeyondEnd(io),
+  }, undefined, DUMP_WALK);
   return damage;
 }
 

@@ -122,7 +122,7 @@ export function scanBlocks(io: BlockReader, progress?: (done: number) => void): 
   // A top-level leaf must point at mapping trees; one that doesn't was a mapping leaf after all.
   for (const b of topLeaves) {
     const node = new BTreeNode(b, io.read(b));
-    const children = Array.from({ length: node.nrEntries }, (_, i) => node.valueU64(i));
+    const children = Array.from({ length: node.nrEntries }, (_, i) => node.valueBlock(i));
     const k = (c: number) => scan.kind[c];
     if (children.every((c) => k(c) === BlockKind.Internal || k(c) === BlockKind.MappingLeaf)) {
       for (const c of children) scan.referenced[c] = 1;
@@ -133,7 +133,7 @@ export function scanBlocks(io: BlockReader, progress?: (done: number) => void): 
   // Children of a sound internal node are not roots.
   for (const b of internals) {
     const node = new BTreeNode(b, io.read(b));
-    const children = Array.from({ length: node.nrEntries }, (_, i) => node.valueU64(i));
+    const children = Array.from({ length: node.nrEntries }, (_, i) => node.valueBlock(i));
     if (children.length > 0 && children.every((c) => c < nrBlocks && isNode(scan.kind[c]))) {
       for (const c of children) scan.referenced[c] = 1;
     }
@@ -150,7 +150,7 @@ export function leafKindOf(io: BlockReader, scan: BlockScan, root: number): numb
     if (k !== BlockKind.Internal) return isNode(k) ? k : -1;
     const node = new BTreeNode(b, io.read(b));
     if (node.nrEntries === 0) return -1;
-    b = node.valueU64(0);
+    b = node.valueBlock(0);
   }
   return -1;
 }
@@ -177,7 +177,7 @@ export function subtreeStats(io: BlockReader, scan: BlockScan, root: number, mem
     } else if (k === BlockKind.Internal) {
       const node = new BTreeNode(root, io.read(root));
       for (let i = 0; i < node.nrEntries; i++) {
-        const child = subtreeStats(io, scan, node.valueU64(i), memo);
+        const child = subtreeStats(io, scan, node.valueBlock(i), memo);
         stats.mappings += child.mappings;
         stats.newest = Math.max(stats.newest, child.newest);
       }

@@ -3,14 +3,25 @@
 // device is scanned (salvage-scan.ts) for the newest mapping and details trees. Damaged
 // subtrees are skipped, devices whose mappings are lost stay (empty) so their ids and details
 // survive, and mapped_blocks is the count actually recovered.
+//
+// A damaged value never stops it: entries whose keys are out of order or out of range are
+// dropped (the rest of their node is kept), mappings past the data device are dropped, and
+// values no kernel writes are corrected to the safe side, each with a note:
+// - a mapping newer than the pool's time gets time 0, so the kernel treats the block as shared
+//   and copies it before any write (never overwriting a snapshot's data);
+// - a device's creation or snapshot time newer than the pool's becomes the pool's time (a
+//   later snap_time also makes the kernel copy rather than overwrite);
+// - device ids the kernel cannot create (2^24 and above) are dropped.
 // Each device is walked twice (count, then emit), so nothing grows with the mappings.
 import { BlockReader } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
-import { BTreeError, walkBTree } from '../pdata/btree/walk.js';
+import { BTreeError, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
+import { U64, U64_MAX, u64Add } from '../pdata/le.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides } from './events.js';
-import { mappingDataBlock, mappingTime } from './mapping.js';
-import { MAPPING_VALUE_SIZE, TOP_LEVEL_VALUE_SIZE } from './mapping-tree.js';
+import { MAX_DATA_BLOCK, mappingDataBlock, mappingTime } from './mapping.js';
+import { MappingFilter, MappingRuns } from './mapping-runs.js';
+import { MAPPING_VALUE_SIZE, MAX_DEV_ID, TOP_LEVEL_VALUE_SIZE, deviceRootsOf } from './mapping-tree.js';
 import {
   BlockKind, BlockScan, SubtreeStats, candidateRoots, scanBlocks, subtreeStats,
 } from './salvage-scan.js';
@@ -43,7 +54,12 @@ interface Device {
   devId: number;
   root: number | null;
   details: DeviceDetails | null;
+  /** Set once the counting walk found mappings to emit, and how to filter them. */
+  filter?: MappingFilter;
 }
+
+/** Salvage keeps what it can of every node (see WalkOptions.salvage). */
+const SALVAGE_WALK: WalkOptions = { salvage: true };
 
 interface TopLevel {
   root: number;
@@ -74,31 +90,47 @@ class Salvager {
     return this.scan;
   }
 
+  /** A note, unless this is one of many candidate trees being tried (`quiet`). */
+  private note(quiet: boolean): (message: string) => void {
+    return quiet ? () => {} : this.warn;
+  }
+
   /** The top level of a mapping tree, or null when its root node can't be read. */
   private readTopLevel(root: number, quiet: boolean): TopLevel | null {
+    const warn = this.note(quiet);
     const devices = new Map<number, number>();
     const summary = walkBTree(this.io, root, TOP_LEVEL_VALUE_SIZE, {
       leaf: (node: BTreeNode) => {
-        for (let i = 0; i < node.nrEntries; i++) devices.set(node.key(i), node.valueU64(i));
+        for (const { devId, root: devRoot } of deviceRootsOf(node)) {
+          if (devId > MAX_DEV_ID) warn(`mapping tree: device id ${devId} is not one the kernel can create; dropped (leaf block ${node.block})`);
+          else devices.set(devId, devRoot);
+        }
       },
       error: (err: BTreeError) => {
-        if (!quiet && err.block !== root) this.warn(`mapping tree: devices ${keyRange(err)} lost: ${err.message}`);
+        if (err.block !== root) warn(`mapping tree: devices ${err.keys} lost: ${err.message}`);
       },
-    }, { allowUnderfull: true });
+      dropped: (block, count, reason) => warn(`mapping tree: ${count} entries of block ${block} dropped: ${reason}`),
+    }, SALVAGE_WALK);
     if (!summary) return null;
     return { root, devices, stats: { mappings: 0, newest: 0 } };
   }
 
   private readDetails(root: number, quiet: boolean): Map<number, DeviceDetails> | null {
+    const warn = this.note(quiet);
     const details = new Map<number, DeviceDetails>();
     const summary = walkBTree(this.io, root, DEVICE_DETAILS_SIZE, {
       leaf: (node: BTreeNode) => {
-        for (let i = 0; i < node.nrEntries; i++) details.set(node.key(i), decodeDeviceDetails(node.buf, node.valueOffset(i)));
+        for (let i = 0; i < node.nrEntries; i++) {
+          const devId = node.keyNumber(i);
+          if (devId > MAX_DEV_ID) warn(`device details: device id ${devId} is not one the kernel can create; dropped (leaf block ${node.block})`);
+          else details.set(devId, decodeDeviceDetails(node.buf, node.valueOffset(i)));
+        }
       },
       error: (err: BTreeError) => {
-        if (!quiet && err.block !== root) this.warn(`device details: devices ${keyRange(err)} lost: ${err.message}`);
+        if (err.block !== root) warn(`device details: devices ${err.keys} lost: ${err.message}`);
       },
-    }, { allowUnderfull: true });
+      dropped: (block, count, reason) => warn(`device details: ${count} entries of block ${block} dropped: ${reason}`),
+    }, SALVAGE_WALK);
     return summary ? details : null;
   }
 
@@ -122,16 +154,16 @@ class Salvager {
   /** The details tree found by scanning that best matches the chosen devices, newest first. */
   private findDetails(devIds: Set<number>): { root: number; details: Map<number, DeviceDetails> } | null {
     const scan = this.blocks();
-    let best: { root: number; details: Map<number, DeviceDetails>; score: number[] } | null = null;
+    let best: { root: number; details: Map<number, DeviceDetails>; score: U64[] } | null = null;
     for (const root of candidateRoots(this.io, scan, BlockKind.DetailsLeaf)) {
       const details = this.readDetails(root, true);
       if (!details) continue;
       let shared = 0;
-      let newestTid = 0;
+      let newestTid: U64 = 0;
       let newestTime = 0;
       for (const [devId, d] of details) {
         if (devIds.has(devId)) shared++;
-        newestTid = Math.max(newestTid, d.transactionId);
+        if (d.transactionId > newestTid) newestTid = d.transactionId;
         newestTime = Math.max(newestTime, d.creationTime, d.snapshottedTime);
       }
       const exact = shared === devIds.size && shared === details.size ? 1 : 0;
@@ -181,10 +213,15 @@ class Salvager {
     // before the superblock.
     const pool = this.poolInfo(sb, sbProblem, ordered);
     if (sbProblem) this.warn(`${sbProblem}; rebuilt from the trees found`);
-    const limit = pool.nrDataBlocks ?? Number.MAX_SAFE_INTEGER;
+    // A mapping holds 40 bits of data block, so nothing past 2^40 can be mapped anyway.
+    const limit = pool.nrDataBlocks === undefined ? MAX_DATA_BLOCK + 1 : Math.min(Number(pool.nrDataBlocks), MAX_DATA_BLOCK + 1);
     const counted = new Map<number, number>();
     let highest = -1;
     let dropped = 0;
+    let retimed = 0;
+    const poolTime = pool.time;
+    // Past the data device: dropped. Newer than the pool: treated as shared (see the top).
+    const filter: MappingFilter = (dataBlock, time) => (dataBlock >= limit ? -1 : time > poolTime ? 0 : time);
     for (const dev of ordered) {
       if (dev.root === null) {
         this.warn(`device ${dev.devId}: not in the mapping tree; its mappings are lost`);
@@ -194,20 +231,27 @@ class Salvager {
       const summary = walkBTree(io, dev.root, MAPPING_VALUE_SIZE, {
         leaf: (node) => {
           for (let i = 0; i < node.nrEntries; i++) {
-            const dataBlock = mappingDataBlock(node.buf, node.valueOffset(i));
+            const off = node.valueOffset(i);
+            const dataBlock = mappingDataBlock(node.buf, off);
             if (dataBlock >= limit) dropped++;
             else {
               count++;
               if (dataBlock > highest) highest = dataBlock;
+              if (mappingTime(node.buf, off) > poolTime) retimed++;
             }
           }
         },
-        error: (err) => this.warn(`device ${dev.devId}: mappings ${keyRange(err)} lost: ${err.message}`),
-      }, { allowUnderfull: true });
+        error: (err) => this.warn(`device ${dev.devId}: mappings ${err.keys} lost: ${err.message}`),
+        dropped: (block, n, reason) => this.warn(`device ${dev.devId}: ${n} mappings of leaf block ${block} dropped: ${reason}`),
+      }, SALVAGE_WALK);
       if (!summary) dev.root = null;
       counted.set(dev.devId, count);
+      if (dev.root !== null && count > 0) dev.filter = filter;
     }
     if (dropped > 0) this.warn(`${dropped} mappings beyond the end of the data device (${limit} blocks) dropped`);
+    if (retimed > 0) {
+      this.warn(`${retimed} mappings newer than the pool's time ${poolTime} given time 0 (the kernel will copy them before writing)`);
+    }
     if (pool.nrDataBlocks === undefined) {
       pool.nrDataBlocks = highest + 1;
       this.warn(`nr data blocks taken as ${pool.nrDataBlocks}, past the highest mapped data block; pass --nr-data-blocks for the real size`);
@@ -223,14 +267,14 @@ class Salvager {
             devId: dev.devId,
             mappedBlocks: mapped,
             transaction: dev.details.transactionId,
-            creationTime: dev.details.creationTime,
-            snapTime: dev.details.snapshottedTime,
+            creationTime: this.notAfter(pool.time, dev.details.creationTime, `device ${dev.devId}: creation time`),
+            snapTime: this.notAfter(pool.time, dev.details.snapshottedTime, `device ${dev.devId}: snapshot time`),
           }
         : // Lost details: a snapshot time of now makes the kernel treat every older block as
           // shared and copy it before writing, which is slower but never overwrites a snapshot's data.
           { devId: dev.devId, mappedBlocks: mapped, transaction: pool.transaction, creationTime: 0, snapTime: pool.time };
       visitor.deviceBegin(info);
-      if (dev.root !== null && mapped > 0) emitMappings(io, dev.root, limit, visitor);
+      if (dev.filter) emitMappings(io, dev.root!, dev.filter, visitor);
       visitor.deviceEnd();
     }
     visitor.superblockEnd();
@@ -244,6 +288,13 @@ class Salvager {
     };
   }
 
+  /** A device time no later than the pool's (a later one is corrected, with a note). */
+  private notAfter(poolTime: number, time: number, what: string): number {
+    if (time <= poolTime) return time;
+    this.warn(`${what} ${time} is later than the pool's time ${poolTime}; set to ${poolTime}`);
+    return poolTime;
+  }
+
   /**
    * Devices the mapping tree no longer leads to get back a tree that nothing points at when it
    * holds exactly the number of mappings their details record and no other such tree does:
@@ -252,7 +303,7 @@ class Salvager {
    */
   private adoptOrphans(lost: Device[]): void {
     const scan = this.blocks();
-    const byCount = new Map<number, number[]>();
+    const byCount = new Map<U64, number[]>();
     const wanted = new Set(lost.map((d) => d.details!.mappedBlocks));
     for (const root of candidateRoots(this.io, scan, BlockKind.MappingLeaf)) {
       const { mappings } = subtreeStats(this.io, scan, root, this.statsMemo);
@@ -271,7 +322,7 @@ class Salvager {
   }
 
   /** The pool's fields: the superblock's, else a metadata snapshot's copy and what the trees say. */
-  private poolInfo(sb: Superblock | null, sbProblem: string, devices: Device[]): Omit<PoolInfo, 'nrDataBlocks'> & { nrDataBlocks?: number } {
+  private poolInfo(sb: Superblock | null, sbProblem: string, devices: Device[]): Omit<PoolInfo, 'nrDataBlocks'> & { nrDataBlocks?: U64 } {
     const o = this.opts;
     if (sb) {
       return {
@@ -290,17 +341,19 @@ class Salvager {
       throw new SalvageError(`${sbProblem}: the data block size needs to be provided with --data-block-size`);
     }
     let time = 0;
-    let newestTid = -1;
+    let newestTid: U64 | undefined;
     for (const d of devices) {
       if (d.root !== null) time = Math.max(time, subtreeStats(this.io, this.blocks(), d.root, this.statsMemo).newest);
       if (d.details) {
         time = Math.max(time, d.details.creationTime, d.details.snapshottedTime);
-        newestTid = Math.max(newestTid, d.details.transactionId);
+        if (newestTid === undefined || d.details.transactionId > newestTid) newestTid = d.details.transactionId;
       }
     }
     let transaction = o.transactionId;
     if (transaction === undefined) {
-      transaction = Math.max(newestTid + 1, copy?.transactionId ?? 0);
+      // Past every device's (unless that is already the largest u64), and no older than a snapshot's copy.
+      transaction = newestTid === undefined ? 0 : newestTid === U64_MAX ? U64_MAX : u64Add(newestTid, 1);
+      if (copy && copy.transactionId > transaction) transaction = copy.transactionId;
       this.warn(`transaction id guessed as ${transaction}; pass --transaction-id with the one LVM expects`);
     }
     return {
@@ -326,38 +379,11 @@ class Salvager {
   }
 }
 
-/** Emits one device's readable mappings, merging runs of consecutive blocks at one time. */
-function emitMappings(io: BlockReader, root: number, limit: number, visitor: MetadataVisitor): void {
-  let thinBegin = -1;
-  let dataBegin = -1;
-  let length = 0;
-  let runTime = -1;
-  walkBTree(io, root, MAPPING_VALUE_SIZE, {
-    leaf: (node) => {
-      for (let i = 0; i < node.nrEntries; i++) {
-        const off = node.valueOffset(i);
-        const dataBlock = mappingDataBlock(node.buf, off);
-        if (dataBlock >= limit) continue;
-        const thinBlock = node.key(i);
-        const time = mappingTime(node.buf, off);
-        if (length > 0 && thinBlock === thinBegin + length && dataBlock === dataBegin + length && time === runTime) {
-          length++;
-          continue;
-        }
-        if (length > 0) visitor.mapRun(thinBegin, dataBegin, length, runTime);
-        thinBegin = thinBlock;
-        dataBegin = dataBlock;
-        runTime = time;
-        length = 1;
-      }
-    },
-    error: () => {},
-  }, { allowUnderfull: true });
-  if (length > 0) visitor.mapRun(thinBegin, dataBegin, length, runTime);
-}
-
-function keyRange(err: BTreeError): string {
-  return err.highKey > Number.MAX_SAFE_INTEGER ? `from ${err.lowKey}` : `${err.lowKey}..${err.highKey - 1}`;
+/** Emits one device's readable mappings (as the counting walk saw them) as runs. */
+function emitMappings(io: BlockReader, root: number, filter: MappingFilter, visitor: MetadataVisitor): void {
+  const runs = new MappingRuns(visitor, filter);
+  walkBTree(io, root, MAPPING_VALUE_SIZE, { leaf: (node) => runs.leaf(node), error: () => {} }, SALVAGE_WALK);
+  runs.flush();
 }
 
 /** Newest mapping first, then the most mappings, then the most devices. */
@@ -365,8 +391,8 @@ function rankTop(a: TopLevel, b: TopLevel): number {
   return compareScores([b.stats.newest, b.stats.mappings, b.devices.size], [a.stats.newest, a.stats.mappings, a.devices.size]);
 }
 
-function compareScores(a: number[], b: number[]): number {
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i];
+function compareScores(a: U64[], b: U64[]): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1;
   return 0;
 }
 

@@ -2,7 +2,7 @@
 import { BLOCK_SIZE } from '../io/block-io.js';
 import { BlockReader } from '../io/block-io.js';
 import { SUPERBLOCK_CSUM_XOR, blockChecksum, sealBlock } from '../pdata/checksum.js';
-import { readSafeU64, writeU64 } from '../pdata/le.js';
+import { U64, readBlockNr, readU64, writeU64 } from '../pdata/le.js';
 import { SpaceMapRoot, decodeSpaceMapRoot } from '../pdata/space-map/root.js';
 
 export const SUPERBLOCK_LOCATION = 0;
@@ -22,10 +22,10 @@ export interface Superblock {
   flags: number;
   blocknr: number;
   uuid: Buffer;
-  magic: number;
+  magic: U64;
   version: number;
   time: number;
-  transactionId: number;
+  transactionId: U64;
   heldRoot: number;
   dataSpaceMapRoot: Buffer;
   metadataSpaceMapRoot: Buffer;
@@ -45,20 +45,20 @@ export class SuperblockError extends Error {}
 export function decodeSuperblock(buf: Buffer): Superblock {
   return {
     flags: buf.readUInt32LE(4),
-    blocknr: readSafeU64(buf, 8),
+    blocknr: readBlockNr(buf, 8),
     uuid: Buffer.from(buf.subarray(16, 32)),
-    magic: readSafeU64(buf, 32),
+    magic: readU64(buf, 32),
     version: buf.readUInt32LE(40),
     time: buf.readUInt32LE(44),
-    transactionId: readSafeU64(buf, 48),
-    heldRoot: readSafeU64(buf, 56),
+    transactionId: readU64(buf, 48),
+    heldRoot: readBlockNr(buf, 56),
     dataSpaceMapRoot: Buffer.from(buf.subarray(64, 64 + SPACE_MAP_ROOT_SIZE)),
     metadataSpaceMapRoot: Buffer.from(buf.subarray(192, 192 + SPACE_MAP_ROOT_SIZE)),
-    dataMappingRoot: readSafeU64(buf, 320),
-    deviceDetailsRoot: readSafeU64(buf, 328),
+    dataMappingRoot: readBlockNr(buf, 320),
+    deviceDetailsRoot: readBlockNr(buf, 328),
     dataBlockSize: buf.readUInt32LE(336),
     metadataBlockSize: buf.readUInt32LE(340),
-    metadataNrBlocks: readSafeU64(buf, 344),
+    metadataNrBlocks: readBlockNr(buf, 344),
     compatFlags: buf.readUInt32LE(352),
     compatRoFlags: buf.readUInt32LE(356),
     incompatFlags: buf.readUInt32LE(360),

@@ -6,25 +6,25 @@
 //
 // It throws StreamError; a source that knows where the current event came from (the XML reader)
 // prefixes the location. It holds a few numbers per device and per <def>, never per mapping.
+import { U64, U64_MAX, u64Add } from '../pdata/le.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides, applyOverrides } from './events.js';
-import { MAX_DATA_BLOCK, MAX_TIME } from './mapping.js';
+import { MAX_DATA_BLOCK } from './mapping.js';
+import { MAX_DEV_ID } from './mapping-tree.js';
 import { MAX_DATA_BLOCK_SIZE, MIN_DATA_BLOCK_SIZE, validDataBlockSize } from './superblock.js';
 
 /** The event stream describes metadata that cannot be written; the message names the problem. */
 export class StreamError extends Error {}
 
 export type { SuperblockOverrides };
-/** dm-thin refuses device ids of 24 bits or more. */
-export const MAX_DEV_ID = 2 ** 24 - 1;
 /** Superblock flag bits the kernel defines (needs_check). */
 const KNOWN_FLAGS = 1;
 
 /** Where in a device or def the last mapping ended; enough to check order without the mappings. */
 interface Span {
   count: number; // mapped blocks so far
-  first: number; // first mapped thin block
-  lastBegin: number; // first thin block of the last run (or ref)
-  end: number; // one past the last mapped thin block
+  first: U64; // first mapped thin block
+  lastBegin: U64; // first thin block of the last run (or ref)
+  end: U64; // one past the last mapped thin block (2^64 after the very last one)
 }
 
 const emptySpan = (): Span => ({ count: 0, first: -1, lastBegin: -1, end: 0 });
@@ -55,9 +55,6 @@ export class StreamValidator implements MetadataVisitor {
     }
     if (pool.nrDataBlocks > MAX_DATA_BLOCK + 1) {
       throw new StreamError(`nr_data_blocks ${pool.nrDataBlocks} exceeds 2^40, the most a mapping can address`);
-    }
-    if (pool.time > MAX_TIME) {
-      throw new StreamError(`time ${pool.time} does not fit the 24 bits a mapping records (max ${MAX_TIME})`);
     }
     if ((pool.flags & ~KNOWN_FLAGS) !== 0) {
       throw new StreamError(`flags ${pool.flags} has bits other than needs_check (1)`);
@@ -105,21 +102,22 @@ export class StreamValidator implements MetadataVisitor {
     this.next.deviceEnd();
   }
 
-  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
+  mapRun(thinBegin: U64, dataBegin: number, length: number, time: number): void {
     const pool = this.needPool('mapping');
     if (!this.dev && this.defName === undefined) throw new StreamError('mapping outside a device or def');
     if (!(length >= 1)) throw new StreamError(`mapping of thin block ${thinBegin} has length ${length}`);
-    if (thinBegin > Number.MAX_SAFE_INTEGER - (length - 1)) { // the sum itself would round
-      throw new StreamError(
-        `thin blocks ${thinBegin} + length ${length} run past the largest thin block (2^53-1)`,
-      );
+    const end = u64Add(thinBegin, length);
+    if (end > U64_MAX + 1n) {
+      throw new StreamError(`thin blocks ${thinBegin} + length ${length} run past the largest thin block (2^64-1)`);
     }
+    // superblockBegin bounded it by 2^40.
+    const nrDataBlocks = Number(pool.nrDataBlocks);
     const dataLast = dataBegin + length - 1;
-    if (dataLast >= pool.nrDataBlocks) {
-      const bad = Math.max(dataBegin, pool.nrDataBlocks);
+    if (dataLast >= nrDataBlocks) {
+      const bad = Math.max(dataBegin, nrDataBlocks);
       throw new StreamError(
-        `data block ${bad} (thin block ${thinBegin + bad - dataBegin}) is beyond the data device: ` +
-          `nr_data_blocks is ${pool.nrDataBlocks}`,
+        `data block ${bad} (thin block ${u64Add(thinBegin, bad - dataBegin)}) is beyond the data device: ` +
+          `nr_data_blocks is ${nrDataBlocks}`,
       );
     }
     if (time > pool.time) {
@@ -127,7 +125,7 @@ export class StreamValidator implements MetadataVisitor {
         `mapping of thin block ${thinBegin} has time ${time}, later than the superblock's time ${pool.time}`,
       );
     }
-    this.follow(thinBegin, thinBegin + length, length);
+    this.follow(thinBegin, end, length);
     this.next.mapRun(thinBegin, dataBegin, length, time);
   }
 
@@ -169,13 +167,13 @@ export class StreamValidator implements MetadataVisitor {
   }
 
   /** Records `count` mapped blocks spanning [begin, end) after the section's previous ones. */
-  private follow(begin: number, end: number, count: number, lastBegin = begin): void {
+  private follow(begin: U64, end: U64, count: number, lastBegin = begin): void {
     const s = this.span;
     if (s.count > 0 && begin < s.end) {
       const where = this.dev ? `device ${this.dev.devId}` : `def '${this.defName}'`;
       if (begin >= s.lastBegin) {
         throw new StreamError(
-          `${where}: thin block ${begin} is mapped twice (the previous mapping covers ${s.lastBegin}..${s.end - 1})`,
+          `${where}: thin block ${begin} is mapped twice (the previous mapping covers ${s.lastBegin}..${u64Add(s.end, -1)})`,
         );
       }
       throw new StreamError(

@@ -9,8 +9,10 @@
 import { BLOCK_SIZE, BlockWriter } from '../io/block-io.js';
 import { BTreeBuilder, NodeSummary } from '../pdata/btree/builder.js';
 import { NODE_HEADER_SIZE } from '../pdata/btree/node.js';
-import { BlockAllocator, MAX_METADATA_BLOCKS, OutputTooSmallError, RefCounts } from '../pdata/block-allocator.js';
-import { readSafeU64, writeU64 } from '../pdata/le.js';
+import { BlockAllocator, OutputTooSmallError } from '../pdata/block-allocator.js';
+import { RefCounts } from '../pdata/ref-counts.js';
+import { MAX_METADATA_BLOCKS } from '../pdata/space-map/metadata.js';
+import { U64, readBlockNr, u64Add, writeU64 } from '../pdata/le.js';
 import { bitmapsFor } from '../pdata/space-map/common.js';
 import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
 import { metadataSpaceMapBlocks, writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
@@ -75,7 +77,7 @@ export class MetadataWriter implements MetadataVisitor {
   superblockBegin(pool: PoolInfo): void {
     if (this.pool) throw new WriteMetadataError('a second superblock');
     this.pool = pool;
-    this.dataCounts = new RefCounts(pool.nrDataBlocks);
+    this.dataCounts = new RefCounts();
     // Whatever was on the output stops looking like metadata before any other block changes.
     // (An empty output gets no write: the size error comes once the input has been measured.)
     if (this.out.nrBlocks > 0) {
@@ -139,7 +141,7 @@ export class MetadataWriter implements MetadataVisitor {
     this.builderEmpty = false;
   }
 
-  mapRun(thinBegin: number, dataBegin: number, length: number, time: number): void {
+  mapRun(thinBegin: U64, dataBegin: number, length: number, time: number): void {
     const builder = this.builder;
     if (!builder) throw new WriteMetadataError('mappings outside a device or def');
     this.releaseHeldRef();
@@ -151,9 +153,16 @@ export class MetadataWriter implements MetadataVisitor {
       );
     }
     const value = this.mapping;
+    if (typeof thinBegin === 'number' && Number.isSafeInteger(thinBegin + length)) {
+      for (let i = 0; i < length; i++) {
+        writeMapping(value, 0, dataBegin + i, time);
+        builder.push(thinBegin + i, value);
+      }
+      return;
+    }
     for (let i = 0; i < length; i++) {
       writeMapping(value, 0, dataBegin + i, time);
-      builder.push(thinBegin + i, value);
+      builder.push(u64Add(thinBegin, i), value);
     }
   }
 
@@ -167,7 +176,7 @@ export class MetadataWriter implements MetadataVisitor {
     const detailsValue = Buffer.alloc(DEVICE_DETAILS_SIZE);
     const topLevel = new BTreeBuilder(alloc, {
       valueSize: TOP_LEVEL_VALUE_SIZE,
-      valueRef: (values, off) => alloc.refCounts.inc(readSafeU64(values, off)),
+      valueRef: (values, off) => alloc.refCounts.inc(readBlockNr(values, off)),
     });
     const rootValue = Buffer.alloc(TOP_LEVEL_VALUE_SIZE);
     for (const dev of this.devices) {
@@ -182,7 +191,7 @@ export class MetadataWriter implements MetadataVisitor {
     alloc.refCounts.inc(mappingRoot);
     this.releaseUnusedDefLeaves();
 
-    const dataRoot = writeDataSpaceMap(alloc, this.dataCounts!, pool.nrDataBlocks);
+    const dataRoot = writeDataSpaceMap(alloc, this.dataCounts!, Number(pool.nrDataBlocks));
     const metadataRoot = writeMetadataSpaceMap(alloc);
     if (alloc.overflowed) throw this.tooSmall();
     alloc.flush();

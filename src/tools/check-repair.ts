@@ -10,19 +10,19 @@
 // The 1.x tools fix leaks only, in place; 0.9.0 fixes metadata leaks only. Rewriting fixes every
 // count the trees can vouch for, so a pool that would be refused for a wrong count can activate.
 import { BLOCK_SIZE, BlockReader, BlockWriter, InputError } from '../io/block-io.js';
-import { MetadataAllocator, RefCounts } from '../pdata/block-allocator.js';
-import { BTreeNode } from '../pdata/btree/node.js';
-import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { MetadataAllocator } from '../pdata/block-allocator.js';
+import { BTreeError } from '../pdata/btree/walk.js';
 import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
+import { U64 } from '../pdata/le.js';
+import { RefCounts } from '../pdata/ref-counts.js';
 import { SpaceMapError, SpaceMapSink } from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
 import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
 import { openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
 import { writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
-import { SpaceMapRoot, encodeSpaceMapRoot } from '../pdata/space-map/root.js';
-import { DEVICE_DETAILS_SIZE } from '../thin/device-details.js';
-import { mappingDataBlock } from '../thin/mapping.js';
-import { DeviceRoot, TOP_LEVEL_VALUE_SIZE, readDeviceDetails, readDeviceRoots, walkDeviceTree } from '../thin/mapping-tree.js';
+import { SpaceMapRoot, encodeSpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
+import { readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
+import { PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
 import {
   NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
   readSuperblock,
@@ -35,8 +35,8 @@ export class RepairRefusedError extends InputError {}
 export interface RepairResult {
   /** Metadata blocks the new space maps occupy (all of them written to previously free blocks). */
   blocksWritten: number;
-  metadataAllocated: { before: number; after: number };
-  dataAllocated: { before: number; after: number };
+  metadataAllocated: { before: U64; after: U64 };
+  dataAllocated: { before: U64; after: U64 };
   clearedNeedsCheck: boolean;
   /** The check run again on the repaired metadata. */
   recheck: CheckResult;
@@ -80,8 +80,10 @@ interface Plan {
   superblock: Superblock;
   msm: SpaceMapRoot;
   dsm: SpaceMapRoot;
+  /** Metadata blocks the space map describes (sound: the check passed the superblock). */
+  nrMetadataBlocks: number;
   /** References to each metadata block from the superblock, the held snapshot and the trees. */
-  metadataRefs: Uint32Array;
+  metadataRefs: RefCounts;
   dataRefs: RefCounts;
   /** Blocks the new space maps must not use: referenced, counted or occupied in the old metadata. */
   taken: Uint8Array;
@@ -92,7 +94,8 @@ function planRepair(io: BlockReader): Plan {
   const sb = readSuperblock(io);
   const msm = metadataSpaceMapRoot(sb);
   const dsm = dataSpaceMapRoot(sb);
-  const refs = new TreeReferences(io, msm.nrBlocks, dsm.nrBlocks);
+  const nrMetadataBlocks = spaceMapSize(msm);
+  const refs = new TreeReferences(io, nrMetadataBlocks, spaceMapSize(dsm));
   refs.ref(SUPERBLOCK_LOCATION);
   refs.walkPool(sb, 'the live metadata');
   if (sb.heldRoot !== 0) {
@@ -106,76 +109,51 @@ function planRepair(io: BlockReader): Plan {
     }
     refs.walkPool(snap, `the metadata snapshot (block ${sb.heldRoot})`);
   }
-  return { superblock: sb, msm, dsm, metadataRefs: refs.metadata, dataRefs: refs.data, taken: oldSpaceMapBlocks(io, msm, dsm, refs.metadata) };
+  return {
+    superblock: sb, msm, dsm, nrMetadataBlocks, metadataRefs: refs.metadata, dataRefs: refs.data,
+    taken: oldSpaceMapBlocks(io, msm, dsm, nrMetadataBlocks, refs.metadata),
+  };
 }
 
-/** Reference counts from a walk that refuses at the first sign of damage. */
+/** Reference counts from the checker's pool walk, refusing at the first sign of damage. */
 class TreeReferences {
-  readonly metadata: Uint32Array;
-  readonly data: RefCounts;
-  private readonly memos = { details: new Map() as SubtreeMemo, top: new Map() as SubtreeMemo, mapping: new Map() as SubtreeMemo };
+  readonly metadata = new RefCounts();
+  readonly data = new RefCounts();
+  private readonly walker: PoolWalker;
 
   constructor(private readonly io: BlockReader, private readonly nrMetadataBlocks: number, private readonly nrDataBlocks: number) {
-    this.metadata = new Uint32Array(nrMetadataBlocks);
-    this.data = new RefCounts(nrDataBlocks);
+    this.walker = new PoolWalker(io, nrDataBlocks, {
+      metadataRef: (b) => this.ref(b),
+      dataRef: (b) => this.data.inc(b),
+    });
   }
 
   ref(block: number): void {
     if (block >= this.nrMetadataBlocks) {
       refuse(`metadata block ${block} is referenced but lies outside the metadata space map (${this.nrMetadataBlocks} blocks)`);
     }
-    this.metadata[block]++;
+    this.metadata.inc(block);
   }
 
   /**
-   * Counts the references one superblock's trees make, then checks the details tree and the
-   * mapping tree describe the same devices with the right mapped_blocks. Nodes shared with trees
-   * walked before are counted as referenced but not walked again, so a data block counts once per
-   * distinct leaf that maps it, as the kernel counts it.
+   * Counts the references one superblock's trees make (nodes shared with trees walked before
+   * count as referenced but are not walked again), then checks the details tree and the mapping
+   * tree describe the same devices with the right mapped_blocks.
    */
   walkPool(sb: Superblock, where: string): void {
     const damaged = (tree: string) => (err: BTreeError): never => refuse(`${where}: ${tree} is damaged: ${err.message}; run thin_repair`);
-    const nodeRef = (b: number): void => this.ref(b);
-    const ignore = (): void => {};
-    walkBTree(this.io, sb.deviceDetailsRoot, DEVICE_DETAILS_SIZE, { leaf: ignore, nodeRef, error: damaged('the device details tree') },
-      { memo: this.memos.details });
-    const newRoots: DeviceRoot[] = [];
-    walkBTree(this.io, sb.dataMappingRoot, TOP_LEVEL_VALUE_SIZE, {
-      leaf(node: BTreeNode) {
-        for (let i = 0; i < node.nrEntries; i++) newRoots.push({ devId: node.key(i), root: node.valueU64(i) });
-      },
-      nodeRef,
-      error: damaged("the mapping tree's top level"),
-    }, { memo: this.memos.top });
-
-    const { data, nrDataBlocks } = this;
-    for (const { devId, root } of newRoots) {
-      walkDeviceTree(this.io, root, {
-        leaf(node: BTreeNode) {
-          for (let i = 0; i < node.nrEntries; i++) {
-            const dataBlock = mappingDataBlock(node.buf, node.valueOffset(i));
-            if (dataBlock >= nrDataBlocks) {
-              refuse(`${where}: thin device ${devId} maps thin block ${node.key(i)} to data block ${dataBlock}, beyond the data device (${nrDataBlocks} blocks)`);
-            }
-            data.inc(dataBlock);
-          }
-        },
-        nodeRef,
-        error: damaged(`thin device ${devId}'s mapping tree`),
-      }, this.memos.mapping);
-    }
-
-    // The whole device lists (the walks above skipped leaves shared with earlier trees).
-    const details = new Map<number, number>();
-    for (const d of readDeviceDetails(this.io, sb.deviceDetailsRoot, damaged('the device details tree'))) details.set(d.devId, d.mappedBlocks);
+    this.walker.walkPool(sb.dataMappingRoot, sb.deviceDetailsRoot, {
+      detailsDamage: damaged('the device details tree'),
+      topLevelDamage: damaged("the mapping tree's top level"),
+      deviceDamage: (devId, err) => damaged(`thin device ${devId}'s mapping tree`)(err),
+      beyondDataDevice: (devId, thinBlock, dataBlock) =>
+        refuse(`${where}: thin device ${devId} maps thin block ${thinBlock} to data block ${dataBlock}, beyond the data device (${this.nrDataBlocks} blocks)`),
+    });
+    // The whole device lists (the walk above skipped leaves shared with earlier trees).
+    const details = new Map(readDeviceDetails(this.io, sb.deviceDetailsRoot, damaged('the device details tree')).map((d) => [d.devId, d]));
     const roots = readDeviceRoots(this.io, sb.dataMappingRoot, damaged("the mapping tree's top level"));
-    if (roots.length !== details.size) refuse(`${where}: the device details tree and the mapping tree list different devices`);
-    for (const { devId, root } of roots) {
-      const recorded = details.get(devId);
-      if (recorded === undefined) refuse(`${where}: thin device ${devId} has a mapping tree but no device details`);
-      const actual = this.memos.mapping.get(root)?.entries;
-      if (actual !== recorded) refuse(`${where}: thin device ${devId} has ${actual} mappings but its details say mapped_blocks = ${recorded}`);
-    }
+    const defects = deviceListDefects(details, roots, this.walker, new Set());
+    if (defects.length > 0) refuse(`${where}: ${defects[0]}`);
   }
 }
 
@@ -184,12 +162,12 @@ class TreeReferences {
  * the old space maps occupy, and every block the old metadata space map counts (leaks included:
  * the old metadata stays exactly as it was until the superblock switches).
  */
-function oldSpaceMapBlocks(io: BlockReader, msm: SpaceMapRoot, dsm: SpaceMapRoot, metadataRefs: Uint32Array): Uint8Array {
-  const taken = new Uint8Array(msm.nrBlocks);
-  for (let b = 0; b < msm.nrBlocks; b++) if (metadataRefs[b] !== 0) taken[b] = 1;
+function oldSpaceMapBlocks(io: BlockReader, msm: SpaceMapRoot, dsm: SpaceMapRoot, nrBlocks: number, metadataRefs: RefCounts): Uint8Array {
+  const taken = new Uint8Array(nrBlocks);
+  for (let b = 0; b < nrBlocks; b++) if (metadataRefs.get(b) !== 0) taken[b] = 1;
   const sink = (what: string): SpaceMapSink => ({
     nodeRef: (b) => {
-      if (b < msm.nrBlocks) taken[b] = 1;
+      if (b < nrBlocks) taken[b] = 1;
     },
     error: (err: SpaceMapError | BTreeError) => refuse(`the ${what} is damaged: ${err.message}; run thin_repair`),
   });
@@ -201,7 +179,7 @@ function oldSpaceMapBlocks(io: BlockReader, msm: SpaceMapRoot, dsm: SpaceMapRoot
     });
     const dataSm = openDiskSpaceMap(io, dsm, sink('data space map'));
     dataSm.readOverflowCounts(sink('data space map'));
-    for (const e of [...metadataSm.index, ...dataSm.index]) if (e.blocknr < msm.nrBlocks) taken[e.blocknr] = 1;
+    for (const e of [...metadataSm.index, ...dataSm.index]) if (e.blocknr < nrBlocks) taken[e.blocknr] = 1;
   } catch (e) {
     if (e instanceof SpaceMapError) refuse(`the metadata space map is damaged: ${e.message}; run thin_repair`);
     throw e;
@@ -215,7 +193,6 @@ function oldSpaceMapBlocks(io: BlockReader, msm: SpaceMapRoot, dsm: SpaceMapRoot
  * block before asking for another), so memory stays at one block.
  */
 class FreeBlockAllocator implements MetadataAllocator {
-  readonly refCounts: RefCounts;
   readonly used: number;
   /** Blocks handed out, in order: the only blocks `writeAt` accepts. */
   readonly handedOut = new Set<number>();
@@ -223,10 +200,9 @@ class FreeBlockAllocator implements MetadataAllocator {
   private pending = -1;
   private readonly buf = Buffer.alloc(BLOCK_SIZE);
 
-  constructor(private readonly out: BlockWriter, readonly nrBlocks: number, private readonly taken: Uint8Array, refs: Uint32Array) {
+  /** `refCounts`: the trees' references, which the new space maps' own blocks are added to. */
+  constructor(private readonly out: BlockWriter, readonly nrBlocks: number, private readonly taken: Uint8Array, readonly refCounts: RefCounts) {
     this.used = nrBlocks;
-    this.refCounts = new RefCounts(nrBlocks);
-    for (let b = 0; b < nrBlocks; b++) for (let n = refs[b]; n > 0; n--) this.refCounts.inc(b);
   }
 
   alloc(): number {
@@ -270,12 +246,12 @@ class FreeBlockAllocator implements MetadataAllocator {
 function commit(path: string, plan: Plan): Omit<RepairResult, 'recheck'> {
   const out = new BlockWriter(path);
   try {
-    const alloc = new FreeBlockAllocator(out, plan.msm.nrBlocks, plan.taken, plan.metadataRefs);
+    const alloc = new FreeBlockAllocator(out, plan.nrMetadataBlocks, plan.taken, plan.metadataRefs);
     let dataRoot: SpaceMapRoot;
     let metadataRoot: SpaceMapRoot;
     try {
       // The data space map first: its blocks are metadata the metadata space map must count.
-      dataRoot = writeDataSpaceMap(alloc, plan.dataRefs, plan.dsm.nrBlocks);
+      dataRoot = writeDataSpaceMap(alloc, plan.dataRefs, spaceMapSize(plan.dsm));
       metadataRoot = writeMetadataSpaceMap(alloc);
       alloc.flush();
     } catch (e) {

@@ -4,25 +4,22 @@
 // space map's counts, as the upstream 1.x tools do.
 import * as fs from 'node:fs';
 import { BlockReader, BLOCK_SIZE, InputError } from '../io/block-io.js';
-import { BTreeNode } from '../pdata/btree/node.js';
-import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { BTreeError } from '../pdata/btree/walk.js';
 import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
+import { U64 } from '../pdata/le.js';
+import { RefCounts } from '../pdata/ref-counts.js';
 import {
   ENTRIES_PER_BITMAP, IndexEntry, OverflowCounts, SpaceMapError, SpaceMapReader, SpaceMapSink,
 } from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
 import { MAX_METADATA_BLOCKS, openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
-import { SpaceMapRoot } from '../pdata/space-map/root.js';
-import { DEVICE_DETAILS_SIZE } from '../thin/device-details.js';
-import { mappingDataBlock } from '../thin/mapping.js';
-import {
-  DeviceDetailsEntry, DeviceRoot, TOP_LEVEL_VALUE_SIZE, readDeviceDetails, readDeviceRoots, walkDeviceTree,
-} from '../thin/mapping-tree.js';
+import { SpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
+import { DeviceDetailsEntry, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
+import { PoolWalkFindings, PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
 import {
   NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
   readSuperblock, MAX_DATA_BLOCK_SIZE, MIN_DATA_BLOCK_SIZE, validDataBlockSize,
 } from '../thin/superblock.js';
-import { DataCounts, MetadataCounts } from './check-counts.js';
 
 export type Severity = 'fatal' | 'non-fatal';
 
@@ -31,7 +28,7 @@ export type CheckEvent =
   | { kind: 'stage'; title: string }
   | { kind: 'error'; severity: Severity; depth: number; message: string }
   | { kind: 'detail'; depth: number; message: string }
-  | { kind: 'info'; transactionId: number; metadataFreeBlocks: number };
+  | { kind: 'info'; transactionId: U64; metadataFreeBlocks: number };
 
 export interface CheckProgress {
   /** Metadata blocks referenced so far, against the metadata space map's allocated count. */
@@ -69,13 +66,6 @@ const PROGRESS_EVERY = 1024;
 
 const METADATA_BLOCK_SECTORS = BLOCK_SIZE / 512;
 
-function keyRange(what: string, err: BTreeError): string {
-  const unbounded = err.highKey > Number.MAX_SAFE_INTEGER;
-  if (unbounded) return `${what} ${err.lowKey} and above`;
-  if (err.highKey - 1 === err.lowKey) return `${what} ${err.lowKey}`;
-  return `${what} ${err.lowKey}-${err.highKey - 1}`;
-}
-
 class Reporter {
   fatal = 0;
   nonFatal = 0;
@@ -100,7 +90,7 @@ class Reporter {
     this.emit({ kind: 'detail', depth, message });
   }
 
-  info(transactionId: number, metadataFreeBlocks: number): void {
+  info(transactionId: U64, metadataFreeBlocks: number): void {
     this.emit({ kind: 'info', transactionId, metadataFreeBlocks });
   }
 }
@@ -156,17 +146,9 @@ function superblockDefects(sb: Superblock, io: BlockReader): string[] {
     ['data space map index root', dsm.bitmapRoot],
     ['data ref-count tree root', dsm.refCountRoot],
   ] as const) {
-    if (b === SUPERBLOCK_LOCATION || b >= msm.nrBlocks) out.push(`${what} is block ${b}, outside the metadata (1-${msm.nrBlocks - 1})`);
+    if (b === SUPERBLOCK_LOCATION || b >= msm.nrBlocks) out.push(`${what} is block ${b}, outside the metadata (1-${spaceMapSize(msm) - 1})`);
   }
   return out;
-}
-
-/** One pool's trees as the checker sees them: what it found and what every node referenced. */
-interface TreesSeen {
-  details: Map<number, DeviceDetailsEntry>;
-  roots: DeviceRoot[];
-  /** Devices whose mapping walk hit damage (their mapped_blocks can't be judged). */
-  damaged: Set<number>;
 }
 
 /**
@@ -200,8 +182,11 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
     rep.detail(2, defect);
   }
   if (rep.fatal > 0) return result(sb);
+  // Sound after superblockDefects: both below MAX_METADATA_BLOCKS.
   const msmRoot = metadataSpaceMapRoot(sb);
-  rep.info(sb.transactionId, msmRoot.nrBlocks - msmRoot.nrAllocated);
+  const nrMetadataBlocks = Number(msmRoot.nrBlocks);
+  const metadataAllocated = Number(msmRoot.nrAllocated);
+  rep.info(sb.transactionId, nrMetadataBlocks - metadataAllocated);
 
   let target = sb;
   if (opts.metadataSnap) {
@@ -224,170 +209,108 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
 
   // ---- devices tree and top level of the mapping tree (full reads: they are small)
   rep.stage('examining devices tree');
-  const details = new Map<number, DeviceDetailsEntry>();
-  for (const d of readDeviceDetails(io, detailsRoot, (err) => {
-    rep.error(1, `missing devices: ${keyRange('dev ids', err)} of the device details tree`);
+  const details = detailsById(readDeviceDetails(io, detailsRoot, (err) => {
+    rep.error(1, `missing devices: dev ids ${err.keys} of the device details tree`);
     rep.detail(2, err.message);
-  })) {
-    details.set(d.devId, d);
-  }
+  }));
 
   rep.stage(opts.skipMappings ? 'examining top level of mapping tree' : 'examining mapping tree');
   const roots = readDeviceRoots(io, mappingRoot, (err) => {
-    rep.error(1, `missing all mappings for devices: ${keyRange('dev ids', err)} of the mapping tree's top level`);
+    rep.error(1, `missing all mappings for devices: dev ids ${err.keys} of the mapping tree's top level`);
     rep.detail(2, err.message);
   });
-  checkDeviceSets(rep, details, roots, '');
-  if (opts.skipMappings) return result(sb);
+  if (opts.skipMappings) {
+    // Without the walk there are no counts to judge mapped_blocks by, only the device sets.
+    for (const defect of deviceListDefects(details, roots, new PoolWalker(io, 0, NO_COUNTS), new Set())) rep.error(1, defect);
+    return result(sb);
+  }
 
   // ---- every device's mappings, counting references as we go
   const live = !opts.metadataSnap;
-  const metaCounts = live ? new MetadataCounts(msmRoot.nrBlocks) : undefined;
-  const dataSmRoot = dataSpaceMapRoot(sb);
-  const dataCounts = live ? new DataCounts(dataSmRoot.nrBlocks) : undefined;
+  const metaCounts = live ? new MetadataCounts(nrMetadataBlocks) : undefined;
+  const dataCounts = live ? new RefCounts() : undefined;
   let lastProgress = 0;
-  const nodeRef = (block: number): void => {
-    if (!metaCounts) return;
-    metaCounts.inc(block);
-    if (opts.onProgress && metaCounts.references - lastProgress >= PROGRESS_EVERY) {
-      lastProgress = metaCounts.references;
-      opts.onProgress({ done: lastProgress, total: msmRoot.nrAllocated });
-    }
-  };
-  const memos: Memos = { details: new Map(), top: new Map(), mapping: new Map() };
-  const walker = new TreeWalker(io, rep, memos, nodeRef, dataCounts, dataSmRoot.nrBlocks);
+  const nrDataBlocks = spaceMapSize(dataSpaceMapRoot(sb));
+  const walker = new PoolWalker(io, nrDataBlocks, {
+    metadataRef(block) {
+      if (!metaCounts) return;
+      metaCounts.inc(block);
+      if (opts.onProgress && metaCounts.references - lastProgress >= PROGRESS_EVERY) {
+        lastProgress = metaCounts.references;
+        opts.onProgress({ done: lastProgress, total: metadataAllocated });
+      }
+    },
+    dataRef: (block) => dataCounts?.inc(block),
+  });
 
   metaCounts?.inc(SUPERBLOCK_LOCATION);
-  const seen = walker.walkPool(mappingRoot, detailsRoot, '', 1);
-  checkMappedBlocks(rep, memos.mapping, { ...seen, details, roots }, '');
+  // Damage in the two small trees was reported by the full reads above.
+  const findings = mappingFindings(rep, '', false, nrDataBlocks);
+  const damaged = walker.walkPool(mappingRoot, detailsRoot, findings);
+  findings.finish();
+  for (const defect of deviceListDefects(details, roots, walker, damaged)) rep.error(1, defect);
   if (!live || rep.fatal > 0) return result(sb);
 
   // ---- space map counts
   rep.stage('checking space map counts');
   if (sb.heldRoot !== 0) {
     metaCounts!.inc(sb.heldRoot);
-    checkHeldSnapshot(io, rep, walker, sb.heldRoot);
+    checkHeldSnapshot(io, rep, walker, sb.heldRoot, nrDataBlocks);
     if (rep.fatal > 0) return result(sb);
   }
   checkSpaceMaps(io, rep, sb, metaCounts!, dataCounts!);
-  opts.onProgress?.({ done: msmRoot.nrAllocated, total: msmRoot.nrAllocated });
+  opts.onProgress?.({ done: metadataAllocated, total: metadataAllocated });
   return result(sb);
 }
 
-/** Devices must appear in both the details tree and the mapping tree's top level. */
-function checkDeviceSets(rep: Reporter, details: Map<number, DeviceDetailsEntry>, roots: DeviceRoot[], where: string): void {
-  const mapped = new Set<number>();
-  for (const { devId } of roots) {
-    mapped.add(devId);
-    if (!details.has(devId)) rep.error(1, `${where}thin device ${devId} has a mapping tree but no entry in the device details tree`);
-  }
-  for (const devId of details.keys()) {
-    if (!mapped.has(devId)) rep.error(1, `${where}thin device ${devId} is in the device details tree but has no mapping tree`);
-  }
-}
+const NO_COUNTS = { metadataRef() {}, dataRef() {} };
 
-/** mapped_blocks in each device's details must equal the mappings its tree holds. */
-function checkMappedBlocks(rep: Reporter, memo: SubtreeMemo, seen: TreesSeen, where: string): void {
-  for (const { devId, root } of seen.roots) {
-    const d = seen.details.get(devId);
-    if (!d || seen.damaged.has(devId)) continue;
-    const actual = memo.get(root)?.entries;
-    if (actual === undefined) continue;
-    if (actual !== d.mappedBlocks) {
-      rep.error(1, `${where}thin device ${devId} has ${actual} mappings but its device details say mapped_blocks = ${d.mappedBlocks}`);
-    }
-  }
-}
-
-interface Memos {
-  details: SubtreeMemo;
-  top: SubtreeMemo;
-  mapping: SubtreeMemo;
+function detailsById(entries: DeviceDetailsEntry[]): Map<number, DeviceDetailsEntry> {
+  return new Map(entries.map((d) => [d.devId, d]));
 }
 
 /**
- * Walks a pool's trees once per node across the live metadata and the held snapshot (shared
- * subtrees are visited once, through the memos), counting metadata references to every node
- * and data references from every distinct leaf.
+ * How the check reports what a pool walk finds. `where` prefixes findings in the held snapshot;
+ * `topTrees` reports damage in the details tree and the top level too (for the live metadata,
+ * the full reads report those).
  */
-class TreeWalker {
-  constructor(
-    private readonly io: BlockReader,
-    private readonly rep: Reporter,
-    readonly memos: Memos,
-    private readonly nodeRef: (block: number) => void,
-    private readonly dataCounts: DataCounts | undefined,
-    private readonly nrDataBlocks: number,
-  ) {}
-
-  /**
-   * Walks the details tree and the mapping tree under these roots. Damage in the two small trees
-   * is reported by the full reads, so only nodes not yet seen are walked here, for their counts.
-   * `depth`/`where` place the findings (the snapshot's are prefixed).
-   */
-  walkPool(mappingRoot: number, detailsRoot: number, where: string, depth: number, reportTopDamage = false): { damaged: Set<number> } {
-    const ignore = (): void => {};
-    walkBTree(this.io, detailsRoot, DEVICE_DETAILS_SIZE, { leaf: ignore, nodeRef: this.nodeRef, error: reportTopDamage ? (err) => {
-      this.rep.error(depth, `${where}missing devices: ${keyRange('dev ids', err)} of the device details tree`);
-      this.rep.detail(depth + 1, err.message);
-    } : ignore }, { memo: this.memos.details });
-
-    const newRoots: DeviceRoot[] = [];
-    walkBTree(this.io, mappingRoot, TOP_LEVEL_VALUE_SIZE, {
-      leaf(node: BTreeNode) {
-        for (let i = 0; i < node.nrEntries; i++) newRoots.push({ devId: node.key(i), root: node.valueU64(i) });
-      },
-      nodeRef: this.nodeRef,
-      error: reportTopDamage ? (err) => {
-        this.rep.error(depth, `${where}missing all mappings for devices: ${keyRange('dev ids', err)} of the mapping tree's top level`);
-        this.rep.detail(depth + 1, err.message);
-      } : ignore,
-    }, { memo: this.memos.top });
-
-    const damaged = new Set<number>();
-    for (const { devId, root } of newRoots) {
-      if (!this.walkDevice(devId, root, where, depth)) damaged.add(devId);
-    }
-    return { damaged };
-  }
-
-  /** Walks one device's tree; false if it is damaged. */
-  private walkDevice(devId: number, root: number, where: string, depth: number): boolean {
-    let sound = true;
-    let beyond = 0;
-    const { rep, dataCounts, nrDataBlocks } = this;
-    walkDeviceTree(this.io, root, {
-      leaf(node: BTreeNode) {
-        const buf = node.buf;
-        const n = node.nrEntries;
-        for (let i = 0; i < n; i++) {
-          const dataBlock = mappingDataBlock(buf, node.valueOffset(i));
-          if (dataBlock >= nrDataBlocks) {
-            if (beyond++ < MAX_LISTED_BAD_MAPPINGS) {
-              rep.error(depth, `${where}thin device ${devId} maps thin block ${node.key(i)} to data block ${dataBlock}, ` +
-                `beyond the end of the data device (${nrDataBlocks} blocks) (leaf block ${node.block})`);
-            }
-            continue;
-          }
-          dataCounts?.inc(dataBlock);
+function mappingFindings(rep: Reporter, where: string, topTrees: boolean, nrDataBlocks: number): PoolWalkFindings & { finish(): void } {
+  const beyond = new Map<number, number>();
+  const ignore = (): void => {};
+  return {
+    detailsDamage: topTrees ? (err) => {
+      rep.error(1, `${where}missing devices: dev ids ${err.keys} of the device details tree`);
+      rep.detail(2, err.message);
+    } : ignore,
+    topLevelDamage: topTrees ? (err) => {
+      rep.error(1, `${where}missing all mappings for devices: dev ids ${err.keys} of the mapping tree's top level`);
+      rep.detail(2, err.message);
+    } : ignore,
+    deviceDamage(devId, err) {
+      rep.error(1, `${where}thin device ${devId} is missing mappings: thin blocks ${err.keys}`);
+      rep.detail(2, err.message);
+    },
+    beyondDataDevice(devId, thinBlock, dataBlock, leaf) {
+      const n = (beyond.get(devId) ?? 0) + 1;
+      beyond.set(devId, n);
+      if (n <= MAX_LISTED_BAD_MAPPINGS) {
+        rep.error(1, `${where}thin device ${devId} maps thin block ${thinBlock} to data block ${dataBlock}, ` +
+          `beyond the end of the data device (${nrDataBlocks} blocks) (leaf block ${leaf})`);
+      }
+    },
+    /** The unlisted mappings beyond the data device, one line a device. */
+    finish() {
+      for (const [devId, n] of beyond) {
+        if (n > MAX_LISTED_BAD_MAPPINGS) {
+          rep.error(1, `${where}thin device ${devId} has ${n - MAX_LISTED_BAD_MAPPINGS} more mappings beyond the end of the data device`);
         }
-      },
-      nodeRef: this.nodeRef,
-      error(err) {
-        sound = false;
-        rep.error(depth, `${where}thin device ${devId} is missing mappings: ${keyRange('thin blocks', err)}`);
-        rep.detail(depth + 1, err.message);
-      },
-    }, this.memos.mapping);
-    if (beyond > MAX_LISTED_BAD_MAPPINGS) {
-      rep.error(depth, `${where}thin device ${devId} has ${beyond - MAX_LISTED_BAD_MAPPINGS} more mappings beyond the end of the data device`);
-    }
-    return sound;
-  }
+      }
+    },
+  };
 }
 
 /** The held metadata snapshot: its superblock copy and the trees it keeps alive. */
-function checkHeldSnapshot(io: BlockReader, rep: Reporter, walker: TreeWalker, heldRoot: number): void {
+function checkHeldSnapshot(io: BlockReader, rep: Reporter, walker: PoolWalker, heldRoot: number, nrDataBlocks: number): void {
   const where = `metadata snapshot (block ${heldRoot}): `;
   let snap: Superblock;
   try {
@@ -398,14 +321,30 @@ function checkHeldSnapshot(io: BlockReader, rep: Reporter, walker: TreeWalker, h
     rep.detail(2, e.message);
     return;
   }
-  const seen = walker.walkPool(snap.dataMappingRoot, snap.deviceDetailsRoot, where, 1, true);
+  const findings = mappingFindings(rep, where, true, nrDataBlocks);
+  const damaged = walker.walkPool(snap.dataMappingRoot, snap.deviceDetailsRoot, findings);
+  findings.finish();
   if (rep.fatal > 0) return;
   // Full reads for the device lists: the walk above skipped leaves shared with the live trees.
-  const details = new Map<number, DeviceDetailsEntry>();
-  for (const d of readDeviceDetails(io, snap.deviceDetailsRoot, () => {})) details.set(d.devId, d);
+  const details = detailsById(readDeviceDetails(io, snap.deviceDetailsRoot, () => {}));
   const roots = readDeviceRoots(io, snap.dataMappingRoot, () => {});
-  checkDeviceSets(rep, details, roots, where);
-  checkMappedBlocks(rep, walker.memos.mapping, { details, roots, damaged: seen.damaged }, where);
+  for (const defect of deviceListDefects(details, roots, walker, damaged)) rep.error(1, `${where}${defect}`);
+}
+
+/** Expected counts of metadata blocks, and references to blocks the space map doesn't cover. */
+class MetadataCounts {
+  readonly counts = new RefCounts();
+  /** block -> times referenced, for blocks at or past nr_blocks. */
+  readonly outside = new Map<number, number>();
+  references = 0;
+
+  constructor(readonly nrBlocks: number) {}
+
+  inc(block: number): void {
+    this.references++;
+    if (block < this.nrBlocks) this.counts.inc(block);
+    else this.outside.set(block, (this.outside.get(block) ?? 0) + 1);
+  }
 }
 
 /** Runs of consecutive blocks whose (expected, actual) counts differ the same way, listed with a cap. */
@@ -502,7 +441,7 @@ function compareSpaceMap(
   return allocated;
 }
 
-function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCounts: MetadataCounts, dataCounts: DataCounts): void {
+function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCounts: MetadataCounts, dataCounts: RefCounts): void {
   const msmRoot = metadataSpaceMapRoot(sb);
   const dsmRoot = dataSpaceMapRoot(sb);
   const sinkFor = (name: string, count: boolean): SpaceMapSink => ({
@@ -532,15 +471,14 @@ function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCoun
   for (const [block, n] of metaCounts.outside) {
     rep.error(1, `metadata block ${block} is referenced ${n} time(s) but lies outside the metadata space map (${msmRoot.nrBlocks} blocks)`);
   }
-  const counts = metaCounts.counts;
-  compareSpaceMap(rep, 'metadata', metadataSm, metaOverflow,
-    (first, n) => counts.subarray(first, first + n), sinkFor('metadata space map', false));
-  const dataRange = new Uint32Array(ENTRIES_PER_BITMAP);
-  const dataAllocated = compareSpaceMap(rep, 'data', dataSm, dataOverflow, (first, n) => {
-    const out = dataRange.subarray(0, n);
-    dataCounts.fill(first, out);
+  const expected = new Uint32Array(ENTRIES_PER_BITMAP);
+  const expectedFrom = (counts: RefCounts) => (first: number, n: number): Uint32Array => {
+    const out = expected.subarray(0, n);
+    counts.fillBitmap(first / ENTRIES_PER_BITMAP, out);
     return out;
-  }, sinkFor('data space map', false));
+  };
+  compareSpaceMap(rep, 'metadata', metadataSm, metaOverflow, expectedFrom(metaCounts.counts), sinkFor('metadata space map', false));
+  const dataAllocated = compareSpaceMap(rep, 'data', dataSm, dataOverflow, expectedFrom(dataCounts), sinkFor('data space map', false));
   if (rep.fatal > 0) return;
   // The metadata space map's nr_allocated is not compared: the 0.9.0 thin_restore/thin_repair
   // leave it one above its bitmaps, the kernel only reports it as free space, and the reference

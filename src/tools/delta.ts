@@ -52,7 +52,7 @@ export function deltaDevices(input: string, opts: DeltaOptions): void {
         throw damage(e);
       }
       if (!found) throw new DeltaDeviceError(`Unable to find mapping tree for ${name} (${side.devId})`);
-      return found.node.valueU64(found.index);
+      return found.node.valueBlock(found.index);
     };
     const leftRoot = rootOf(opts.left, 'snap1');
     const rightRoot = rootOf(opts.right, 'snap2');

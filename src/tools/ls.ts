@@ -75,24 +75,29 @@ const HIGHEST_FIELDS = new Set<LsField>(['HIGHEST_BLOCK', 'HIGHEST_SECTOR', 'HIG
 
 const READ_OPTS = { allowUnderfull: true };
 
+/** Blocks per page of DataBlockUse: pages are allocated where mappings point. */
+const PAGE_BLOCKS = 1 << 20;
+
 /** How many leaves map each data block: none, one, or more (2 bits a block). */
 class DataBlockUse {
-  private readonly bits: Uint8Array;
+  private readonly pages: Uint8Array[] = [];
 
-  constructor(readonly nrBlocks: number) {
-    this.bits = new Uint8Array(Math.ceil(nrBlocks / 4));
-  }
+  constructor(readonly nrBlocks: U64) {}
 
   /** Counts the data blocks of a mapping leaf once more. */
   countLeaf(node: BTreeNode): void {
     const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
-    const bits = this.bits;
     for (let i = 0; i < node.nrEntries; i++) {
-      const b = this.check(mappingDataBlock(node.buf, values + 8 * i), node.block);
-      const shift = (b & 3) * 2;
-      const byte = b >>> 2;
-      const use = (bits[byte] >> shift) & 3;
-      if (use < 2) bits[byte] += 1 << shift;
+      const b = mappingDataBlock(node.buf, values + 8 * i);
+      if (b >= this.nrBlocks) {
+        throw new BTreeError(node.block, `data block ${b} is beyond the data device (${this.nrBlocks} blocks)`, 0, 0);
+      }
+      // Data blocks have 40 bits: divide rather than shift.
+      const p = Math.floor(b / PAGE_BLOCKS);
+      const within = b - p * PAGE_BLOCKS;
+      const page = (this.pages[p] ??= new Uint8Array(PAGE_BLOCKS / 4));
+      const shift = (within & 3) * 2;
+      if (((page[within >>> 2] >> shift) & 3) < 2) page[within >>> 2] += 1 << shift;
     }
   }
 
@@ -102,16 +107,11 @@ class DataBlockUse {
     let n = 0;
     for (let i = 0; i < node.nrEntries; i++) {
       const b = mappingDataBlock(node.buf, values + 8 * i);
-      if (((this.bits[b >>> 2] >> ((b & 3) * 2)) & 3) === 1) n++;
+      const p = Math.floor(b / PAGE_BLOCKS);
+      const within = b - p * PAGE_BLOCKS;
+      if (((this.pages[p][within >>> 2] >> ((within & 3) * 2)) & 3) === 1) n++;
     }
     return n;
-  }
-
-  private check(b: number, leaf: number): number {
-    if (b >= this.nrBlocks) {
-      throw new BTreeError(leaf, `data block ${b} is beyond the data device (${this.nrBlocks} blocks)`, 0, 0);
-    }
-    return b;
   }
 }
 
@@ -143,7 +143,7 @@ export function listDevices(io: BlockReader, fields: readonly LsField[], metadat
   return devices;
 }
 
-function countExclusive(io: BlockReader, devices: LsDevice[], roots: number[], nrDataBlocks: number): void {
+function countExclusive(io: BlockReader, devices: LsDevice[], roots: number[], nrDataBlocks: U64): void {
   const use = new DataBlockUse(nrDataBlocks);
   const refs = new Uint8Array(io.nrBlocks);
   const memo: SubtreeMemo = new Map();

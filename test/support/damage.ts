@@ -6,7 +6,7 @@ import { BLOCK_SIZE, BlockReader } from '../../src/io/block-io.js';
 import { BTreeNode } from '../../src/pdata/btree/node.js';
 import { walkBTree } from '../../src/pdata/btree/walk.js';
 import { BITMAP_CSUM_XOR, BTREE_CSUM_XOR, INDEX_CSUM_XOR, SUPERBLOCK_CSUM_XOR, sealBlock } from '../../src/pdata/checksum.js';
-import { readU64, writeU64 } from '../../src/pdata/le.js';
+import { readBlockNr, writeU64 } from '../../src/pdata/le.js';
 import { BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, bitmapCount } from '../../src/pdata/space-map/common.js';
 import { readDiskIndex } from '../../src/pdata/space-map/disk.js';
 import { INDEX_HEADER_SIZE, readMetadataIndex } from '../../src/pdata/space-map/metadata.js';
@@ -126,7 +126,7 @@ export function leakMetadataBlock(file: string, block: number): void {
   writeBlock(file, indexBlock, index);
   const sb = readBlock(file, 0);
   const nrAllocatedAt = 192 + 8;
-  writeU64(sb, nrAllocatedAt, readU64(sb, nrAllocatedAt) + 1);
+  writeU64(sb, nrAllocatedAt, readBlockNr(sb, nrAllocatedAt) + 1);
   sealBlock(sb, SUPERBLOCK_CSUM_XOR);
   writeBlock(file, 0, sb);
 }
@@ -170,7 +170,7 @@ export function setFirstMapping(file: string, leaf: number, dataBlock: number): 
   writeMapping(buf, off, dataBlock, mappingTime(buf, off));
   sealBlock(buf, BTREE_CSUM_XOR);
   writeBlock(file, leaf, buf);
-  return { thinBlock: node.key(0), oldDataBlock };
+  return { thinBlock: Number(node.key(0)), oldDataBlock };
 }
 
 /** Makes child `i` of an internal node point back at the node itself (re-sealed): a cycle. */

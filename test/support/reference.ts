@@ -36,6 +36,18 @@ export function runReference(name: string, args: string[], input?: string): RunR
 
 const ROOT = path.resolve(__dirname, '..', '..');
 
+/** The upstream 1.x tools (Rust, 1.1.0), unpacked by scripts/ensure-references.mjs. */
+export function upstreamTool(name: string): string {
+  const p = path.join(ROOT, '.references', '1x', 'bin', name);
+  if (!fs.existsSync(p)) throw new Error(`upstream 1.x tool ${name} not found: run \`node scripts/ensure-references.mjs\``);
+  return p;
+}
+
+/** Runs an upstream 1.x tool; never throws on a non-zero exit. */
+export function runUpstream(name: string, args: string[], input?: string): RunResult {
+  return result(spawnSync(upstreamTool(name), args, { encoding: 'utf8', input, maxBuffer: 1 << 30 }));
+}
+
 /** Runs one of our tools from bin/ (the built dist/), as a user would. */
 export function runOurs(name: string, args: string[], input?: string): RunResult {
   return result(
@@ -45,11 +57,6 @@ export function runOurs(name: string, args: string[], input?: string): RunResult
       maxBuffer: 1 << 30,
     }),
   );
-}
-
-/** An upstream 1.x tool (1.1.0), installed into .references/1x by scripts/ensure-references.mjs. */
-export function upstreamTool(name: string): string {
-  return path.join(ROOT, '.references', '1x', 'bin', name);
 }
 
 /** A fresh temporary directory, removed by the caller's afterAll. */

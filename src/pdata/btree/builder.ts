@@ -9,15 +9,15 @@
 // into any number of trees, which point at the same leaf blocks. Internal nodes are never shared,
 // so pushing leaves never disturbs another tree.
 import { BTREE_CSUM_XOR, sealBlock } from '../checksum.js';
-import { readSafeU64, writeU64 } from '../le.js';
+import { U64, readBlockNr, readU64, u64Add, writeU64 } from '../le.js';
 import { MetadataAllocator } from '../block-allocator.js';
 import { INTERNAL_NODE, LEAF_NODE, NODE_HEADER_SIZE, maxEntriesFor } from './node.js';
 
 /** A written node as its parent sees it. */
 export interface NodeSummary {
   block: number;
-  firstKey: number;
-  lastKey: number;
+  firstKey: U64;
+  lastKey: U64;
   nrEntries: number;
 }
 
@@ -43,7 +43,8 @@ interface NodeSink {
 /** Buffered entries of one level and the nodes written from them. */
 class Level {
   readonly maxEntries: number;
-  readonly keys: Float64Array;
+  /** Keys as they go on disk (u64 little-endian), so any u64 is kept exactly. */
+  readonly keys: Buffer;
   readonly values: Buffer;
   len = 0;
   /** Nodes handed to the sink. */
@@ -58,14 +59,14 @@ class Level {
   ) {
     this.maxEntries = maxEntriesFor(valueSize);
     // Two nodes' worth are held back; a merge or rebalance can add up to one more node.
-    this.keys = new Float64Array(3 * this.maxEntries);
+    this.keys = Buffer.alloc(3 * this.maxEntries * 8);
     this.values = Buffer.alloc(3 * this.maxEntries * valueSize);
   }
 
   /** Appends an entry (keys are checked by the caller), first writing a node if two are held. */
-  push(key: number, src: Buffer, srcOff: number): void {
+  push(key: U64, src: Buffer, srcOff: number): void {
     if (this.len >= 2 * this.maxEntries) this.emit(this.maxEntries);
-    this.keys[this.len] = key;
+    writeU64(this.keys, this.len * 8, key);
     src.copy(this.values, this.len * this.valueSize, srcOff, srcOff + this.valueSize);
     this.len++;
   }
@@ -79,19 +80,19 @@ class Level {
     buf.writeUInt32LE(n, 16);
     buf.writeUInt32LE(this.maxEntries, 20);
     buf.writeUInt32LE(vs, 24);
-    for (let i = 0; i < n; i++) writeU64(buf, NODE_HEADER_SIZE + 8 * i, this.keys[i]);
+    this.keys.copy(buf, NODE_HEADER_SIZE, 0, n * 8);
     const valuesOff = NODE_HEADER_SIZE + 8 * this.maxEntries;
     this.values.copy(buf, valuesOff, 0, n * vs);
     sealBlock(buf, BTREE_CSUM_XOR);
     if (this.valueRef) for (let i = 0; i < n; i++) this.valueRef(this.values, i * vs);
-    if (!this.isLeaf) for (let i = 0; i < n; i++) this.alloc.refCounts.inc(readSafeU64(this.values, i * vs));
+    if (!this.isLeaf) for (let i = 0; i < n; i++) this.alloc.refCounts.inc(readBlockNr(this.values, i * vs));
     const node: NodeSummary = {
       block,
-      firstKey: n > 0 ? this.keys[0] : 0,
-      lastKey: n > 0 ? this.keys[n - 1] : 0,
+      firstKey: n > 0 ? readU64(this.keys, 0) : 0,
+      lastKey: n > 0 ? readU64(this.keys, (n - 1) * 8) : 0,
       nrEntries: n,
     };
-    this.keys.copyWithin(0, n, this.len);
+    this.keys.copyWithin(0, n * 8, this.len * 8);
     this.values.copyWithin(0, n * vs, this.len * vs);
     this.len -= n;
     this.nodesOut++;
@@ -111,12 +112,12 @@ class Level {
     }
   }
 
-  /** Puts `n` entries (keys, values) in front of the buffered ones. */
-  prepend(keys: Float64Array, values: Buffer, n: number): void {
+  /** Puts `n` entries (keys as u64 bytes, values) in front of the buffered ones. */
+  prepend(keys: Buffer, values: Buffer, n: number): void {
     const vs = this.valueSize;
-    this.keys.copyWithin(n, 0, this.len);
+    this.keys.copyWithin(n * 8, 0, this.len * 8);
     this.values.copyWithin(n * vs, 0, this.len * vs);
-    this.keys.set(keys.subarray(0, n), 0);
+    keys.copy(this.keys, 0, 0, n * 8);
     values.copy(this.values, 0, 0, n * vs);
     this.len += n;
   }
@@ -161,7 +162,7 @@ export class BTreeBuilder {
   private readonly listSink?: ListSink;
   private readonly valueSize: number;
   private readonly half: number;
-  private lastKey = -1;
+  private lastKey: U64 = -1;
   private lastLeaf: LastLeaf | null = null;
   private done = false;
 
@@ -189,7 +190,7 @@ export class BTreeBuilder {
   }
 
   /** Adds one entry; `key` must be above every key pushed before. */
-  push(key: number, value: Buffer, valueOff = 0): void {
+  push(key: U64, value: Buffer, valueOff = 0): void {
     if (key <= this.lastKey) {
       throw new KeyOrderError(`key ${key} out of order: it follows key ${this.lastKey}`);
     }
@@ -211,7 +212,7 @@ export class BTreeBuilder {
       const pending = this.leaves.len;
       if (leaf.nrEntries < this.half || (pending > 0 && pending < this.half)) {
         const { keys, values } = this.readLeaf(leaf);
-        for (let i = 0; i < leaf.nrEntries; i++) this.push(keys[i], values, i * this.valueSize);
+        for (let i = 0; i < leaf.nrEntries; i++) this.push(readU64(keys, i * 8), values, i * this.valueSize);
         continue;
       }
       this.leaves.emitAll();
@@ -228,7 +229,7 @@ export class BTreeBuilder {
     if (this.leaves.nodesOut === 0) this.leaves.emit(0);
     for (let i = 0; ; i++) {
       const level = this.internal[i];
-      if (level.nodesOut === 0 && level.len === 1) return readSafeU64(level.values, 0);
+      if (level.nodesOut === 0 && level.len === 1) return readBlockNr(level.values, 0);
       level.emitAll();
     }
   }
@@ -262,18 +263,18 @@ export class BTreeBuilder {
   }
 
   /** A leaf's entries, read back from the output. */
-  private readLeaf(node: NodeSummary): { keys: Float64Array; values: Buffer } {
+  private readLeaf(node: NodeSummary): { keys: Buffer; values: Buffer } {
     const n = node.nrEntries;
-    const keys = new Float64Array(n);
+    const keys = Buffer.alloc(n * 8);
     const values = Buffer.alloc(n * this.valueSize);
     const buf = this.alloc.read(node.block);
     if (!buf) {
       // Counting mode (the output is full): only the number of entries matters now.
-      for (let i = 0; i < n; i++) keys[i] = node.firstKey + i;
+      for (let i = 0; i < n; i++) writeU64(keys, i * 8, u64Add(node.firstKey, i));
       return { keys, values };
     }
     const maxEntries = buf.readUInt32LE(20);
-    for (let i = 0; i < n; i++) keys[i] = readSafeU64(buf, NODE_HEADER_SIZE + 8 * i);
+    buf.copy(keys, 0, NODE_HEADER_SIZE, NODE_HEADER_SIZE + n * 8);
     buf.copy(values, 0, NODE_HEADER_SIZE + 8 * maxEntries, NODE_HEADER_SIZE + 8 * maxEntries + n * this.valueSize);
     return { keys, values };
   }

@@ -2,8 +2,9 @@
 // recursive walk can only be driven from inside). Nodes are validated as walkBTree validates them;
 // damage throws a BTreeError. Memory is one block buffer per level.
 import { BLOCK_SIZE, BlockReader } from '../../io/block-io.js';
-import { BTreeNode } from './node.js';
-import { BTreeError, NO_LIMIT, nodeDefectInTree } from './walk.js';
+import { U64 } from '../le.js';
+import { BTreeNode, nodeDefect } from './node.js';
+import { BTreeError, NO_LIMIT, nodePlacementDefect } from './walk.js';
 
 /** Deeper than any real tree: a cycle of internal nodes would otherwise never end. */
 const MAX_DEPTH = 32;
@@ -12,20 +13,20 @@ interface Level {
   node: BTreeNode;
   /** The next child to descend into. */
   next: number;
-  highKey: number;
+  highKey: U64;
 }
 
 /** The subtree a cursor is about to enter: its root and the key range its parent gives it. */
 export interface NextSubtree {
   block: number;
-  lowKey: number;
-  highKey: number;
+  lowKey: U64;
+  highKey: U64;
   depth: number;
 }
 
 export interface CursorOptions {
-  lowKey?: number;
-  highKey?: number;
+  lowKey?: U64;
+  highKey?: U64;
   /** Accept non-root nodes under a third full (as readers that save what they can do). */
   allowUnderfull?: boolean;
 }
@@ -88,7 +89,9 @@ export class LeafCursor {
     } catch (e) {
       throw fail((e as Error).message);
     }
-    const defect = nodeDefectInTree(node, this.leafValueSize, sub.lowKey, sub.highKey, sub.depth === 0, this.opts.allowUnderfull);
+    const defect =
+      nodeDefect(node, sub.block, this.leafValueSize) ??
+      nodePlacementDefect(node, sub.lowKey, sub.highKey, sub.depth === 0, this.opts.allowUnderfull);
     if (defect) throw fail(defect);
     return node;
   }
@@ -103,7 +106,7 @@ export class LeafCursor {
       if (i < node.nrEntries) {
         level.next++;
         const highKey = i + 1 < node.nrEntries ? node.key(i + 1) : level.highKey;
-        return { block: node.valueU64(i), lowKey: node.key(i), highKey, depth: depth + 1 };
+        return { block: node.valueBlock(i), lowKey: node.key(i), highKey, depth: depth + 1 };
       }
       this.levels.pop();
     }

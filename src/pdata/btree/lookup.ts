@@ -1,8 +1,8 @@
 // Finding one key in a B-tree: the path from the root down, each node validated on the way.
 import { BLOCK_SIZE, BlockReader } from '../../io/block-io.js';
 import { U64 } from '../le.js';
-import { BTreeNode } from './node.js';
-import { BTreeError, NO_LIMIT, nodeDefectInTree } from './walk.js';
+import { BTreeNode, nodeDefect } from './node.js';
+import { BTreeError, NO_LIMIT, nodePlacementDefect } from './walk.js';
 
 const MAX_DEPTH = 32;
 
@@ -12,7 +12,7 @@ export interface Entry {
 }
 
 /** The leaf holding `key` and the entry's index in it, or null when the tree has no such key. */
-export function lookupBTree(io: BlockReader, root: number, leafValueSize: number, key: number, allowUnderfull = false): Entry | null {
+export function lookupBTree(io: BlockReader, root: number, leafValueSize: number, key: U64, allowUnderfull = false): Entry | null {
   const e = floorBTree(io, root, leafValueSize, key, allowUnderfull);
   return e && e.node.key(e.index) === key ? e : null;
 }
@@ -29,8 +29,8 @@ export function floorBTree(
   allowUnderfull = false,
 ): Entry | null {
   let block = root;
-  let lowKey = 0;
-  let highKey = NO_LIMIT;
+  let lowKey: U64 = 0;
+  let highKey: U64 = NO_LIMIT;
   for (let depth = 0; depth < MAX_DEPTH; depth++) {
     const fail = (reason: string) => new BTreeError(block, reason, lowKey, highKey);
     if (block >= io.nrBlocks) throw fail(`block ${block} is beyond the end of the metadata device`);
@@ -40,7 +40,7 @@ export function floorBTree(
     } catch (e) {
       throw fail((e as Error).message);
     }
-    const defect = nodeDefectInTree(node, leafValueSize, lowKey, highKey, depth === 0, allowUnderfull);
+    const defect = nodeDefect(node, block, leafValueSize) ?? nodePlacementDefect(node, lowKey, highKey, depth === 0, allowUnderfull);
     if (defect) throw fail(defect);
     // The last entry whose key is at or below `key`.
     let lo = 0;
@@ -55,7 +55,7 @@ export function floorBTree(
     if (node.isLeaf) return { node, index: i };
     lowKey = node.key(i);
     if (i + 1 < node.nrEntries) highKey = node.key(i + 1);
-    block = node.valueU64(i);
+    block = node.valueBlock(i);
   }
   throw new BTreeError(block, `tree deeper than ${MAX_DEPTH} levels (a cycle?)`, lowKey, highKey);
 }

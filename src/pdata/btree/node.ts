@@ -1,7 +1,7 @@
 // B-tree nodes as the kernel lays them out: a 32-byte header, max_entries u64 keys, then values.
 import { BLOCK_SIZE } from '../../io/block-io.js';
 import { BTREE_CSUM_XOR, blockChecksum } from '../checksum.js';
-import { readSafeU64 } from '../le.js';
+import { U64, readBlockNr, readU64 } from '../le.js';
 
 export const NODE_HEADER_SIZE = 32;
 export const INTERNAL_NODE = 1;
@@ -32,11 +32,27 @@ export class BTreeNode {
   }
 
   get blocknr(): number {
-    return readSafeU64(this.buf, 8);
+    return readBlockNr(this.buf, 8);
   }
 
-  key(i: number): number {
-    return readSafeU64(this.buf, NODE_HEADER_SIZE + 8 * i);
+  key(i: number): U64 {
+    return readU64(this.buf, NODE_HEADER_SIZE + 8 * i);
+  }
+
+  /**
+   * Key i of a tree keyed by block numbers, bitmap indexes or device ids, none of which reach
+   * 2^53: exact below it; a larger (corrupt) key stays larger than any real one.
+   */
+  keyNumber(i: number): number {
+    return readBlockNr(this.buf, NODE_HEADER_SIZE + 8 * i);
+  }
+
+  /** Whether key i is above key i - 1, compared word by word (exact for any u64). */
+  keyAbovePrevious(i: number): boolean {
+    const off = NODE_HEADER_SIZE + 8 * i;
+    const hi = this.buf.readUInt32LE(off + 4);
+    const prevHi = this.buf.readUInt32LE(off - 4);
+    return hi > prevHi || (hi === prevHi && this.buf.readUInt32LE(off) > this.buf.readUInt32LE(off - 8));
   }
 
   /** Byte offset of value i inside the block. */
@@ -44,9 +60,9 @@ export class BTreeNode {
     return NODE_HEADER_SIZE + 8 * this.maxEntries + this.valueSize * i;
   }
 
-  /** A u64 value (a child block in internal nodes, a mapping or root in leaves). */
-  valueU64(i: number): number {
-    return readSafeU64(this.buf, this.valueOffset(i));
+  /** A block-number value: a child in internal nodes, a device's root in the top level. */
+  valueBlock(i: number): number {
+    return readBlockNr(this.buf, this.valueOffset(i));
   }
 }
 

@@ -2,17 +2,25 @@
 // sizes), keys must rise strictly and stay in the parent's range, leaves sit at one depth, and a
 // block may appear once per tree (so cycles are caught). Shared subtrees can be visited once.
 import { BLOCK_SIZE, BlockReader } from '../../io/block-io.js';
-import { BTreeNode, nodeDefect } from './node.js';
+import { U64, u64Add } from '../le.js';
+import { BTreeNode, NODE_HEADER_SIZE, nodeDefect } from './node.js';
 
 /** A damaged node or subtree; the keys in [lowKey, highKey) could not be read through it. */
 export class BTreeError extends Error {
   constructor(
     readonly block: number,
     readonly reason: string,
-    readonly lowKey: number,
-    readonly highKey: number,
+    readonly lowKey: U64,
+    readonly highKey: U64,
   ) {
     super(`${reason} (block ${block})`);
+  }
+
+  /** The keys lost, for messages: "N", "N-M", or "N and above" when the range is open. */
+  get keys(): string {
+    if (this.highKey === NO_LIMIT) return `${this.lowKey} and above`;
+    const last = u64Add(this.highKey, -1);
+    return last === this.lowKey ? `${last}` : `${this.lowKey}-${last}`;
   }
 }
 
@@ -28,13 +36,15 @@ export interface BTreeVisitor {
    * node as damaged (reported through `error`, subtree skipped), for callers with stricter rules.
    */
   internal?(node: BTreeNode): string | null;
+  /** Salvage walks only: entries of a node dropped for keys out of order or out of range. */
+  dropped?(block: number, count: number, reason: string): void;
 }
 
 /** What a walked subtree spans, remembered so a second parent can be checked without a re-walk. */
 export interface SubtreeSummary {
   height: number;
-  minKey: number;
-  maxKey: number;
+  minKey: U64;
+  maxKey: U64;
   empty: boolean;
   /** Leaf entries readable under this subtree (damaged parts excluded), counted once per walk. */
   entries?: number;
@@ -46,44 +56,45 @@ export type SubtreeMemo = Map<number, SubtreeSummary | null>;
 export interface WalkOptions {
   /** Visit each shared subtree once across every walk given the same memo. */
   memo?: SubtreeMemo;
-  lowKey?: number;
-  highKey?: number;
+  lowKey?: U64;
+  /** Exclusive; default: past every u64. */
+  highKey?: U64;
   /**
    * Accept non-root nodes under a third full. The kernel never leaves them (since 5.5) and the
    * reference tools report them as damage, but a salvage keeps whatever mappings they hold.
    */
   allowUnderfull?: boolean;
+  /**
+   * A salvage walk: underfull nodes are accepted, and a node whose keys are out of order or
+   * outside its parent's range keeps its longest run of sound entries (the rest are reported
+   * through `dropped`) instead of being lost whole.
+   */
+  salvage?: boolean;
 }
 
-/** The high bound of a whole tree's key range. */
-export const NO_LIMIT = Number.MAX_SAFE_INTEGER + 1;
+/** Above every u64 key. */
+export const NO_LIMIT = 1n << 64n;
 
 /**
- * Why a node can't stand where it is in a tree, or null: its header (nodeDefect), its fill (a
- * non-root node at least a third full unless `allowUnderfull`), keys rising strictly inside the
- * parent's range [lowKey, highKey). Every walker of a tree checks nodes with this.
+ * Why a node (whose header nodeDefect passed) can't stand where it is in a tree, or null: a
+ * non-root node at least a third full unless `allowUnderfull`, keys rising strictly inside the
+ * parent's range [lowKey, highKey), an internal node not empty. Every walker checks nodes so.
  */
-export function nodeDefectInTree(
-  node: BTreeNode,
-  leafValueSize: number,
-  lowKey: number,
-  highKey: number,
-  isRoot: boolean,
-  allowUnderfull = false,
-): string | null {
-  const defect = nodeDefect(node, node.block, leafValueSize);
-  if (defect) return defect;
+export function nodePlacementDefect(node: BTreeNode, lowKey: U64, highKey: U64, isRoot: boolean, allowUnderfull = false): string | null {
   const n = node.nrEntries;
   const minEntries = Math.floor(node.maxEntries / 3);
   if (!isRoot && n < minEntries && !allowUnderfull) {
     return `too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`;
   }
-  let prev = -1;
-  for (let i = 0; i < n; i++) {
-    const k = node.key(i);
-    if (k <= prev && i > 0) return `keys out of order: ${k} after ${prev}`;
-    if (k < lowKey || k >= highKey) return `key ${k} outside parent range [${lowKey}, ${highKey})`;
-    prev = k;
+  for (let i = 1; i < n; i++) {
+    if (!node.keyAbovePrevious(i)) return `keys out of order: ${node.key(i)} after ${node.key(i - 1)}`;
+  }
+  // Keys rise, so the first and last bound them all.
+  if (n > 0) {
+    const first = node.key(0);
+    const last = node.key(n - 1);
+    if (first < lowKey) return `key ${first} outside parent range [${lowKey}, ${rangeEnd(highKey)})`;
+    if (last >= highKey) return `key ${last} outside parent range [${lowKey}, ${rangeEnd(highKey)})`;
   }
   if (!node.isLeaf && n === 0) return 'internal node with no entries';
   return null;
@@ -103,7 +114,7 @@ export function walkBTree(
   // is allocated per node (millions of mappings would otherwise leave megabytes for the GC).
   const buffers: Buffer[] = [];
 
-  const walk = (block: number, lowKey: number, highKey: number, depth: number): SubtreeSummary | null => {
+  const walk = (block: number, lowKey: U64, highKey: U64, depth: number): SubtreeSummary | null => {
     visitor.nodeRef?.(block);
     const fail = (reason: string): null => {
       visitor.error(new BTreeError(block, reason, lowKey, highKey));
@@ -134,13 +145,22 @@ export function walkBTree(
 
   const walkNode = (
     node: BTreeNode,
-    lowKey: number,
-    highKey: number,
+    lowKey: U64,
+    highKey: U64,
     depth: number,
     fail: (reason: string) => null,
   ): SubtreeSummary | null => {
-    const defect = nodeDefectInTree(node, leafValueSize, lowKey, highKey, node.block === root, opts.allowUnderfull);
+    const defect = nodeDefect(node, node.block, leafValueSize);
     if (defect) return fail(defect);
+    if (opts.salvage) {
+      const kept = soundEntries(node, lowKey, highKey);
+      if (kept) {
+        visitor.dropped?.(node.block, node.nrEntries - kept.length, 'keys out of order or outside the parent node\'s range');
+        node = compacted(node, kept);
+      }
+    }
+    const misplaced = nodePlacementDefect(node, lowKey, highKey, node.block === root, opts.allowUnderfull || opts.salvage);
+    if (misplaced) return fail(misplaced);
     const n = node.nrEntries;
     if (node.isLeaf) {
       visitor.leaf(node);
@@ -151,24 +171,77 @@ export function walkBTree(
     const rejected = visitor.internal?.(node);
     if (rejected) return fail(rejected);
     let height = -1;
-    let minKey = NO_LIMIT;
-    let maxKey = -1;
+    let minKey: U64 = 0;
+    let maxKey: U64 = 0;
+    let empty = true;
     let entries = 0;
     for (let i = 0; i < n; i++) {
       const childHigh = i + 1 < n ? node.key(i + 1) : highKey;
-      const child = walk(node.valueU64(i), node.key(i), childHigh, depth + 1);
+      const child = walk(node.valueBlock(i), node.key(i), childHigh, depth + 1);
       if (!child) continue;
       if (height === -1) height = child.height;
       else if (child.height !== height) return fail('leaves at different depths');
       entries += child.entries ?? 0;
       if (!child.empty) {
-        minKey = Math.min(minKey, child.minKey);
-        maxKey = Math.max(maxKey, child.maxKey);
+        // Children come in key order: the first non-empty one holds the minimum.
+        if (empty) minKey = child.minKey;
+        maxKey = child.maxKey;
+        empty = false;
       }
     }
     if (height === -1) return { height: 1, minKey: 0, maxKey: 0, empty: true, entries: 0 };
-    return { height: height + 1, minKey, maxKey, empty: maxKey < 0, entries };
+    return { height: height + 1, minKey, maxKey, empty, entries };
   };
 
   return walk(root, opts.lowKey ?? 0, opts.highKey ?? NO_LIMIT, 0);
+}
+
+/** A range's end for messages: the open end past every u64 reads as 2^64. */
+function rangeEnd(highKey: U64): string {
+  return highKey === NO_LIMIT ? '2^64' : String(highKey);
+}
+
+/**
+ * The entries of a node to keep in a salvage (the longest run of keys rising strictly inside
+ * [lowKey, highKey), found as a longest increasing subsequence), or null if all are sound.
+ */
+function soundEntries(node: BTreeNode, lowKey: U64, highKey: U64): number[] | null {
+  const n = node.nrEntries;
+  let sound = true;
+  for (let i = 0; i < n && sound; i++) {
+    const k = node.key(i);
+    if (k < lowKey || k >= highKey || (i > 0 && !node.keyAbovePrevious(i))) sound = false;
+  }
+  if (sound) return null;
+  // tails[len] = index of the smallest key ending a rising run of length len + 1.
+  const tails: number[] = [];
+  const prev = new Int32Array(n).fill(-1);
+  for (let i = 0; i < n; i++) {
+    const k = node.key(i);
+    if (k < lowKey || k >= highKey) continue;
+    let lo = 0;
+    let hi = tails.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (node.key(tails[mid]) < k) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo > 0) prev[i] = tails[lo - 1];
+    tails[lo] = i;
+  }
+  const kept: number[] = [];
+  for (let i = tails.length > 0 ? tails[tails.length - 1] : -1; i >= 0; i = prev[i]) kept.push(i);
+  return kept.reverse();
+}
+
+/** A copy of `node` holding only entries `kept` (in order), for a salvage to walk on. */
+function compacted(node: BTreeNode, kept: number[]): BTreeNode {
+  const buf = Buffer.from(node.buf);
+  const vs = node.valueSize;
+  kept.forEach((from, to) => {
+    node.buf.copy(buf, NODE_HEADER_SIZE + 8 * to, NODE_HEADER_SIZE + 8 * from, NODE_HEADER_SIZE + 8 * from + 8);
+    node.buf.copy(buf, node.valueOffset(to), node.valueOffset(from), node.valueOffset(from) + vs);
+  });
+  buf.writeUInt32LE(kept.length, 16);
+  return new BTreeNode(node.block, buf);
 }

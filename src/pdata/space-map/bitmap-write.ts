@@ -1,7 +1,7 @@
 // Packing reference counts into space-map bitmap blocks, shared by both space-map writers.
 import { BITMAP_CSUM_XOR, sealBlock } from '../checksum.js';
 import { writeU64 } from '../le.js';
-import { RefCounts } from '../block-allocator.js';
+import { RefCounts } from '../ref-counts.js';
 import { BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, IndexEntry, OVERFLOW_COUNT } from './common.js';
 
 /** Bitmap bits of a count (capped at 3): bit 2i is the high bit, so 1 and 2 swap places. */

@@ -5,7 +5,7 @@ import { BlockReader, BLOCK_SIZE } from '../../io/block-io.js';
 import { BTreeNode } from '../btree/node.js';
 import { BTreeError, walkBTree } from '../btree/walk.js';
 import { BITMAP_CSUM_XOR, blockChecksum } from '../checksum.js';
-import { readSafeU64, writeU64 } from '../le.js';
+import { readBlockNr, writeU64 } from '../le.js';
 
 export const BITMAP_HEADER_SIZE = 16;
 /** (4096 - 16) bytes of 2-bit entries. */
@@ -23,7 +23,7 @@ export interface IndexEntry {
 }
 
 export function decodeIndexEntry(buf: Buffer, off: number): IndexEntry {
-  return { blocknr: readSafeU64(buf, off), nrFree: buf.readUInt32LE(off + 8), noneFreeBefore: buf.readUInt32LE(off + 12) };
+  return { blocknr: readBlockNr(buf, off), nrFree: buf.readUInt32LE(off + 8), noneFreeBefore: buf.readUInt32LE(off + 12) };
 }
 
 export function encodeIndexEntry(buf: Buffer, off: number, e: IndexEntry): void {
@@ -47,7 +47,7 @@ export class SpaceMapError extends Error {
 /** Why a bitmap block can't be trusted, or null. */
 export function bitmapDefect(buf: Buffer, location: number): string | null {
   if (buf.readUInt32LE(0) !== blockChecksum(buf, BITMAP_CSUM_XOR)) return 'bad checksum in space map bitmap';
-  const blocknr = readSafeU64(buf, 8);
+  const blocknr = readBlockNr(buf, 8);
   if (blocknr !== location) return `bitmap says it is block ${blocknr}`;
   return null;
 }
@@ -97,7 +97,7 @@ export function walkRefCountTree(io: BlockReader, root: number, visitor: RefCoun
   walkBTree(io, root, REF_COUNT_VALUE_SIZE, {
     leaf(node: BTreeNode) {
       const buf = node.buf;
-      for (let i = 0; i < node.nrEntries; i++) visitor.entry(node.key(i), buf.readUInt32LE(node.valueOffset(i)));
+      for (let i = 0; i < node.nrEntries; i++) visitor.entry(node.keyNumber(i), buf.readUInt32LE(node.valueOffset(i)));
     },
     nodeRef: visitor.nodeRef,
     error: visitor.error,

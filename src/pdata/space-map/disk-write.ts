@@ -1,7 +1,8 @@
 // Writes the data space map: a bitmap per 16320 data blocks, an index B-tree (bitmap number ->
 // index entry) locating them, and a B-tree of the counts of 3 and more.
 import { BTreeBuilder } from '../btree/builder.js';
-import { MetadataAllocator, RefCounts } from '../block-allocator.js';
+import { MetadataAllocator } from '../block-allocator.js';
+import { RefCounts } from '../ref-counts.js';
 import { ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, REF_COUNT_VALUE_SIZE, bitmapsFor, encodeIndexEntry } from './common.js';
 import { SpaceMapRoot } from './root.js';
 import { packBitmap } from './bitmap-write.js';

@@ -2,7 +2,7 @@
 import { BlockReader } from '../../io/block-io.js';
 import { BTreeNode } from '../btree/node.js';
 import { walkBTree } from '../btree/walk.js';
-import { SpaceMapRoot } from './root.js';
+import { SpaceMapRoot, spaceMapSize } from './root.js';
 import { INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink, bitmapsFor, decodeIndexEntry } from './common.js';
 
 /**
@@ -11,13 +11,13 @@ import { INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSi
  * could be read, with `blocknr` 0 marking the holes so callers keep positions aligned.
  */
 export function readDiskIndex(io: BlockReader, root: SpaceMapRoot, sink: SpaceMapSink): IndexEntry[] {
-  const expected = bitmapsFor(root.nrBlocks);
+  const expected = bitmapsFor(spaceMapSize(root));
   const entries: IndexEntry[] = [];
   let next = 0;
   walkBTree(io, root.bitmapRoot, INDEX_ENTRY_SIZE, {
     leaf(node: BTreeNode) {
       for (let i = 0; i < node.nrEntries; i++) {
-        const key = node.key(i);
+        const key = node.keyNumber(i);
         if (key >= expected) {
           sink.error(new SpaceMapError(node.block, `index entry for bitmap ${key}, but ${root.nrBlocks} blocks need only ${expected} bitmaps`));
           continue;
@@ -38,5 +38,5 @@ export function readDiskIndex(io: BlockReader, root: SpaceMapRoot, sink: SpaceMa
 
 /** Opens the data space map described by `root` for reading. */
 export function openDiskSpaceMap(io: BlockReader, root: SpaceMapRoot, sink: SpaceMapSink): SpaceMapReader {
-  return new SpaceMapReader(io, root.nrBlocks, readDiskIndex(io, root, sink), root.refCountRoot);
+  return new SpaceMapReader(io, spaceMapSize(root), readDiskIndex(io, root, sink), root.refCountRoot);
 }

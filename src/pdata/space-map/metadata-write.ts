@@ -4,7 +4,8 @@
 // count final, are the bitmaps packed and written.
 import { BLOCK_SIZE } from '../../io/block-io.js';
 import { BTreeBuilder } from '../btree/builder.js';
-import { MAX_METADATA_BITMAPS, MetadataAllocator } from '../block-allocator.js';
+import { MetadataAllocator } from '../block-allocator.js';
+import { MAX_METADATA_BITMAPS } from './metadata.js';
 import { INDEX_CSUM_XOR, sealBlock } from '../checksum.js';
 import { writeU64 } from '../le.js';
 import {

@@ -1,8 +1,8 @@
 // The metadata space map's index: one block of 255 index entries, so at most 255 bitmaps.
 import { BlockReader } from '../../io/block-io.js';
 import { INDEX_CSUM_XOR, blockChecksum } from '../checksum.js';
-import { readSafeU64 } from '../le.js';
-import { SpaceMapRoot } from './root.js';
+import { readBlockNr } from '../le.js';
+import { SpaceMapRoot, spaceMapSize } from './root.js';
 import {
   ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink,
   bitmapsFor, decodeIndexEntry,
@@ -30,10 +30,10 @@ export function readMetadataIndex(io: BlockReader, root: SpaceMapRoot, sink?: Sp
   if (buf.readUInt32LE(0) !== blockChecksum(buf, INDEX_CSUM_XOR)) {
     throw new SpaceMapError(loc, 'bad checksum in metadata space map index');
   }
-  const blocknr = readSafeU64(buf, 8);
+  const blocknr = readBlockNr(buf, 8);
   if (blocknr !== loc) throw new SpaceMapError(loc, `metadata space map index says it is block ${blocknr}`);
   const entries: IndexEntry[] = [];
-  for (let i = 0; i < bitmapsFor(root.nrBlocks); i++) {
+  for (let i = 0; i < bitmapsFor(spaceMapSize(root)); i++) {
     entries.push(decodeIndexEntry(buf, INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE));
   }
   return entries;
@@ -41,5 +41,5 @@ export function readMetadataIndex(io: BlockReader, root: SpaceMapRoot, sink?: Sp
 
 /** Opens the metadata space map described by `root` for reading. */
 export function openMetadataSpaceMap(io: BlockReader, root: SpaceMapRoot, sink?: SpaceMapSink): SpaceMapReader {
-  return new SpaceMapReader(io, root.nrBlocks, readMetadataIndex(io, root, sink), root.refCountRoot);
+  return new SpaceMapReader(io, spaceMapSize(root), readMetadataIndex(io, root, sink), root.refCountRoot);
 }

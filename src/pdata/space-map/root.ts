@@ -1,19 +1,20 @@
 // The 128-byte space-map root stored in the superblock (only the first 32 bytes are used).
-import { readSafeU64, writeU64 } from '../le.js';
+import { U64, readBlockNr, readU64, writeU64 } from '../le.js';
 
 export interface SpaceMapRoot {
-  nrBlocks: number;
-  nrAllocated: number;
+  /** u64 on disk: the data space map's is the pool's nr_data_blocks, printed exactly. */
+  nrBlocks: U64;
+  nrAllocated: U64;
   bitmapRoot: number;
   refCountRoot: number;
 }
 
 export function decodeSpaceMapRoot(buf: Buffer): SpaceMapRoot {
   return {
-    nrBlocks: readSafeU64(buf, 0),
-    nrAllocated: readSafeU64(buf, 8),
-    bitmapRoot: readSafeU64(buf, 16),
-    refCountRoot: readSafeU64(buf, 24),
+    nrBlocks: readU64(buf, 0),
+    nrAllocated: readU64(buf, 8),
+    bitmapRoot: readBlockNr(buf, 16),
+    refCountRoot: readBlockNr(buf, 24),
   };
 }
 
@@ -24,4 +25,9 @@ export function encodeSpaceMapRoot(root: SpaceMapRoot): Buffer {
   writeU64(buf, 16, root.bitmapRoot);
   writeU64(buf, 24, root.refCountRoot);
   return buf;
+}
+
+/** nr_blocks as a count to walk bitmaps by (a value past 2^53 is garbage no index can cover). */
+export function spaceMapSize(root: SpaceMapRoot): number {
+  return Number(root.nrBlocks);
 }
