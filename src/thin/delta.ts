@@ -117,15 +117,11 @@ class Side {
   }
 }
 
-// Damaged nodes are an error for thin_delta, but nodes under a third full are not damage to the
-// mappings (the reference prints them): read them as thin_dump does.
-const READ_OPTS = { allowUnderfull: true };
-
 /** Emits the ranges between the device trees at `leftRoot` and `rightRoot`. Throws BTreeError on damage. */
 export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: number, out: DeltaVisitor, verbose: boolean): void {
   const ranges = new RangeBuilder(out, verbose);
-  const L = new Side(new LeafCursor(io, leftRoot, MAPPING_VALUE_SIZE, READ_OPTS));
-  const R = new Side(new LeafCursor(io, rightRoot, MAPPING_VALUE_SIZE, READ_OPTS));
+  const L = new Side(new LeafCursor(io, leftRoot, MAPPING_VALUE_SIZE));
+  const R = new Side(new LeafCursor(io, rightRoot, MAPPING_VALUE_SIZE));
   for (;;) {
     if (L.i === L.n && R.i === R.n) {
       const ls = L.cursor.peek();
@@ -178,7 +174,7 @@ function sharedSubtree(
   // Within both parents' key ranges.
   const lowKey = ls.lowKey > rs.lowKey ? ls.lowKey : rs.lowKey;
   const highKey = ls.highKey < rs.highKey ? ls.highKey : rs.highKey;
-  const sub = new LeafCursor(io, ls.block, MAPPING_VALUE_SIZE, { ...READ_OPTS, lowKey, highKey });
+  const sub = new LeafCursor(io, ls.block, MAPPING_VALUE_SIZE, { lowKey, highKey, subtree: true });
   const side = new Side(sub);
   while (side.load()) {
     for (; side.i < side.n; side.i++) {

@@ -47,7 +47,7 @@ export function deltaDevices(input: string, opts: DeltaOptions): void {
       if ('root' in side) return side.root;
       let found;
       try {
-        found = lookupBTree(io, sb.dataMappingRoot, TOP_LEVEL_VALUE_SIZE, side.devId, true);
+        found = lookupBTree(io, sb.dataMappingRoot, TOP_LEVEL_VALUE_SIZE, side.devId);
       } catch (e) {
         throw damage(e);
       }

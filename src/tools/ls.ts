@@ -73,7 +73,6 @@ const EXCLUSIVE_FIELDS = new Set<LsField>([
 ]);
 const HIGHEST_FIELDS = new Set<LsField>(['HIGHEST_BLOCK', 'HIGHEST_SECTOR', 'HIGHEST_BYTE', 'HIGHEST_MAPPED']);
 
-const READ_OPTS = { allowUnderfull: true };
 
 /** Blocks per page of DataBlockUse: pages are allocated where mappings point. */
 const PAGE_BLOCKS = 1 << 20;
@@ -121,7 +120,7 @@ export function listDevices(io: BlockReader, fields: readonly LsField[], metadat
   const fail = (e: BTreeError): never => {
     throw new LsError(`${LS_DAMAGE_MESSAGE} ${e.message}`);
   };
-  const details = readDeviceDetails(io, sb.deviceDetailsRoot, fail, undefined, READ_OPTS);
+  const details = readDeviceDetails(io, sb.deviceDetailsRoot, fail);
   const devices: LsDevice[] = details.map((d) => ({ details: d, exclusive: 0, highest: null }));
   const needExclusive = fields.some((f) => EXCLUSIVE_FIELDS.has(f));
   const needHighest = fields.some((f) => HIGHEST_FIELDS.has(f));
@@ -157,7 +156,7 @@ function countExclusive(io: BlockReader, devices: LsDevice[], roots: number[], n
         if (b < refs.length && refs[b] < 2) refs[b]++;
       },
       error: fail,
-    }, { ...READ_OPTS, memo });
+    }, { memo });
   }
   // Subtrees reached more than once: a second count makes their blocks shared.
   const sharedMemo: SubtreeMemo = new Map();
@@ -165,20 +164,20 @@ function countExclusive(io: BlockReader, devices: LsDevice[], roots: number[], n
   for (let b = 0; b < refs.length; b++) {
     if (refs[b] < 2) continue;
     skipShared.set(b, memo.get(b) ?? null);
-    walkBTree(io, b, MAPPING_VALUE_SIZE, { leaf: (node) => use.countLeaf(node), error: fail }, { ...READ_OPTS, memo: sharedMemo });
+    walkBTree(io, b, MAPPING_VALUE_SIZE, { leaf: (node) => use.countLeaf(node), error: fail }, { memo: sharedMemo });
   }
   devices.forEach((dev, i) => {
     // Each device's own subtrees; the memo makes the walk pass over shared ones.
     walkBTree(io, roots[i], MAPPING_VALUE_SIZE, {
       leaf: (node) => (dev.exclusive += use.exclusiveIn(node)),
       error: fail,
-    }, { ...READ_OPTS, memo: skipShared });
+    }, { memo: skipShared });
   });
 }
 
 /** The last key of a device tree, or null when it maps nothing. */
 function highestKey(io: BlockReader, root: number): U64 | null {
-  const last = floorBTree(io, root, MAPPING_VALUE_SIZE, U64_MAX, true);
+  const last = floorBTree(io, root, MAPPING_VALUE_SIZE, U64_MAX);
   return last && last.node.key(last.index);
 }
 

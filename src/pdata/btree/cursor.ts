@@ -29,6 +29,8 @@ export interface CursorOptions {
   highKey?: U64;
   /** Accept non-root nodes under a third full (as readers that save what they can do). */
   allowUnderfull?: boolean;
+  /** The root given is inside a tree, so it too must be a third full. */
+  subtree?: boolean;
 }
 
 export class LeafCursor {
@@ -91,7 +93,7 @@ export class LeafCursor {
     }
     const defect =
       nodeDefect(node, sub.block, this.leafValueSize) ??
-      nodePlacementDefect(node, sub.lowKey, sub.highKey, sub.depth === 0, this.opts.allowUnderfull);
+      nodePlacementDefect(node, sub.lowKey, sub.highKey, sub.depth === 0 && !this.opts.subtree, this.opts.allowUnderfull);
     if (defect) throw fail(defect);
     return node;
   }
