@@ -30,7 +30,7 @@ function ourLs(img: string, fields: string | undefined, headers: boolean, snap: 
   const fd = fs.openSync(out, 'w');
   let status = 0;
   try {
-    lsPool(img, { fields: fields === undefined ? undefined : parseLsFields(fields), headers, metadataSnap: snap || undefined, stdoutFd: fd });
+    lsPool(img, { fields: fields === undefined ? undefined : parseLsFields(fields).fields, headers, metadataSnap: snap || undefined, stdoutFd: fd });
   } catch (e) {
     if (e instanceof TypeError || e instanceof RangeError) throw e;
     status = 1;

@@ -1,6 +1,6 @@
 // thin_delta: the differences between two thin devices' mappings (for incremental backups).
 import { Option } from 'commander';
-import { DeltaDamageError, DeltaDeviceError, deltaDevices } from '../tools/delta.js';
+import { DELTA_FORMATS, DeltaDamageError, DeltaDeviceError, DeltaFormat, deltaDevices } from '../tools/delta.js';
 import { MetadataSnapError } from '../tools/dump.js';
 import { OutputClosedError } from '../formats/output.js';
 import { DeltaSide } from '../thin/delta.js';
@@ -17,6 +17,7 @@ interface Flags {
   root2?: string;
   metadataSnap?: boolean;
   verbose?: boolean;
+  format: DeltaFormat;
 }
 
 /** --thin1/--snap1 (a device) or --root1 (a tree root, as 1.x): exactly one. */
@@ -40,7 +41,8 @@ await runTool('thin_delta', (rawArgv) => {
     .option('--root1 <block>', 'the root block of the first mapping tree, instead of --snap1')
     .option('--root2 <block>', 'the root block of the second mapping tree, instead of --snap2')
     .option('-m, --metadata-snap', 'use the held metadata snapshot (-m<block> or --metadata-snap=<block> names its block)')
-    .option('--verbose', 'give the data blocks of each range');
+    .option('--verbose', 'give the data blocks of each range')
+    .addOption(new Option('-f, --format <format>', 'output format (json: see docs/json-format.md)').choices(DELTA_FORMATS).default('xml'));
   program.parse(argv, { from: 'user' });
   const o = program.opts<Flags>();
   const input = program.args[0];
@@ -53,6 +55,7 @@ await runTool('thin_delta', (rawArgv) => {
       right,
       metadataSnap: o.metadataSnap ? (snapBlock ?? true) : undefined,
       verbose: o.verbose,
+      format: o.format,
     });
   } catch (e) {
     if (e instanceof OutputClosedError) return 1;

@@ -16,7 +16,7 @@ await runTool('thin_ls', (rawArgv) => {
   const { argv, snapBlock } = extractSnapBlock(rawArgv, TAKES_VALUE);
   const program = newProgram('thin_ls', 'List the thin devices of a pool.')
     .argument('[input]', 'metadata device or file')
-    .option('-o, --format <fields>', `comma-separated fields, from: ${LS_FIELDS.join(', ')}`)
+    .option('-o, --format <fields>', `comma-separated fields, from: ${LS_FIELDS.join(', ')}; add json for JSON (docs/json-format.md)`)
     .option('--no-headers', "don't print the header line")
     .option('-m, --metadata-snap', 'use the held metadata snapshot');
   program.parse(argv, { from: 'user' });
@@ -24,8 +24,10 @@ await runTool('thin_ls', (rawArgv) => {
   const input = program.args[0];
   if (input === undefined) throw new UsageError('No input file provided.');
   try {
+    const asked = o.format === undefined ? undefined : parseLsFields(o.format);
     lsPool(input, {
-      fields: o.format === undefined ? undefined : parseLsFields(o.format),
+      fields: asked?.fields,
+      json: asked?.json,
       headers: o.headers,
       metadataSnap: o.metadataSnap ? (snapBlock ?? true) : undefined,
     });

@@ -29,11 +29,6 @@ abstract class DeltaXmlBase implements DeltaVisitor {
   end(): void {
     this.out.write('  </diff>\n</superblock>\n');
   }
-
-  protected u64(v: U64): void {
-    if (typeof v === 'number') this.out.number(v);
-    else this.out.write(v.toString());
-  }
 }
 
 /** `<same begin="B" length="N"/>` and its kin, one a line. */
@@ -41,7 +36,7 @@ export class DeltaXmlWriter extends DeltaXmlBase {
   range(kind: DeltaKind, begin: U64, length: number): void {
     const o = this.out;
     o.write(`    <${kind} begin="`);
-    this.u64(begin);
+    o.number(begin);
     o.write('" length="');
     o.number(length);
     o.write('"/>\n');
@@ -60,7 +55,7 @@ export class VerboseDeltaXmlWriter extends DeltaXmlBase {
       this.open = kind;
     }
     o.write('      <range begin="');
-    this.u64(begin);
+    o.number(begin);
     if (kind === 'different') {
       o.write('" left_data_begin="');
       o.number(leftData);

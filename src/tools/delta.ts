@@ -4,12 +4,13 @@ import { lookupBTree } from '../pdata/btree/lookup.js';
 import { BTreeError } from '../pdata/btree/walk.js';
 import { FdSink } from '../formats/output.js';
 import { DeltaXmlWriter, VerboseDeltaXmlWriter } from '../formats/delta-xml.js';
+import { JsonDeltaWriter } from '../formats/json-writer.js';
 import { DeltaSide, DeltaVisitor, diffDeviceTrees } from '../thin/delta.js';
 import { TOP_LEVEL_VALUE_SIZE } from '../thin/mapping-tree.js';
 import { selectSuperblock } from '../thin/read-metadata.js';
 import { dataSpaceMapRoot } from '../thin/superblock.js';
 
-export const DELTA_FORMATS = ['xml'] as const;
+export const DELTA_FORMATS = ['xml', 'json'] as const;
 export type DeltaFormat = (typeof DELTA_FORMATS)[number];
 
 export interface DeltaOptions {
@@ -30,6 +31,7 @@ export class DeltaDeviceError extends Error {}
 export class DeltaDamageError extends Error {}
 
 function writerFor(opts: DeltaOptions, sink: FdSink): DeltaVisitor {
+  if (opts.format === 'json') return new JsonDeltaWriter(sink, !!opts.verbose);
   return opts.verbose ? new VerboseDeltaXmlWriter(sink) : new DeltaXmlWriter(sink);
 }
 

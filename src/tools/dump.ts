@@ -2,6 +2,7 @@
 import { BlockReader, InputError, sameFile } from '../io/block-io.js';
 import { HumanReadableWriter } from '../formats/human-readable.js';
 import { AtomicFileSink, FdSink, OutputClosedError } from '../formats/output.js';
+import { JsonDumpWriter } from '../formats/json-writer.js';
 import { XmlWriter } from '../formats/xml-writer.js';
 import { MetadataVisitor, PoolInfo, SuperblockOverrides, applyOverrides } from '../thin/events.js';
 import { readMetadata } from '../thin/read-metadata.js';
@@ -9,7 +10,7 @@ import { readMetadata } from '../thin/read-metadata.js';
 export { DAMAGE_MESSAGE, MetadataDamageError, MetadataSnapError } from '../thin/read-metadata.js';
 export { OutputClosedError };
 
-export const DUMP_FORMATS = ['xml', 'human_readable'] as const;
+export const DUMP_FORMATS = ['xml', 'human_readable', 'json'] as const;
 export type DumpFormat = (typeof DUMP_FORMATS)[number];
 
 export interface DumpOptions extends SuperblockOverrides {
@@ -27,12 +28,15 @@ export interface DumpOptions extends SuperblockOverrides {
   onProgress?: (done: number, total: number) => void;
 }
 
-function writerFor(format: DumpFormat, sink: FdSink): MetadataVisitor {
+/** The writer of a dump format (thin_dump and thin_dump --repair). */
+export function writerFor(format: DumpFormat, sink: FdSink): MetadataVisitor {
   switch (format) {
     case 'xml':
       return new XmlWriter(sink);
     case 'human_readable':
       return new HumanReadableWriter(sink);
+    case 'json':
+      return new JsonDumpWriter(sink);
   }
 }
 

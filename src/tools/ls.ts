@@ -11,6 +11,7 @@
 //    counting its mappings to blocks still counted once.
 import { BlockReader, InputError } from '../io/block-io.js';
 import { FdSink } from '../formats/output.js';
+import { JsonTableWriter } from '../formats/json-writer.js';
 import { TableWriter, formatDiskUnit } from '../formats/ls-table.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
@@ -41,19 +42,27 @@ export const LS_DAMAGE_MESSAGE = 'metadata contains errors (run thin_check for d
 
 export class LsError extends Error {}
 
-/** `-o` as the reference parses it: comma-separated names (a trailing comma is ignored). */
-export function parseLsFields(list: string): LsField[] {
+/**
+ * `-o` as the reference parses it: comma-separated names (a trailing comma is ignored). Ours:
+ * the word `json` among them asks for JSON output (so `--format json` works as for thin_dump);
+ * the default fields are listed when it is the only one.
+ */
+export function parseLsFields(list: string): { fields: LsField[]; json: boolean } {
   const items = list.split(',');
   if (items.length > 1 && items[items.length - 1] === '') items.pop();
-  if (list === '') return [];
-  return items.map((item) => {
+  if (list === '') return { fields: [], json: false };
+  const json = items.includes('json');
+  const named = items.filter((item) => item !== 'json');
+  const fields = named.map((item) => {
     if (!(LS_FIELDS as readonly string[]).includes(item)) throw new LsError('unknown field');
     return item as LsField;
   });
+  return { fields: json && fields.length === 0 ? DEFAULT_LS_FIELDS : fields, json };
 }
 
 export interface LsOptions {
   fields?: LsField[];
+  json?: boolean;
   headers?: boolean;
   metadataSnap?: true | number;
   stdoutFd?: number;
@@ -71,6 +80,8 @@ const EXCLUSIVE_FIELDS = new Set<LsField>([
   'EXCLUSIVE_BLOCKS', 'SHARED_BLOCKS', 'EXCLUSIVE_SECTORS', 'SHARED_SECTORS', 'EXCLUSIVE_BYTES', 'SHARED_BYTES',
   'EXCLUSIVE', 'SHARED',
 ]);
+/** Fields shown in units ("670MiB"): strings in JSON. */
+const SIZE_FIELDS = new Set<string>(['MAPPED', 'EXCLUSIVE', 'SHARED', 'HIGHEST_MAPPED']);
 const HIGHEST_FIELDS = new Set<LsField>(['HIGHEST_BLOCK', 'HIGHEST_SECTOR', 'HIGHEST_BYTE', 'HIGHEST_MAPPED']);
 
 
@@ -228,11 +239,17 @@ export function lsPool(input: string, opts: LsOptions = {}): void {
     if (io.nrBlocks === 0) throw new InputError(`${input}: too small to hold a superblock`);
     const sb = selectSuperblock(io, opts.metadataSnap);
     const devices = listDevices(io, fields, opts.metadataSnap);
-    const table = new TableWriter();
-    if (opts.headers ?? true) table.row([...fields]);
-    for (const dev of devices) table.row(cells(dev, fields, sb.dataBlockSize));
     const sink = new FdSink(opts.stdoutFd ?? 1);
-    table.render(sink);
+    if (opts.json) {
+      const json = new JsonTableWriter(sink, fields, SIZE_FIELDS);
+      for (const dev of devices) json.row(cells(dev, fields, sb.dataBlockSize));
+      json.end();
+    } else {
+      const table = new TableWriter();
+      if (opts.headers ?? true) table.row([...fields]);
+      for (const dev of devices) table.row(cells(dev, fields, sb.dataBlockSize));
+      table.render(sink);
+    }
     sink.flush();
   } finally {
     io.close();

@@ -2,13 +2,12 @@
 // still holds (src/thin/salvage.ts) and write it as new metadata or print it.
 import * as fs from 'node:fs';
 import { BlockReader, BlockWriter, InputError, sameFile } from '../io/block-io.js';
-import { HumanReadableWriter } from '../formats/human-readable.js';
 import { AtomicFileSink, FdSink } from '../formats/output.js';
-import { XmlWriter } from '../formats/xml-writer.js';
 import { MetadataVisitor, SuperblockOverrides } from '../thin/events.js';
 import { MetadataWriter } from '../thin/write-metadata.js';
 import { SalvageError, SalvageResult, salvageMetadata } from '../thin/salvage.js';
 import { validDataBlockSize } from '../thin/superblock.js';
+import { DumpFormat, writerFor } from './dump.js';
 
 export { SalvageError };
 export type { SalvageResult, SuperblockOverrides };
@@ -101,7 +100,7 @@ export function salvageFile(input: string, visitor: MetadataVisitor, opts: Salva
 }
 
 export interface DumpRepairedOptions extends SalvageRunOptions {
-  format?: 'xml' | 'human_readable';
+  format?: DumpFormat;
   /** A file to write atomically; default standard output. */
   output?: string;
   stdoutFd?: number;
@@ -116,7 +115,7 @@ export function dumpRepaired(input: string, opts: DumpRepairedOptions = {}): Sal
   const io = openInput(input);
   try {
     const sink = opts.output === undefined ? new FdSink(opts.stdoutFd ?? 1) : AtomicFileSink.open(opts.output);
-    const writer = opts.format === 'human_readable' ? new HumanReadableWriter(sink) : new XmlWriter(sink);
+    const writer = writerFor(opts.format ?? 'xml', sink);
     let result: SalvageResult;
     try {
       result = salvageMetadata(io, writer, opts);

@@ -7,7 +7,7 @@
 // `data B..E -> thin(D) T..U`. Memory grows with the output, not with the pool: the records
 // live in typed arrays, and the walk remembers which nodes it has seen.
 import { BlockReader, InputError } from '../io/block-io.js';
-import { FdSink, TextSink } from '../formats/output.js';
+import { FdSink } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
@@ -144,11 +144,6 @@ export function reverseMap(io: BlockReader, regions: readonly Region[]): { recor
   return { records, order };
 }
 
-function writeU64(out: Required<TextSink>, v: U64): void {
-  if (typeof v === 'number') out.number(v);
-  else out.write(v.toString());
-}
-
 /** Prints the reverse map of `regions` of the pool at `input`. */
 export function rmapPool(input: string, regions: readonly Region[], stdoutFd = 1): void {
   if (regions.length === 0) throw new RmapError('No regions provided.');
@@ -168,9 +163,9 @@ export function rmapPool(input: string, regions: readonly Region[], stdoutFd = 1
       out.write(' -> thin(');
       out.number(records.devId[i]);
       out.write(') ');
-      writeU64(out, thin);
+      out.number(thin);
       out.write('..');
-      writeU64(out, u64Add(thin, len));
+      out.number(u64Add(thin, len));
       out.write('\n');
     }
     out.flush();
