@@ -14,7 +14,6 @@ import { LeafCursor, NextSubtree } from '../pdata/btree/cursor.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError } from '../pdata/btree/walk.js';
 import { U64, readU64, u64Add } from '../pdata/le.js';
-import { mappingDataBlock } from './mapping.js';
 import { MAPPING_VALUE_SIZE } from './mapping-tree.js';
 
 export type DeltaKind = 'left_only' | 'right_only' | 'different' | 'same';
@@ -87,13 +86,17 @@ class RangeBuilder {
   }
 }
 
-/** One device tree, read a leaf at a time. */
+const TWO_32 = 0x100000000;
+const SAFE_HI = 0x200000;
+
+/** One device tree, read a leaf at a time, each leaf decoded into arrays once. */
 class Side {
   private node: BTreeNode | null = null;
   i = 0;
   n = 0;
-  private keys = NODE_HEADER_SIZE;
-  private values = 0;
+  /** Thin blocks of the leaf; NaN where one is past 2^53 (read exactly from the node then). */
+  private readonly keys = new Float64Array(256);
+  private readonly datas = new Float64Array(256);
 
   constructor(readonly cursor: LeafCursor) {}
 
@@ -103,17 +106,24 @@ class Side {
     if (node === null) return false;
     this.node = node;
     this.i = 0;
-    this.n = node.nrEntries;
-    this.values = NODE_HEADER_SIZE + 8 * node.maxEntries;
+    const n = (this.n = node.nrEntries);
+    const buf = node.buf;
+    const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
+    for (let i = 0, k = NODE_HEADER_SIZE, v = values; i < n; i++, k += 8, v += 8) {
+      const hi = buf.readUInt32LE(k + 4);
+      this.keys[i] = hi < SAFE_HI ? hi * TWO_32 + buf.readUInt32LE(k) : NaN;
+      this.datas[i] = buf.readUInt32LE(v + 4) * 256 + (buf.readUInt32LE(v) >>> 24);
+    }
     return true;
   }
 
   key(): U64 {
-    return readU64(this.node!.buf, this.keys + 8 * this.i);
+    const k = this.keys[this.i];
+    return k === k ? k : readU64(this.node!.buf, NODE_HEADER_SIZE + 8 * this.i);
   }
 
   data(): number {
-    return mappingDataBlock(this.node!.buf, this.values + 8 * this.i);
+    return this.datas[this.i];
   }
 }
 

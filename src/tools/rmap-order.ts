@@ -6,12 +6,15 @@
 
 const THRESHOLD = 16;
 
-/** Sorts `v` (record numbers) as std::sort(v.begin(), v.end(), lt) does, ties included. */
-export function stdSort(v: Int32Array, lt: (a: number, b: number) => boolean): void {
+/**
+ * Sorts `v` (record numbers) by `keys[record]` as std::sort(v.begin(), v.end(), less-by-key)
+ * does, ties included.
+ */
+export function stdSort(v: Int32Array, keys: Float64Array): void {
   const n = v.length;
   if (n < 2) return;
-  introsortLoop(v, 0, n, 2 * (31 - Math.clz32(n)), lt);
-  finalInsertionSort(v, 0, n, lt);
+  introsortLoop(v, 0, n, 2 * (31 - Math.clz32(n)), keys);
+  finalInsertionSort(v, 0, n, keys);
 }
 
 function swap(v: Int32Array, i: number, j: number): void {
@@ -20,67 +23,67 @@ function swap(v: Int32Array, i: number, j: number): void {
   v[j] = t;
 }
 
-function introsortLoop(v: Int32Array, first: number, last: number, depthLimit: number, lt: (a: number, b: number) => boolean): void {
+function introsortLoop(v: Int32Array, first: number, last: number, depthLimit: number, keys: Float64Array): void {
   while (last - first > THRESHOLD) {
     if (depthLimit === 0) {
-      heapSort(v, first, last, lt);
+      heapSort(v, first, last, keys);
       return;
     }
     depthLimit--;
     const mid = first + Math.trunc((last - first) / 2);
-    moveMedianToFirst(v, first, first + 1, mid, last - 1, lt);
-    const cut = unguardedPartition(v, first + 1, last, first, lt);
-    introsortLoop(v, cut, last, depthLimit, lt);
+    moveMedianToFirst(v, first, first + 1, mid, last - 1, keys);
+    const cut = unguardedPartition(v, first + 1, last, first, keys);
+    introsortLoop(v, cut, last, depthLimit, keys);
     last = cut;
   }
 }
 
-function moveMedianToFirst(v: Int32Array, result: number, a: number, b: number, c: number, lt: (a: number, b: number) => boolean): void {
-  if (lt(v[a], v[b])) {
-    if (lt(v[b], v[c])) swap(v, result, b);
-    else if (lt(v[a], v[c])) swap(v, result, c);
+function moveMedianToFirst(v: Int32Array, result: number, a: number, b: number, c: number, keys: Float64Array): void {
+  if (keys[v[a]] < keys[v[b]]) {
+    if (keys[v[b]] < keys[v[c]]) swap(v, result, b);
+    else if (keys[v[a]] < keys[v[c]]) swap(v, result, c);
     else swap(v, result, a);
-  } else if (lt(v[a], v[c])) swap(v, result, a);
-  else if (lt(v[b], v[c])) swap(v, result, c);
+  } else if (keys[v[a]] < keys[v[c]]) swap(v, result, a);
+  else if (keys[v[b]] < keys[v[c]]) swap(v, result, c);
   else swap(v, result, b);
 }
 
-function unguardedPartition(v: Int32Array, first: number, last: number, pivot: number, lt: (a: number, b: number) => boolean): number {
+function unguardedPartition(v: Int32Array, first: number, last: number, pivot: number, keys: Float64Array): number {
   for (;;) {
-    while (lt(v[first], v[pivot])) first++;
+    while (keys[v[first]] < keys[v[pivot]]) first++;
     last--;
-    while (lt(v[pivot], v[last])) last--;
+    while (keys[v[pivot]] < keys[v[last]]) last--;
     if (!(first < last)) return first;
     swap(v, first, last);
     first++;
   }
 }
 
-function finalInsertionSort(v: Int32Array, first: number, last: number, lt: (a: number, b: number) => boolean): void {
+function finalInsertionSort(v: Int32Array, first: number, last: number, keys: Float64Array): void {
   if (last - first > THRESHOLD) {
-    insertionSort(v, first, first + THRESHOLD, lt);
-    for (let i = first + THRESHOLD; i < last; i++) unguardedLinearInsert(v, i, lt);
+    insertionSort(v, first, first + THRESHOLD, keys);
+    for (let i = first + THRESHOLD; i < last; i++) unguardedLinearInsert(v, i, keys);
   } else {
-    insertionSort(v, first, last, lt);
+    insertionSort(v, first, last, keys);
   }
 }
 
-function insertionSort(v: Int32Array, first: number, last: number, lt: (a: number, b: number) => boolean): void {
+function insertionSort(v: Int32Array, first: number, last: number, keys: Float64Array): void {
   for (let i = first + 1; i < last; i++) {
-    if (lt(v[i], v[first])) {
+    if (keys[v[i]] < keys[v[first]]) {
       const val = v[i];
       v.copyWithin(first + 1, first, i);
       v[first] = val;
     } else {
-      unguardedLinearInsert(v, i, lt);
+      unguardedLinearInsert(v, i, keys);
     }
   }
 }
 
-function unguardedLinearInsert(v: Int32Array, last: number, lt: (a: number, b: number) => boolean): void {
+function unguardedLinearInsert(v: Int32Array, last: number, keys: Float64Array): void {
   const val = v[last];
   let next = last - 1;
-  while (lt(val, v[next])) {
+  while (keys[val] < keys[v[next]]) {
     v[last] = v[next];
     last = next;
     next--;
@@ -89,11 +92,11 @@ function unguardedLinearInsert(v: Int32Array, last: number, lt: (a: number, b: n
 }
 
 // std::partial_sort(first, last, last): make_heap, then sort_heap.
-function heapSort(v: Int32Array, first: number, last: number, lt: (a: number, b: number) => boolean): void {
+function heapSort(v: Int32Array, first: number, last: number, keys: Float64Array): void {
   const len = last - first;
   if (len >= 2) {
     for (let parent = Math.trunc((len - 2) / 2); ; parent--) {
-      adjustHeap(v, first, parent, len, v[first + parent], lt);
+      adjustHeap(v, first, parent, len, v[first + parent], keys);
       if (parent === 0) break;
     }
   }
@@ -101,16 +104,16 @@ function heapSort(v: Int32Array, first: number, last: number, lt: (a: number, b:
     last--;
     const value = v[last];
     v[last] = v[first];
-    adjustHeap(v, first, 0, last - first, value, lt);
+    adjustHeap(v, first, 0, last - first, value, keys);
   }
 }
 
-function adjustHeap(v: Int32Array, first: number, holeIndex: number, len: number, value: number, lt: (a: number, b: number) => boolean): void {
+function adjustHeap(v: Int32Array, first: number, holeIndex: number, len: number, value: number, keys: Float64Array): void {
   const topIndex = holeIndex;
   let secondChild = holeIndex;
   while (secondChild < Math.trunc((len - 1) / 2)) {
     secondChild = 2 * (secondChild + 1);
-    if (lt(v[first + secondChild], v[first + secondChild - 1])) secondChild--;
+    if (keys[v[first + secondChild]] < keys[v[first + secondChild - 1]]) secondChild--;
     v[first + holeIndex] = v[first + secondChild];
     holeIndex = secondChild;
   }
@@ -121,7 +124,7 @@ function adjustHeap(v: Int32Array, first: number, holeIndex: number, len: number
   }
   // push_heap
   let parent = Math.trunc((holeIndex - 1) / 2);
-  while (holeIndex > topIndex && lt(v[first + parent], value)) {
+  while (holeIndex > topIndex && keys[v[first + parent]] < keys[value]) {
     v[first + holeIndex] = v[first + parent];
     holeIndex = parent;
     parent = Math.trunc((holeIndex - 1) / 2);

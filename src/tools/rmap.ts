@@ -139,8 +139,7 @@ export function reverseMap(io: BlockReader, regions: readonly Region[]): { recor
   }
   const order = new Int32Array(records.count);
   for (let i = 0; i < order.length; i++) order[i] = i;
-  const dataBegin = records.dataBegin;
-  stdSort(order, (a, b) => dataBegin[a] < dataBegin[b]);
+  stdSort(order, records.dataBegin);
   return { records, order };
 }
 
