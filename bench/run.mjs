@@ -1,9 +1,10 @@
 // Benchmarks our tools against the reference tools on the same large metadata, side by side:
-// wall time and peak RSS of thin_check, thin_dump, thin_restore and thin_repair, plus a
-// correctness check in passing (our thin_dump output must equal the reference's).
+// wall time and peak RSS of thin_check, thin_dump, thin_restore, thin_repair, thin_delta, thin_ls
+// and thin_rmap, plus a correctness check in passing (our dump, delta, ls and rmap output must
+// equal the reference's).
 //
 //   node bench/run.mjs [--smoke] [--sizes 1000000,5000000] [--snapshots 4] [--repeat 1]
-//                      [--tools check,dump,restore,repair] [--dir DIR] [--keep] [--json FILE]
+//                      [--tools check,dump,restore,repair,delta,ls,rmap] [--dir DIR] [--keep] [--json FILE]
 //
 // Exit status: 0 when the harness ran, whatever the speed and even if a tool of ours is missing
 // or fails (the table says so); 1 if the harness itself broke or our dump differs from the
@@ -18,7 +19,11 @@ import { generateMetadataXml } from './generate.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const REFERENCE_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/usr/local/sbin'];
-const TOOLS = ['check', 'dump', 'restore', 'repair'];
+const TOOLS = ['check', 'dump', 'restore', 'repair', 'delta', 'ls', 'rmap'];
+/** Tools whose output must equal the reference's byte for byte. */
+const SAME_OUTPUT = new Set(['dump', 'delta', 'ls', 'rmap']);
+const LS_ALL_FIELDS = 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,MAPPED_SECTORS,EXCLUSIVE_SECTORS,SHARED_SECTORS,' +
+  'MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES,MAPPED,EXCLUSIVE,SHARED,TRANSACTION,CREATE_TIME,SNAP_TIME';
 const TIME = '/usr/bin/time';
 
 // --- options ---------------------------------------------------------------------------------
@@ -49,7 +54,7 @@ function parseArgs(argv) {
     else if (a === '--json') o.json = value();
     else if (a === '-h' || a === '--help') {
       console.log('usage: node bench/run.mjs [--smoke] [--sizes 1000000,5000000] [--snapshots N] [--repeat N]\n' +
-        '                        [--tools check,dump,restore,repair] [--dir DIR] [--keep] [--json FILE]');
+        '                        [--tools check,dump,restore,repair,delta,ls,rmap] [--dir DIR] [--keep] [--json FILE]');
       process.exit(0);
     } else throw new HarnessError(`unknown option '${a}'`);
   }
@@ -193,6 +198,11 @@ async function benchSize(mappings, o, ref) {
         freshFile(target, metaBytes);
         return { args: ['-i', image, '-o', target], target };
       },
+      // The origin against its first snapshot.
+      delta: (who) => ({ args: ['--snap1', '0', '--snap2', '1', image], out: path.join(dir, `delta.${who}.xml`) }),
+      ls: (who) => ({ args: ['-o', LS_ALL_FIELDS, image], out: path.join(dir, `ls.${who}.txt`) }),
+      // Every data block: the whole reverse map, sorted.
+      rmap: (who) => ({ args: ['--region', `0..${gen.nrDataBlocks}`, image], out: path.join(dir, `rmap.${who}.txt`) }),
     };
 
     let referenceDumpHash;
@@ -227,13 +237,13 @@ async function benchSize(mappings, o, ref) {
       else if (ourRun.status !== 0) {
         verify = `failed (${ourRun.status})`;
         notes.push(`our ${name} failed with status ${ourRun.status} after ${ourRun.seconds.toFixed(2)} s: ${lastLine(ourRun.stderr)}`);
-      } else if (tool === 'dump') {
+      } else if (SAME_OUTPUT.has(tool)) {
         const [a, b] = [await sha256(refJob.out), await sha256(ourJob.out)];
-        referenceDumpHash = a;
+        if (tool === 'dump') referenceDumpHash = a;
         verify = a === b ? 'same output' : 'MISMATCH';
         if (a !== b) {
           mismatch = true;
-          notes.push(`MISMATCH: our thin_dump output differs from the reference's (compare ${refJob.out} ${ourJob.out}; ` +
+          notes.push(`MISMATCH: our ${name} output differs from the reference's (compare ${refJob.out} ${ourJob.out}; ` +
             'rerun with --keep)');
         }
       } else if (tool === 'restore' || tool === 'repair') {
@@ -314,7 +324,7 @@ async function main() {
         ref: { seconds: ref.seconds, peakKiB: ref.peakKiB } })) }, null, 2));
   }
   if (mismatch) {
-    console.log('\n*** MISMATCH: our thin_dump output differs from the reference thin_dump ***');
+    console.log('\n*** MISMATCH: an output of ours differs from the reference tool\'s ***');
     return 1;
   }
   return 0;
