@@ -95,8 +95,8 @@ class Side {
   i = 0;
   n = 0;
   /** Thin blocks of the leaf; NaN where one is past 2^53 (read exactly from the node then). */
-  private readonly keys = new Float64Array(256);
-  private readonly datas = new Float64Array(256);
+  readonly keys = new Float64Array(256);
+  readonly datas = new Float64Array(256);
 
   constructor(readonly cursor: LeafCursor) {}
 
@@ -107,12 +107,11 @@ class Side {
     this.node = node;
     this.i = 0;
     const n = (this.n = node.nrEntries);
-    const buf = node.buf;
-    const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
-    for (let i = 0, k = NODE_HEADER_SIZE, v = values; i < n; i++, k += 8, v += 8) {
-      const hi = buf.readUInt32LE(k + 4);
-      this.keys[i] = hi < SAFE_HI ? hi * TWO_32 + buf.readUInt32LE(k) : NaN;
-      this.datas[i] = buf.readUInt32LE(v + 4) * 256 + (buf.readUInt32LE(v) >>> 24);
+    const words = node.words;
+    for (let i = 0, k = NODE_HEADER_SIZE / 4, v = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < n; i++, k += 2, v += 2) {
+      const hi = words[k + 1];
+      this.keys[i] = hi < SAFE_HI ? hi * TWO_32 + words[k] : NaN;
+      this.datas[i] = words[v + 1] * 256 + (words[v] >>> 24);
     }
     return true;
   }
@@ -146,6 +145,31 @@ export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: nu
     if (L.i === L.n && !L.load()) break;
     if (R.i === R.n && !R.load()) break;
     if (L.i === L.n || R.i === R.n) continue; // an empty leaf
+    // The hot loop, on the two leaves' arrays, while both keys are below 2^53.
+    const lk = L.keys;
+    const ld = L.datas;
+    const rk = R.keys;
+    const rd = R.datas;
+    let li = L.i;
+    let ri = R.i;
+    for (const ln = L.n, rn = R.n; li < ln && ri < rn; ) {
+      const kl = lk[li];
+      const kr = rk[ri];
+      if (kl < kr) {
+        ranges.add(kl, LEFT_ONLY, ld[li++], 0);
+      } else if (kr < kl) {
+        ranges.add(kr, RIGHT_ONLY, 0, rd[ri++]);
+      } else if (kl === kr) {
+        const dl = ld[li++];
+        const dr = rd[ri++];
+        ranges.add(kl, dl === dr ? SAME : DIFFERENT, dl, dr);
+      } else {
+        break; // a NaN: a key past 2^53, compared exactly below
+      }
+    }
+    L.i = li;
+    R.i = ri;
+    if (L.i === L.n || R.i === R.n) continue;
     const kl = L.key();
     const kr = R.key();
     if (kl < kr) {
@@ -184,7 +208,7 @@ function sharedSubtree(
   // Within both parents' key ranges.
   const lowKey = ls.lowKey > rs.lowKey ? ls.lowKey : rs.lowKey;
   const highKey = ls.highKey < rs.highKey ? ls.highKey : rs.highKey;
-  const sub = new LeafCursor(io, ls.block, MAPPING_VALUE_SIZE, { lowKey, highKey, subtree: true });
+  const sub = new LeafCursor(io, ls.block, MAPPING_VALUE_SIZE, { lowKey, highKey, subtree: ls.depth > 0 || rs.depth > 0 });
   const side = new Side(sub);
   while (side.load()) {
     for (; side.i < side.n; side.i++) {

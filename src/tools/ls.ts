@@ -17,7 +17,6 @@ import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64, U64_MAX } from '../pdata/le.js';
 import { floorBTree } from '../pdata/btree/lookup.js';
-import { mappingDataBlock } from '../thin/mapping.js';
 import {
   DeviceDetailsEntry, MAPPING_VALUE_SIZE, readDeviceDetails, readDeviceRoots,
 } from '../thin/mapping-tree.js';
@@ -96,9 +95,10 @@ class DataBlockUse {
 
   /** Counts the data blocks of a mapping leaf once more. */
   countLeaf(node: BTreeNode): void {
-    const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
-    for (let i = 0; i < node.nrEntries; i++) {
-      const b = mappingDataBlock(node.buf, values + 8 * i);
+    const words = node.words;
+    const values = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4;
+    for (let i = 0, w = values; i < node.nrEntries; i++, w += 2) {
+      const b = words[w + 1] * 256 + (words[w] >>> 24);
       if (b >= this.nrBlocks) {
         throw new BTreeError(node.block, `data block ${b} is beyond the data device (${this.nrBlocks} blocks)`, 0, 0);
       }
@@ -113,10 +113,11 @@ class DataBlockUse {
 
   /** The leaf's mappings to blocks used once. */
   exclusiveIn(node: BTreeNode): number {
-    const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
+    const words = node.words;
+    const values = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4;
     let n = 0;
-    for (let i = 0; i < node.nrEntries; i++) {
-      const b = mappingDataBlock(node.buf, values + 8 * i);
+    for (let i = 0, w = values; i < node.nrEntries; i++, w += 2) {
+      const b = words[w + 1] * 256 + (words[w] >>> 24);
       const p = Math.floor(b / PAGE_BLOCKS);
       const within = b - p * PAGE_BLOCKS;
       if (((this.pages[p][within >>> 2] >> ((within & 3) * 2)) & 3) === 1) n++;

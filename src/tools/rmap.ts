@@ -11,7 +11,6 @@ import { FdSink } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
-import { mappingDataBlock } from '../thin/mapping.js';
 import { MAPPING_VALUE_SIZE, readDeviceRoots } from '../thin/mapping-tree.js';
 import { readSuperblock } from '../thin/superblock.js';
 import { stdSort } from './rmap-order.js';
@@ -128,9 +127,9 @@ export function reverseMap(io: BlockReader, regions: readonly Region[]): { recor
   for (const { devId, root } of readDeviceRoots(io, sb.dataMappingRoot, fail)) {
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
       leaf(node: BTreeNode) {
-        const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
-        for (let i = 0; i < node.nrEntries; i++) {
-          const data = mappingDataBlock(node.buf, values + 8 * i);
+        const words = node.words;
+        for (let i = 0, w = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < node.nrEntries; i++, w += 2) {
+          const data = words[w + 1] * 256 + (words[w] >>> 24);
           if (inRegions(data)) records.add(devId, readU64(node.buf, NODE_HEADER_SIZE + 8 * i), data);
         }
       },

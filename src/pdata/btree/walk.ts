@@ -87,12 +87,12 @@ export function nodePlacementDefect(node: BTreeNode, lowKey: U64, highKey: U64, 
     return `too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`;
   }
   // The hot loop of every walk: each key's two words read once, compared with the previous key's.
-  const buf = node.buf;
+  const words = node.words;
   let prevHi = -1;
   let prevLo = -1;
-  for (let i = 0, off = NODE_HEADER_SIZE; i < n; i++, off += 8) {
-    const lo = buf.readUInt32LE(off);
-    const hi = buf.readUInt32LE(off + 4);
+  for (let i = 0, w = NODE_HEADER_SIZE / 4; i < n; i++, w += 2) {
+    const lo = words[w];
+    const hi = words[w + 1];
     if (hi < prevHi || (hi === prevHi && lo <= prevLo)) return `keys out of order: ${node.key(i)} after ${node.key(i - 1)}`;
     prevHi = hi;
     prevLo = lo;
