@@ -1,6 +1,6 @@
 // thin_delta, thin_ls, thin_rmap, thin_trim, thin_metadata_pack/unpack and thin_extract on bad
 // input and damaged metadata: every failure is a one-line error naming the problem, exit 1, and
-// nothing crashes (no programming error escapes: TypeError, RangeError, ...), on hundreds of
+// nothing crashes (no programming error escapes: TypeError, RangeError, ...), on 56
 // damaged variants of a generated pool and a kernel image (bits flipped in node headers, keys
 // and values, blocks zeroed, the device truncated).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -81,7 +81,7 @@ describe('damaged metadata never crashes a tool', () => {
       for (let b = 0; b * BLOCK_SIZE < bytes.length; b++) {
         if (bytes.subarray(b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE).some((x) => x !== 0)) used.push(b);
       }
-      const variants = src.name === 'snapshot-chains' ? 60 : 24;
+      const variants = src.name === 'snapshot-chains' ? 40 : 16;
       for (let v = 0; v < variants; v++) {
         const buf = Buffer.from(bytes);
         const kind = v % 4;
@@ -121,7 +121,7 @@ describe('damaged metadata never crashes a tool', () => {
       }
     }
     fs.closeSync(sink);
-    expect(runs).toBe((60 + 24) * 8);
+    expect(runs).toBe((40 + 16) * 8);
     // Most variants are caught as damage by some tool.
     expect(failures).toBeGreaterThan(runs / 8);
   });
