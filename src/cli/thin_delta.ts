@@ -4,7 +4,8 @@ import { DELTA_FORMATS, DeltaDamageError, DeltaDeviceError, DeltaFormat, deltaDe
 import { MetadataSnapError } from '../tools/dump.js';
 import { OutputClosedError } from '../formats/output.js';
 import { DeltaSide } from '../thin/delta.js';
-import { UsageError, extractSnapBlock, newProgram, parseNatural, runTool } from './common.js';
+import { UsageError, newProgram, runTool } from './common.js';
+import { blockValue, extractSnapBlock, u64Value } from './options.js';
 
 const TAKES_VALUE = new Set(['--snap1', '--thin1', '--snap2', '--thin2', '--root1', '--root2', '-f', '--format']);
 
@@ -25,9 +26,12 @@ function sideFrom(n: 1 | 2, dev: string | undefined, alias: string | undefined, 
   if (dev !== undefined && alias !== undefined && dev !== alias) throw new UsageError(`--snap${n} and --thin${n} name different devices`);
   const id = dev ?? alias;
   if (id !== undefined && root !== undefined) throw new UsageError(`--snap${n} and --root${n} cannot be combined`);
-  if (root !== undefined) return { root: parseNatural(root, `--root${n}`) };
+  if (root !== undefined) return { root: blockValue(`--root${n}`, root) };
   if (id === undefined) throw new UsageError(`--snap${n} not specified.`);
-  return { devId: parseNatural(id, `thin id ${n}`) };
+  const devId = u64Value(`--snap${n}`, id);
+  // Device ids have 24 bits: a larger one names no device (the reference's message).
+  if (typeof devId !== 'number') throw new UsageError(`Unable to find mapping tree for snap${n} (${devId})`);
+  return { devId };
 }
 
 await runTool('thin_delta', (rawArgv) => {

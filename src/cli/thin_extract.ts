@@ -1,7 +1,15 @@
 // thin_extract: copy one thin volume out of a pool's data device into a plain image file.
 import { ExtractError, extractVolume } from '../tools/extract.js';
 import { DAMAGE_MESSAGE, MetadataDamageError, MetadataSnapError } from '../tools/dump.js';
-import { Progress, UsageError, extractSnapBlock, newProgram, parseNatural, progressBar, runTool } from './common.js';
+import { Progress, UsageError, newProgram, progressBar, runTool } from './common.js';
+import { extractSnapBlock, u64Value } from './options.js';
+
+/** A u64 option whose value must also be a byte offset or device id we can use (below 2^53). */
+function safeValue(option: string, value: string): number {
+  const v = u64Value(option, value);
+  if (typeof v !== 'number') throw new UsageError(`${option}: ${value} is too large`);
+  return v;
+}
 
 const TAKES_VALUE = new Set(['--metadata', '--data', '--dev-id', '-o', '--output', '--size']);
 
@@ -20,9 +28,9 @@ await runTool('thin_extract', (rawArgv) => {
   let bar: Progress | undefined;
   try {
     extractVolume(o.metadata, o.data, o.output, {
-      devId: parseNatural(o.devId, '--dev-id'),
+      devId: safeValue('--dev-id', o.devId),
       metadataSnap: o.metadataSnap ? (snapBlock ?? true) : undefined,
-      size: o.size === undefined ? undefined : parseNatural(o.size, '--size'),
+      size: o.size === undefined ? undefined : safeValue('--size', o.size),
       onProgress: (done, total) => {
         bar ??= progressBar('Extracting', total, !!o.quiet);
         bar.update(done);

@@ -2,7 +2,8 @@
 import { MetadataSnapError } from '../tools/dump.js';
 import { LS_FIELDS, LsError, parseLsFields, lsPool } from '../tools/ls.js';
 import { OutputClosedError } from '../formats/output.js';
-import { UsageError, extractSnapBlock, newProgram, runTool } from './common.js';
+import { UsageError, newProgram, runTool } from './common.js';
+import { extractSnapBlock } from './options.js';
 
 const TAKES_VALUE = new Set(['-o', '--format']);
 

@@ -15,7 +15,7 @@ await runTool(NAME, (argv) => {
   try {
     command = parseMetadataSizeArgs(argv);
   } catch (e) {
-    if (e instanceof MetadataSizeError) throw new UsageError(e.message, 1);
+    if (e instanceof MetadataSizeError) throw new UsageError(e.message);
     throw e;
   }
   if (command.kind === 'help') process.stdout.write(helpText(NAME));

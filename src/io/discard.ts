@@ -3,7 +3,7 @@
 // koffi (a prebuilt FFI in its npm package; see docs/decisions.md).
 import * as fs from 'node:fs';
 import koffi from 'koffi';
-import { InputError, deviceSize } from './block-io.js';
+import { InputError, openFile } from './block-io.js';
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
@@ -30,23 +30,11 @@ export class Discarder {
   private readonly fd: number;
 
   constructor(readonly path: string) {
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(path);
-    } catch {
-      throw new InputError(`${path}: No such file or directory`);
-    }
-    this.isDevice = st.isBlockDevice();
-    if (!this.isDevice && !st.isFile()) throw new InputError(`${path}: not a regular file or block device`);
     // Exclusive on a device: an active pool holds its data device, and this open then fails.
-    const flags = this.isDevice ? fs.constants.O_WRONLY | fs.constants.O_EXCL : fs.constants.O_WRONLY;
-    try {
-      this.fd = fs.openSync(path, flags);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new InputError(`${path}: ${code === 'EBUSY' ? 'Device or resource busy (is the pool active?)' : code ?? (e as Error).message}`);
-    }
-    this.size = deviceSize(path, this.fd);
+    const file = openFile(path, 'write');
+    this.fd = file.fd;
+    this.size = file.size;
+    this.isDevice = fs.fstatSync(file.fd).isBlockDevice();
   }
 
   /** Discards bytes [offset, offset + length). */

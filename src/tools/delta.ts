@@ -1,5 +1,5 @@
 // thin_delta as a library function: the differences between two thin devices, as XML or JSON.
-import { BlockReader, InputError } from '../io/block-io.js';
+import { openMetadataInput } from '../io/open.js';
 import { lookupBTree } from '../pdata/btree/lookup.js';
 import { BTreeError } from '../pdata/btree/walk.js';
 import { FdSink } from '../formats/output.js';
@@ -41,9 +41,8 @@ function writerFor(opts: DeltaOptions, sink: FdSink): DeltaVisitor {
  * prints nothing on damage); past that, the lines so far are out and the XML is left unclosed.
  */
 export function deltaDevices(input: string, opts: DeltaOptions): void {
-  const io = new BlockReader(input);
+  const io = openMetadataInput(input);
   try {
-    if (io.nrBlocks === 0) throw new InputError(`${input}: too small to hold a superblock`);
     const sb = selectSuperblock(io, opts.metadataSnap);
     const rootOf = (side: DeltaSide, name: string): number => {
       if ('root' in side) return side.root;

@@ -5,7 +5,8 @@
 // blocks that hold only zeroes, stay holes in the image.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BlockReader, InputError, deviceSize, sameFile } from '../io/block-io.js';
+import { InputError, openFile } from '../io/block-io.js';
+import { openMetadataInput, refuseOutputOverInput } from '../io/open.js';
 import { U64 } from '../pdata/le.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { readMetadata } from '../thin/read-metadata.js';
@@ -59,24 +60,21 @@ function writeSparse(fd: number, buf: Buffer, n: number, position: number): void
 }
 
 export function extractVolume(metadata: string, data: string, output: string, opts: ExtractOptions): ExtractResult {
-  for (const input of [metadata, data]) {
-    if (sameFile(output, input)) throw new InputError(`${output}: the output is an input (${input})`);
-  }
+  for (const input of [metadata, data]) refuseOutputOverInput(input, output);
   if (fs.existsSync(output) && !fs.statSync(output).isFile()) throw new InputError(`${output}: not a regular file (the image is a file)`);
-  const io = new BlockReader(metadata);
-  let dataFd: number;
+  const io = openMetadataInput(metadata);
+  let dataFile;
   try {
-    dataFd = fs.openSync(data, 'r');
+    dataFile = openFile(data, 'read');
   } catch (e) {
     io.close();
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new InputError(`${data}: ${code === 'ENOENT' ? 'No such file or directory' : code ?? (e as Error).message}`);
+    throw e;
   }
+  const dataFd = dataFile.fd;
   const temp = path.join(path.dirname(path.resolve(output)), `.${path.basename(output)}.${process.pid}.tmp`);
   let outFd = -1;
   try {
-    if (io.nrBlocks === 0) throw new InputError(`${metadata}: too small to hold a superblock`);
-    const dataBytes = deviceSize(data, dataFd);
+    const dataBytes = dataFile.size;
     outFd = fs.openSync(temp, 'wx', 0o644);
     const buf = Buffer.allocUnsafe(COPY_BYTES);
     let blockBytes = 0;

@@ -9,7 +9,8 @@
 // 2. subtrees referenced more than once are walked once more: their blocks become shared;
 // 3. each device's tree is walked skipping those subtrees (nothing in them is exclusive),
 //    counting its mappings to blocks still counted once.
-import { BlockReader, InputError } from '../io/block-io.js';
+import { BlockReader } from '../io/block-io.js';
+import { openMetadataInput } from '../io/open.js';
 import { FdSink } from '../formats/output.js';
 import { JsonTableWriter } from '../formats/json-writer.js';
 import { TableWriter, formatDiskUnit } from '../formats/ls-table.js';
@@ -235,9 +236,8 @@ function cells(dev: LsDevice, fields: readonly LsField[], dataBlockSize: number)
 /** Prints the table of the pool's devices. */
 export function lsPool(input: string, opts: LsOptions = {}): void {
   const fields = opts.fields ?? DEFAULT_LS_FIELDS;
-  const io = new BlockReader(input);
+  const io = openMetadataInput(input);
   try {
-    if (io.nrBlocks === 0) throw new InputError(`${input}: too small to hold a superblock`);
     const sb = selectSuperblock(io, opts.metadataSnap);
     const devices = listDevices(io, fields, opts.metadataSnap);
     const sink = new FdSink(opts.stdoutFd ?? 1);

@@ -4,7 +4,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deflateSync, inflateSync } from 'node:zlib';
-import { BLOCK_SIZE, BlockReader, InputError, deviceSize, sameFile } from '../io/block-io.js';
+import { BLOCK_SIZE, InputError, openFile } from '../io/block-io.js';
+import { openMetadataInput, refuseOutputOverInput } from '../io/open.js';
 import {
   BLOCKS_PER_CHUNK, ByteWriter, PACK_HEADER_SIZE, PackDecoder, PackFormatError, decodeHeader, encodeHeader, packBlock, packable,
 } from '../formats/pack.js';
@@ -19,8 +20,8 @@ export interface PackProgress {
 }
 
 /** Checks an output path isn't the input and may be written. */
-function checkOutput(input: string, output: string, force: boolean, what: string): void {
-  if (sameFile(input, output)) throw new InputError(`${output}: the output is the input ${what}`);
+function checkOutput(input: string, output: string, force: boolean): void {
+  refuseOutputOverInput(input, output);
   if (force || !fs.existsSync(output)) return;
   const st = fs.statSync(output);
   if (!st.isFile() && !st.isBlockDevice()) return;
@@ -58,10 +59,9 @@ function withTempFile(output: string, write: (fd: number) => void): void {
 
 /** Packs the metadata at `input` into the file `output`; returns how many blocks it holds. */
 export function packMetadata(input: string, output: string, opts: { force?: boolean; onProgress?: PackProgress } = {}): number {
-  const io = new BlockReader(input);
+  const io = openMetadataInput(input);
   try {
-    if (io.nrBlocks === 0) throw new InputError(`${input}: too small to hold metadata`);
-    checkOutput(input, output, !!opts.force, 'metadata');
+    checkOutput(input, output, !!opts.force);
     let packed = 0;
     withTempFile(output, (fd) => {
       fs.writeSync(fd, encodeHeader(io.nrBlocks));
@@ -115,14 +115,10 @@ function readAt(fd: number, n: number, pos: number): Buffer {
  * large as the metadata); blocks the pack doesn't hold are zero. Returns how many it held.
  */
 export function unpackMetadata(input: string, output: string, opts: { force?: boolean; onProgress?: PackProgress } = {}): number {
-  let inFd: number;
+  const packFile = openFile(input, 'read');
+  const inFd = packFile.fd;
   try {
-    inFd = fs.openSync(input, 'r');
-  } catch (e) {
-    throw new InputError(`${input}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'No such file or directory' : (e as Error).message}`);
-  }
-  try {
-    const inSize = fs.fstatSync(inFd).size;
+    const inSize = packFile.size;
     const header = readAt(inFd, PACK_HEADER_SIZE, 0);
     let nrBlocks: number;
     try {
@@ -133,12 +129,11 @@ export function unpackMetadata(input: string, output: string, opts: { force?: bo
       if (e instanceof PackFormatError) throw new PackFormatError(`${input}: ${e.message}`);
       throw e;
     }
-    checkOutput(input, output, !!opts.force, 'pack');
+    checkOutput(input, output, !!opts.force);
     const isDevice = fs.existsSync(output) && fs.statSync(output).isBlockDevice();
     let held = 0;
-    const unpackInto = (fd: number) => {
+    const unpackInto = (fd: number, size: number) => {
       if (isDevice) {
-        const size = deviceSize(output, fd);
         if (size < nrBlocks * BLOCK_SIZE) throw new InputError(`${output}: ${size} bytes, too small for ${nrBlocks} metadata blocks`);
       } else {
         fs.ftruncateSync(fd, nrBlocks * BLOCK_SIZE);
@@ -184,15 +179,16 @@ export function unpackMetadata(input: string, output: string, opts: { force?: bo
       }
     };
     if (isDevice) {
-      const fd = fs.openSync(output, 'r+');
+      // Exclusively: never a live pool's metadata device.
+      const device = openFile(output, 'write');
       try {
-        unpackInto(fd);
-        fs.fsyncSync(fd);
+        unpackInto(device.fd, device.size);
+        fs.fsyncSync(device.fd);
       } finally {
-        fs.closeSync(fd);
+        fs.closeSync(device.fd);
       }
     } else {
-      withTempFile(output, unpackInto);
+      withTempFile(output, (fd) => unpackInto(fd, 0));
     }
     return held;
   } finally {

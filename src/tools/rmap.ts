@@ -6,7 +6,8 @@
 // first data block, ties in the reference's order (rmap-order.ts), and printed as
 // `data B..E -> thin(D) T..U`. Memory grows with the output, not with the pool: the records
 // live in typed arrays, and the walk remembers which nodes it has seen.
-import { BlockReader, InputError } from '../io/block-io.js';
+import { BlockReader } from '../io/block-io.js';
+import { openMetadataInput } from '../io/open.js';
 import { FdSink } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
@@ -145,9 +146,8 @@ export function reverseMap(io: BlockReader, regions: readonly Region[]): { recor
 /** Prints the reverse map of `regions` of the pool at `input`. */
 export function rmapPool(input: string, regions: readonly Region[], stdoutFd = 1): void {
   if (regions.length === 0) throw new RmapError('No regions provided.');
-  const io = new BlockReader(input);
+  const io = openMetadataInput(input);
   try {
-    if (io.nrBlocks === 0) throw new InputError(`${input}: too small to hold a superblock`);
     const { records, order } = reverseMap(io, regions);
     const out = new FdSink(stdoutFd);
     for (const i of order) {

@@ -2,7 +2,7 @@
 // storage under the pool (an SSD, a sparse file) gets the space back. Offline: the metadata is
 // only read, and it must pass the whole check first (the data space map is trusted to say what
 // is free only when it agrees with the mappings).
-import { BlockReader, InputError } from '../io/block-io.js';
+import { openMetadataInput } from '../io/open.js';
 import { Discarder } from '../io/discard.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
 import { spaceMapSize } from '../pdata/space-map/root.js';
@@ -23,9 +23,8 @@ export interface TrimOptions {
 }
 
 export function trimDataDevice(metadataDev: string, dataDev: string, opts: TrimOptions = {}): TrimResult {
-  const io = new BlockReader(metadataDev);
+  const io = openMetadataInput(metadataDev);
   try {
-    if (io.nrBlocks === 0) throw new InputError(`${metadataDev}: too small to hold a superblock`);
     const verdict = checkMetadata(io);
     if (!verdict.ok) throw new TrimError(`${metadataDev}: the metadata fails the check (run thin_check); nothing discarded`);
     const sb = readSuperblock(io);
