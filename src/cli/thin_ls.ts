@@ -2,7 +2,7 @@
 import { MetadataSnapError } from '../tools/dump.js';
 import { LS_FIELDS, LsError, parseLsFields, lsPool } from '../tools/ls.js';
 import { OutputClosedError } from '../formats/output.js';
-import { UsageError, newProgram, runTool } from './common.js';
+import { UsageError, mappingProgress, newProgram, runTool } from './common.js';
 import { extractSnapBlock } from './options.js';
 
 const TAKES_VALUE = new Set(['-o', '--format']);
@@ -11,6 +11,7 @@ interface Flags {
   format?: string;
   headers: boolean;
   metadataSnap?: boolean;
+  quiet?: boolean;
 }
 
 await runTool('thin_ls', (rawArgv) => {
@@ -19,11 +20,13 @@ await runTool('thin_ls', (rawArgv) => {
     .argument('[input]', 'metadata device or file')
     .option('-o, --format <fields>', `comma-separated fields, from: ${LS_FIELDS.join(', ')}; add json for JSON (docs/json-format.md)`)
     .option('--no-headers', "don't print the header line")
-    .option('-m, --metadata-snap', 'use the held metadata snapshot');
+    .option('-m, --metadata-snap', 'use the held metadata snapshot')
+    .option('-q, --quiet', 'no progress bar');
   program.parse(argv, { from: 'user' });
   const o = program.opts<Flags>();
   const input = program.args[0];
   if (input === undefined) throw new UsageError('No input file provided.');
+  const progress = mappingProgress('Listing', !!o.quiet);
   try {
     const asked = o.format === undefined ? undefined : parseLsFields(o.format);
     lsPool(input, {
@@ -31,11 +34,14 @@ await runTool('thin_ls', (rawArgv) => {
       json: asked?.json,
       headers: o.headers,
       metadataSnap: o.metadataSnap ? (snapBlock ?? true) : undefined,
+      onProgress: progress.onProgress,
     });
   } catch (e) {
     if (e instanceof OutputClosedError) return 1;
     if (e instanceof LsError || e instanceof MetadataSnapError) throw new UsageError(e.message);
     throw e;
+  } finally {
+    progress.stop();
   }
   return 0;
 });

@@ -1,7 +1,7 @@
 // thin_rmap: which devices and thin blocks map a region of the data device.
 import { OutputClosedError } from '../formats/output.js';
 import { Region, RmapError, parseRegion, rmapPool } from '../tools/rmap.js';
-import { UsageError, newProgram, runTool } from './common.js';
+import { UsageError, mappingProgress, newProgram, runTool } from './common.js';
 
 await runTool('thin_rmap', (argv) => {
   const program = newProgram('thin_rmap', 'Print which thin devices and blocks map regions of the data device.')
@@ -17,18 +17,22 @@ await runTool('thin_rmap', (argv) => {
         }
       },
       [] as Region[],
-    );
+    )
+    .option('-q, --quiet', 'no progress bar');
   program.parse(argv, { from: 'user' });
   const input = program.args[0];
   if (input === undefined) throw new UsageError('No input file provided.');
-  const { region } = program.opts<{ region: Region[] }>();
+  const { region, quiet } = program.opts<{ region: Region[]; quiet?: boolean }>();
   if (region.length === 0) throw new UsageError('No regions provided.');
+  const progress = mappingProgress('Reverse mapping', !!quiet);
   try {
-    rmapPool(input, region);
+    rmapPool(input, region, 1, progress.onProgress);
   } catch (e) {
     if (e instanceof OutputClosedError) return 1;
     if (e instanceof RmapError) throw new UsageError(e.message);
     throw e;
+  } finally {
+    progress.stop();
   }
   return 0;
 });

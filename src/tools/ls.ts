@@ -61,6 +61,8 @@ export function parseLsFields(list: string): { fields: LsField[]; json: boolean 
 }
 
 export interface LsOptions {
+  /** Mappings read so far, of about twice the devices' mapped blocks (two passes). */
+  onProgress?: (done: number, total: number) => void;
   fields?: LsField[];
   json?: boolean;
   headers?: boolean;
@@ -128,7 +130,12 @@ class DataBlockUse {
 }
 
 /** The devices with what the fields need; throws LsError on damage. */
-export function listDevices(io: BlockReader, fields: readonly LsField[], metadataSnap?: true | number): LsDevice[] {
+export function listDevices(
+  io: BlockReader,
+  fields: readonly LsField[],
+  metadataSnap?: true | number,
+  onProgress?: (done: number, total: number) => void,
+): LsDevice[] {
   const sb = selectSuperblock(io, metadataSnap);
   const fail = (e: BTreeError): never => {
     throw new LsError(`${LS_DAMAGE_MESSAGE} ${e.message}`);
@@ -147,7 +154,7 @@ export function listDevices(io: BlockReader, fields: readonly LsField[], metadat
   });
   try {
     if (needHighest) devices.forEach((dev, i) => (dev.highest = highestKey(io, roots[i])));
-    if (needExclusive) countExclusive(io, devices, roots, dataSpaceMapRoot(readSuperblock(io)).nrBlocks);
+    if (needExclusive) countExclusive(io, devices, roots, dataSpaceMapRoot(readSuperblock(io)).nrBlocks, onProgress);
   } catch (e) {
     if (e instanceof BTreeError) fail(e);
     throw e;
@@ -155,8 +162,21 @@ export function listDevices(io: BlockReader, fields: readonly LsField[], metadat
   return devices;
 }
 
-function countExclusive(io: BlockReader, devices: LsDevice[], roots: number[], nrDataBlocks: U64): void {
+function countExclusive(
+  io: BlockReader,
+  devices: LsDevice[],
+  roots: number[],
+  nrDataBlocks: U64,
+  onProgress?: (done: number, total: number) => void,
+): void {
   const use = new DataBlockUse(nrDataBlocks);
+  let total = 0;
+  for (const d of devices) total += 2 * Number(d.details.mappedBlocks);
+  let done = 0;
+  const progress = (node: BTreeNode) => {
+    done += node.nrEntries;
+    onProgress?.(done, total);
+  };
   const refs = new Uint8Array(io.nrBlocks);
   const memo: SubtreeMemo = new Map();
   const fail = (e: BTreeError): never => {
@@ -164,7 +184,10 @@ function countExclusive(io: BlockReader, devices: LsDevice[], roots: number[], n
   };
   for (const root of roots) {
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
-      leaf: (node) => use.countLeaf(node),
+      leaf: (node) => {
+        use.countLeaf(node);
+        progress(node);
+      },
       nodeRef: (b) => {
         if (b < refs.length && refs[b] < 2) refs[b]++;
       },
@@ -182,7 +205,10 @@ function countExclusive(io: BlockReader, devices: LsDevice[], roots: number[], n
   devices.forEach((dev, i) => {
     // Each device's own subtrees; the memo makes the walk pass over shared ones.
     walkBTree(io, roots[i], MAPPING_VALUE_SIZE, {
-      leaf: (node) => (dev.exclusive += use.exclusiveIn(node)),
+      leaf: (node) => {
+        dev.exclusive += use.exclusiveIn(node);
+        progress(node);
+      },
       error: fail,
     }, { memo: skipShared });
   });
@@ -239,7 +265,7 @@ export function lsPool(input: string, opts: LsOptions = {}): void {
   const io = openMetadataInput(input);
   try {
     const sb = selectSuperblock(io, opts.metadataSnap);
-    const devices = listDevices(io, fields, opts.metadataSnap);
+    const devices = listDevices(io, fields, opts.metadataSnap, opts.onProgress);
     const sink = new FdSink(opts.stdoutFd ?? 1);
     if (opts.json) {
       const json = new JsonTableWriter(sink, fields, SIZE_FIELDS);

@@ -12,7 +12,7 @@ import { FdSink } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
-import { MAPPING_VALUE_SIZE, readDeviceRoots } from '../thin/mapping-tree.js';
+import { MAPPING_VALUE_SIZE, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
 import { readSuperblock } from '../thin/superblock.js';
 import { stdSort } from './rmap-order.js';
 
@@ -101,7 +101,11 @@ class RmapRecords {
 }
 
 /** The reverse map of `regions`, in the reference's order. Throws RmapError on damage. */
-export function reverseMap(io: BlockReader, regions: readonly Region[]): { records: RmapRecords; order: Int32Array } {
+export function reverseMap(
+  io: BlockReader,
+  regions: readonly Region[],
+  onProgress?: (done: number, total: number) => void,
+): { records: RmapRecords; order: Int32Array } {
   const merged = mergeRegions(regions);
   const lowest = merged[0].begin;
   const highest = merged[merged.length - 1].end;
@@ -125,6 +129,10 @@ export function reverseMap(io: BlockReader, regions: readonly Region[]): { recor
   // As the reference, a node is visited once in the whole walk: a subtree devices share is
   // reported for the first of them (in dev_id order) only.
   const memo: SubtreeMemo = new Map();
+  // Progress against every device's mapped blocks: shared subtrees are read once, so it ends early.
+  let total = 0;
+  if (onProgress) for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, fail)) total += Number(d.mappedBlocks);
+  let done = 0;
   for (const { devId, root } of readDeviceRoots(io, sb.dataMappingRoot, fail)) {
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
       leaf(node: BTreeNode) {
@@ -133,6 +141,8 @@ export function reverseMap(io: BlockReader, regions: readonly Region[]): { recor
           const data = words[w + 1] * 256 + (words[w] >>> 24);
           if (inRegions(data)) records.add(devId, readU64(node.buf, NODE_HEADER_SIZE + 8 * i), data);
         }
+        done += node.nrEntries;
+        onProgress?.(done, total);
       },
       error: fail,
     }, { memo });
@@ -144,11 +154,16 @@ export function reverseMap(io: BlockReader, regions: readonly Region[]): { recor
 }
 
 /** Prints the reverse map of `regions` of the pool at `input`. */
-export function rmapPool(input: string, regions: readonly Region[], stdoutFd = 1): void {
+export function rmapPool(
+  input: string,
+  regions: readonly Region[],
+  stdoutFd = 1,
+  onProgress?: (done: number, total: number) => void,
+): void {
   if (regions.length === 0) throw new RmapError('No regions provided.');
   const io = openMetadataInput(input);
   try {
-    const { records, order } = reverseMap(io, regions);
+    const { records, order } = reverseMap(io, regions, onProgress);
     const out = new FdSink(stdoutFd);
     for (const i of order) {
       const data = records.dataBegin[i];
