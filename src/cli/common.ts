@@ -1,7 +1,6 @@
 // What every command shares: one-line errors without stack traces, exit codes, version, progress.
 import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
-import cliProgress from 'cli-progress';
 import { OutputClosedError } from '../formats/output.js';
 
 export const TOOLS_VERSION: string = (
@@ -70,6 +69,9 @@ export interface Progress {
 
 export function progressBar(label: string, total: number, quiet: boolean): Progress {
   if (quiet || !process.stderr.isTTY || total <= 0) return { update() {}, stop() {} };
+  // Loaded only when a bar is shown: cli-progress and the modules under it cost about 10 ms of
+  // start-up, which lvm2 would otherwise pay at every pool activation (docs/benchmarks.md).
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof import('cli-progress');
   const bar = new cliProgress.SingleBar(
     { format: `${label} [{bar}] {percentage}% | {value}/{total}`, stream: process.stderr, clearOnComplete: true, fps: 5 },
     cliProgress.Presets.shades_classic,

@@ -20,7 +20,7 @@ interface Flags {
   overrideDetailsRoot?: number;
 }
 
-await runTool(NAME, (argv) => {
+void runTool(NAME, (argv) => {
   const program = newProgram(NAME, 'Validates thin provisioning metadata on a device or file.')
     .argument('<input>', 'metadata device or file')
     .option('-q, --quiet', 'suppress output messages, return only exit code')

@@ -34,7 +34,7 @@ function sideFrom(n: 1 | 2, dev: string | undefined, alias: string | undefined, 
   return { devId };
 }
 
-await runTool('thin_delta', (rawArgv) => {
+void runTool('thin_delta', (rawArgv) => {
   const { argv, snapBlock } = extractSnapBlock(rawArgv, TAKES_VALUE);
   const program = newProgram('thin_delta', 'Print the differences in the mappings between two thin devices.')
     .argument('[input]', 'metadata device or file')

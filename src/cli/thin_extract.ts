@@ -13,7 +13,7 @@ function safeValue(option: string, value: string): number {
 
 const TAKES_VALUE = new Set(['--metadata', '--data', '--dev-id', '-o', '--output', '--size']);
 
-await runTool('thin_extract', (rawArgv) => {
+void runTool('thin_extract', (rawArgv) => {
   const { argv, snapBlock } = extractSnapBlock(rawArgv, TAKES_VALUE);
   const program = newProgram('thin_extract', "Copy one thin volume out of a pool's data device into an image file (unmapped ranges as holes).")
     .requiredOption('--metadata <file>', 'the pool metadata device or file')

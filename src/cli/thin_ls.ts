@@ -14,7 +14,7 @@ interface Flags {
   quiet?: boolean;
 }
 
-await runTool('thin_ls', (rawArgv) => {
+void runTool('thin_ls', (rawArgv) => {
   const { argv, snapBlock } = extractSnapBlock(rawArgv, TAKES_VALUE);
   const program = newProgram('thin_ls', 'List the thin devices of a pool.')
     .argument('[input]', 'metadata device or file')

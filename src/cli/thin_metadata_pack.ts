@@ -2,7 +2,7 @@
 import { PackFormatError, packMetadata } from '../tools/pack.js';
 import { Progress, UsageError, newProgram, progressBar, runTool } from './common.js';
 
-await runTool('thin_metadata_pack', (argv) => {
+void runTool('thin_metadata_pack', (argv) => {
   const program = newProgram('thin_metadata_pack', 'Pack thin metadata into a compressed file (the upstream 1.x pack format); only blocks in use are kept.')
     .requiredOption('-i, --input <file>', 'metadata device or file')
     .requiredOption('-o, --output <file>', 'packed output file')

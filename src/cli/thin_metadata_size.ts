@@ -10,7 +10,7 @@ import {
 
 const NAME = 'thin_metadata_size';
 
-await runTool(NAME, (argv) => {
+void runTool(NAME, (argv) => {
   let command;
   try {
     command = parseMetadataSizeArgs(argv);

@@ -2,7 +2,7 @@
 import { PackFormatError, unpackMetadata } from '../tools/pack.js';
 import { Progress, UsageError, newProgram, progressBar, runTool } from './common.js';
 
-await runTool('thin_metadata_unpack', (argv) => {
+void runTool('thin_metadata_unpack', (argv) => {
   const program = newProgram('thin_metadata_unpack', 'Unpack a file made by thin_metadata_pack into a metadata device or file.')
     .requiredOption('-i, --input <file>', 'packed input file')
     .requiredOption('-o, --output <file>', 'metadata device or file to write')

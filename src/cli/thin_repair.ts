@@ -12,7 +12,7 @@ interface Flags extends SuperblockOverrides {
   quiet?: boolean;
 }
 
-await runTool(NAME, (argv) => {
+void runTool(NAME, (argv) => {
   const program = withOverrideOptions(
     newProgram(NAME, 'Repair thin-provisioning metadata, and write it to a different device or file. When the superblock is unreadable, --data-block-size is required.')
       .option('-i, --input <file>', 'the damaged metadata (device or file)')

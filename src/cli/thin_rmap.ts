@@ -3,7 +3,7 @@ import { OutputClosedError } from '../formats/output.js';
 import { Region, RmapError, parseRegion, rmapPool } from '../tools/rmap.js';
 import { UsageError, mappingProgress, newProgram, runTool } from './common.js';
 
-await runTool('thin_rmap', (argv) => {
+void runTool('thin_rmap', (argv) => {
   const program = newProgram('thin_rmap', 'Print which thin devices and blocks map regions of the data device.')
     .argument('[input]', 'metadata device or file')
     .option(

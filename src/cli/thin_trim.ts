@@ -2,7 +2,7 @@
 import { TrimError, trimDataDevice } from '../tools/trim.js';
 import { Progress, UsageError, newProgram, progressBar, runTool } from './common.js';
 
-await runTool('thin_trim', (argv) => {
+void runTool('thin_trim', (argv) => {
   const program = newProgram('thin_trim', 'Discard the unused data blocks of an inactive pool (holes in a data file).')
     .requiredOption('--metadata-dev <file>', 'the pool metadata device or file')
     .requiredOption('--data-dev <file>', 'the pool data device or file')
