@@ -2,7 +2,6 @@
 import { Option } from 'commander';
 import { DELTA_FORMATS, DeltaDamageError, DeltaDeviceError, DeltaFormat, deltaDevices } from '../tools/delta.js';
 import { MetadataSnapError } from '../tools/dump.js';
-import { OutputClosedError } from '../formats/output.js';
 import { DeltaSide } from '../thin/delta.js';
 import { UsageError, newProgram, runTool } from './common.js';
 import { blockValue, extractSnapBlock, u64Value } from './options.js';
@@ -62,7 +61,6 @@ void runTool('thin_delta', (rawArgv) => {
       format: o.format,
     });
   } catch (e) {
-    if (e instanceof OutputClosedError) return 1;
     if (e instanceof DeltaDeviceError || e instanceof DeltaDamageError || e instanceof MetadataSnapError) {
       throw new UsageError(e.message);
     }

@@ -1,7 +1,6 @@
 // thin_ls: list the thin devices of a pool, with their sizes and how much of them is shared.
 import { MetadataSnapError } from '../tools/dump.js';
 import { LS_FIELDS, LsError, parseLsFields, lsPool } from '../tools/ls.js';
-import { OutputClosedError } from '../formats/output.js';
 import { UsageError, mappingProgress, newProgram, runTool } from './common.js';
 import { extractSnapBlock } from './options.js';
 
@@ -37,7 +36,6 @@ void runTool('thin_ls', (rawArgv) => {
       onProgress: progress.onProgress,
     });
   } catch (e) {
-    if (e instanceof OutputClosedError) return 1;
     if (e instanceof LsError || e instanceof MetadataSnapError) throw new UsageError(e.message);
     throw e;
   } finally {

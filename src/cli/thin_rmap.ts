@@ -1,5 +1,4 @@
 // thin_rmap: which devices and thin blocks map a region of the data device.
-import { OutputClosedError } from '../formats/output.js';
 import { Region, RmapError, parseRegion, rmapPool } from '../tools/rmap.js';
 import { UsageError, mappingProgress, newProgram, runTool } from './common.js';
 
@@ -28,7 +27,6 @@ void runTool('thin_rmap', (argv) => {
   try {
     rmapPool(input, region, 1, progress.onProgress);
   } catch (e) {
-    if (e instanceof OutputClosedError) return 1;
     if (e instanceof RmapError) throw new UsageError(e.message);
     throw e;
   } finally {
