@@ -84,6 +84,16 @@ describe('thin_rmap matches the reference', () => {
     }
   });
 
+  it('a reader that closes the pipe early ends thin_rmap and thin_delta as it ends the reference (SIGPIPE)', () => {
+    const img = pools.find((p) => p.name === 'tmeta')!.path;
+    const ROOT = path.resolve(__dirname, '..');
+    for (const [tool, args] of [['thin_rmap', ['--region', '0..100000']], ['thin_delta', ['--verbose', '--snap1', '1', '--snap2', '2']]] as const) {
+      const status = (command: string) =>
+        spawnSync('bash', ['-c', `${command} ${[...args, img].join(' ')} | head -1 >/dev/null; echo \${PIPESTATUS[0]}`], { encoding: 'utf8' }).stdout.trim();
+      expect(status(`'${process.execPath}' '${path.join(ROOT, 'bin', tool)}'`), tool).toBe(status(`/usr/sbin/${tool}`));
+    }
+  });
+
   it('damaged metadata: the same verdict, nothing printed', () => {
     const src = pools.find((p) => p.name === 'snapshot-chains')!.path;
     const img = path.join(dir, 'damaged.bin');
