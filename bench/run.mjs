@@ -1,12 +1,12 @@
 // Benchmarks our tools against both reference tool sets side by side, on the same generated pool
 // in one run: the 0.9.0 C++ tools (/usr/sbin) and the upstream 1.x Rust tools (.references/1x/bin,
 // installed by `node scripts/ensure-references.mjs`). Prints each tool's wall time and peak RSS,
-// the ratios ours/0.9.0 and ours/1.x, and checks every output in passing (dump: equal to
-// 0.9.0's; restore, repair: the metadata they wrote dumps, by the 0.9.0 thin_dump, as the
+// the ratios ours/0.9.0 and ours/1.x, and checks every output in passing (dump, delta, ls, rmap:
+// equal to 0.9.0's; restore, repair: the metadata they wrote dumps, by the 0.9.0 thin_dump, as the
 // source does).
 //
 //   node bench/run.mjs [--smoke | --large] [--sizes 1000000,5000000] [--snapshots 4] [--repeat 1]
-//                      [--tools check,dump,restore,repair] [--impls 0.9.0,1.x,ours]
+//                      [--tools check,dump,restore,repair,delta,ls,rmap] [--impls 0.9.0,1.x,ours]
 //                      [--upstream DIR] [--dir DIR] [--keep] [--json FILE] [--markdown] [--profile DIR]
 //
 // Exit status: 0 when every tool of ours ran and its output checked out, however slow; 1 when a
@@ -41,9 +41,19 @@ const CASES = [
   },
   { name: 'restore', tool: 'thin_restore', output: 'metadata', args: (f, out) => ['-i', f.xml, '-o', out] },
   { name: 'repair', tool: 'thin_repair', output: 'metadata', args: (f, out) => ['-i', f.image, '-o', out] },
+  {
+    // The origin against its first snapshot.
+    name: 'delta', tool: 'thin_delta', output: 'stdout', args: (f) => ['--snap1', String(f.devIds[0]), '--snap2', String(f.devIds[1]), f.image],
+    upstream: { note: '1.x thin_delta omits the final newline', normalize: (first) => first },
+  },
+  { name: 'ls', tool: 'thin_ls', output: 'stdout', args: (f) => ['-o', LS_ALL_FIELDS, f.image] },
+  // The whole data device: the largest reverse map (1.x orders ties and shared leaves unlike 0.9.0).
+  { name: 'rmap', tool: 'thin_rmap', output: 'stdout', args: (f) => ['--region', `0..${f.nrDataBlocks}`, f.image] },
 ];
 
 const IMPLS = ['0.9.0', '1.x', 'ours'];
+const LS_ALL_FIELDS = 'DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS,MAPPED_SECTORS,EXCLUSIVE_SECTORS,SHARED_SECTORS,' +
+  'MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES,MAPPED,EXCLUSIVE,SHARED,TRANSACTION,CREATE_TIME,SNAP_TIME';
 const TIME = '/usr/bin/time';
 
 // --- options ---------------------------------------------------------------------------------
@@ -82,7 +92,7 @@ function parseArgs(argv) {
     else if (a === '--profile') o.profile = path.resolve(value());
     else if (a === '-h' || a === '--help') {
       console.log('usage: node bench/run.mjs [--smoke | --large] [--sizes 1000000,5000000] [--snapshots N] [--repeat N]\n' +
-        '                        [--tools check,dump,restore,repair] [--impls 0.9.0,1.x,ours]\n' +
+        '                        [--tools check,dump,restore,repair,delta,ls,rmap] [--impls 0.9.0,1.x,ours]\n' +
         '                        [--upstream DIR] [--dir DIR] [--keep] [--json FILE] [--markdown] [--profile DIR]');
       process.exit(0);
     } else throw new HarnessError(`unknown option '${a}'`);

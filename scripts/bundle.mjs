@@ -99,8 +99,8 @@ async function bundle(build, tool, plugin) {
   await build({
     input: entry,
     platform: 'node',
-    // The native crc32c addon loads its platform's binary at run time.
-    external: [/^@node-rs\//],
+    // The native crc32c addon and koffi (thin_trim's FFI) load their platform's binary at run time.
+    external: [/^@node-rs\//, 'koffi'],
     plugins: [plugin],
     output: { file: path.join(OUT, `${tool}.cjs`), format: 'cjs', codeSplitting: false },
     logLevel: 'warn',

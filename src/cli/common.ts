@@ -79,3 +79,22 @@ export function progressBar(label: string, total: number, quiet: boolean): Progr
   bar.start(total, 0);
   return { update: (done) => bar.update(done), stop: () => bar.stop() };
 }
+
+/** Below this many mappings a run is over before a progress bar would be seen. */
+const MAPPINGS_WORTH_A_BAR = 1_000_000;
+
+/**
+ * Progress of a tool that prints to standard output: a bar on stderr when it is a terminal,
+ * the output is not that terminal, the work is large and the user didn't ask for quiet.
+ */
+export function mappingProgress(label: string, quiet: boolean): { onProgress?: (done: number, total: number) => void; stop(): void } {
+  if (quiet || process.stdout.isTTY) return { stop() {} };
+  let bar: Progress | undefined;
+  return {
+    onProgress: (done, total) => {
+      bar ??= progressBar(label, total >= MAPPINGS_WORTH_A_BAR ? total : 0, false);
+      bar.update(Math.min(done, total));
+    },
+    stop: () => bar?.stop(),
+  };
+}

@@ -4,6 +4,7 @@ import { InputError } from '../io/block-io.js';
 import { openMetadataInput, refuseOutputOverInput } from '../io/open.js';
 import { HumanReadableWriter } from '../formats/human-readable.js';
 import { AtomicFileSink, FdSink, OutputClosedError } from '../formats/output.js';
+import { JsonDumpWriter } from '../formats/json-writer.js';
 import { XmlWriter } from '../formats/xml-writer.js';
 import { U64 } from '../pdata/le.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides, applyOverrides, overridesIn } from '../thin/events.js';
@@ -13,7 +14,7 @@ import { SalvageOptions, salvageMetadata } from '../thin/salvage.js';
 export { DAMAGE_MESSAGE, MetadataDamageError, MetadataSnapError } from '../thin/read-metadata.js';
 export { OutputClosedError };
 
-export const DUMP_FORMATS = ['xml', 'human_readable'] as const;
+export const DUMP_FORMATS = ['xml', 'human_readable', 'json'] as const;
 export type DumpFormat = (typeof DUMP_FORMATS)[number];
 
 export interface DumpOptions extends SuperblockOverrides {
@@ -37,12 +38,15 @@ export interface DumpOptions extends SuperblockOverrides {
   repair?: Pick<SalvageOptions, 'warn' | 'scanProgress'>;
 }
 
-function writerFor(format: DumpFormat, sink: FdSink): MetadataVisitor {
+/** The writer of a dump format (thin_dump and thin_dump --repair). */
+export function writerFor(format: DumpFormat, sink: FdSink): MetadataVisitor {
   switch (format) {
     case 'xml':
       return new XmlWriter(sink);
     case 'human_readable':
       return new HumanReadableWriter(sink);
+    case 'json':
+      return new JsonDumpWriter(sink);
   }
 }
 
