@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlockReader } from '../src/io/block-io.js';
-import { NEEDS_CHECK_FLAG, readSuperblock } from '../src/thin/superblock.js';
+import { NEEDS_CHECK_FLAG, dataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
 import { runOurs, runReference, tempDir, upstreamTool } from './support/reference.js';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -59,6 +59,19 @@ describe('example traces', () => {
       expect(summary.verification).toBe('passed');
       expect(summary.problems).toEqual([]);
       expectAccepted(metadata);
+      if (name === 'discards') {
+        // Every block a discard freed was punched out: the data file holds no more than the
+        // blocks the pool still has allocated. (Blocks freed otherwise keep their data, as in
+        // the kernel: a delete, or releasing a metadata snapshot that held discarded blocks,
+        // passes no discard down.)
+        expect(summary.dataBlocks.punched).toBeGreaterThan(0);
+        const io = new BlockReader(metadata);
+        const allocated = Number(dataSpaceMapRoot(readSuperblock(io)).nrAllocated);
+        io.close();
+        const blockBytes = 128 * 512;
+        expect(fs.statSync(data).blocks * 512).toBeLessThanOrEqual(allocated * blockBytes);
+        expect(summary.dataBlocks.freed).toBeGreaterThan(0);
+      }
     });
   }
 

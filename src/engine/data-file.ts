@@ -1,17 +1,11 @@
 // The pool's data device as a file: data block N at byte N * block size. Discards passed down
-// punch holes (fallocate PUNCH_HOLE | KEEP_SIZE) so freed blocks give their space back. Node has
-// no fallocate, so holes are punched by util-linux's `fallocate`, a process per hole run, a shell
-// per batch (docs/decisions.md has the measurements). Holes are queued, and punched sorted and
-// merged when many are waiting at a commit or at the end: nothing reads a freed block, and one
+// punch holes (fallocate PUNCH_HOLE | KEEP_SIZE, through io/discard.ts) so freed blocks give their
+// space back. Holes are queued and punched at the commit that frees the blocks for good, sorted and
+// neighbours merged: until then an abort or a crash brings the blocks back, data included. A block
 // handed out again has its queued hole cancelled first.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { InputError } from '../io/block-io.js';
-
-/** Hole runs per shell (each a fallocate process). */
-const PUNCHES_PER_BATCH = 2000;
-/** Hole runs queued before a commit punches them. */
-const PUNCHES_QUEUED = 4096;
+import { punchHole } from '../io/discard.js';
 
 export class DataFile {
   private readonly fd: number;
@@ -76,33 +70,28 @@ export class DataFile {
     this.pending = [];
   }
 
-  /** At a commit: the open transaction's holes are for good; punched once many are waiting. */
+  /** At a commit: the open transaction's holes are for good, and punched. */
   commitPunches(): void {
     for (const run of this.pending) this.committed.push(run);
     this.pending = [];
-    if (this.committed.length >= PUNCHES_QUEUED) this.flushPunches();
+    this.flushPunches();
   }
 
   /** Punches every committed hole, in order, neighbouring runs merged. */
   flushPunches(): void {
+    if (this.committed.length === 0) return;
     this.committed.sort((a, b) => a[0] - b[0]);
-    const merged: Array<[number, number]> = [];
-    for (const run of this.committed) {
-      const last = merged[merged.length - 1];
-      if (last && last[0] + last[1] === run[0]) last[1] += run[1];
-      else merged.push([run[0], run[1]]);
-    }
-    this.committed = merged;
-    while (this.committed.length > 0) {
-      const batch = this.committed.splice(0, PUNCHES_PER_BATCH);
-      const args: string[] = [];
-      for (const [first, count] of batch) args.push(String(first * this.blockBytes), String(count * this.blockBytes));
-      const script = 'f=$1; shift; while [ $# -gt 0 ]; do fallocate --punch-hole --keep-size --offset "$1" --length "$2" "$f" || exit 1; shift 2; done';
-      const r = spawnSync('sh', ['-c', script, 'sh', this.path, ...args], { encoding: 'utf8' });
-      if (r.error || r.status !== 0) {
-        throw new InputError(`${this.path}: punching holes for discarded blocks failed: ${(r.stderr || r.error?.message || '').trim()}`);
+    let [first, count] = this.committed[0];
+    for (let i = 1; i <= this.committed.length; i++) {
+      const run = this.committed[i];
+      if (run && first + count === run[0]) {
+        count += run[1];
+        continue;
       }
+      punchHole(this.fd, this.path, first * this.blockBytes, count * this.blockBytes);
+      if (run) [first, count] = run;
     }
+    this.committed = [];
   }
 
   close(): void {
