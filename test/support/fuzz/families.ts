@@ -1,0 +1,365 @@
+// What each tool must do with a damaged input (the properties of a fuzz case), run against the
+// reference tools as oracles: 0.9.0 (C++, /usr/sbin) and upstream 1.x (Rust, .references/1x).
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ourTool, referenceTool, upstreamTool } from '../reference.js';
+import { ImageMap } from './image-map.js';
+import { ProcessResult, crashOf, runProcess, userText } from './processes.js';
+import { Rand } from './random.js';
+
+export const BINARY_FAMILIES = ['check', 'check-options', 'check-writes', 'dump', 'dump-repair', 'repair'] as const;
+export const XML_FAMILIES = ['restore'] as const;
+export type Family = (typeof BINARY_FAMILIES)[number] | (typeof XML_FAMILIES)[number];
+
+/** Breaks a property: the campaign fails. */
+export const FINDING_KINDS = [
+  'crash', 'hang', 'exit-code', 'input-changed', 'output-rejected', 'looser', 'dump-differs', 'dump-refused',
+  'unrestorable', 'recovered-fewer', 'mappings-changed', 'not-one-line', 'restore-looser',
+] as const;
+export type FindingKind = (typeof FINDING_KINDS)[number];
+
+/** Allowed, but counted and listed so a person can look at them. */
+export const REVIEW_KINDS = ['stricter', 'looser-than-1.x', 'reference-crashed'] as const;
+export type ReviewKind = (typeof REVIEW_KINDS)[number];
+
+export interface Finding<K = FindingKind> {
+  kind: K;
+  detail: string;
+}
+
+/** The sizes and facts of the unmutated source a case's input came from. */
+export interface SourceInfo {
+  name: string;
+  /** Bytes of metadata the source occupies: outputs of repair and restore get as much. */
+  metadataBytes: number;
+  map?: ImageMap;
+}
+
+const MIN_OUTPUT_BYTES = 4 * 1024 * 1024;
+
+/** One case's runs and what they showed. */
+export class CaseRun {
+  readonly findings: Finding[] = [];
+  readonly reviews: Finding<ReviewKind>[] = [];
+  readonly runs: ProcessResult[] = [];
+  /** Mappings recovered, when a repair case had a reference repair to compare with. */
+  recovered?: { ours: number; reference: number };
+  /** Our tool's exit status in this case (the first of our runs). */
+  ourStatus?: number | null;
+
+  constructor(
+    readonly dir: string,
+    private readonly timeoutMs: number,
+    private readonly verbose?: (line: string) => void,
+  ) {}
+
+  file(name: string): string {
+    return path.join(this.dir, name);
+  }
+
+  /** A new sparse file of `bytes` for a tool to write metadata into. */
+  emptyOutput(name: string, bytes: number): string {
+    const p = this.file(name);
+    fs.writeFileSync(p, '');
+    fs.truncateSync(p, Math.max(bytes, MIN_OUTPUT_BYTES));
+    return p;
+  }
+
+  find(kind: FindingKind, detail: string): void {
+    this.findings.push({ kind, detail });
+  }
+
+  review(kind: ReviewKind, detail: string): void {
+    this.reviews.push({ kind, detail });
+  }
+
+  private async run(file: string, args: string[], argv0?: string[], env?: NodeJS.ProcessEnv): Promise<ProcessResult> {
+    const r = await runProcess(file, args, { timeoutMs: this.timeoutMs, argv0, env });
+    this.runs.push(r);
+    this.verbose?.(`$ ${r.command}\n  -> ${r.timedOut ? 'TIMED OUT' : r.signal ?? r.status} in ${r.ms} ms` +
+      (r.stderr.trim() ? `\n  stderr: ${r.stderr.trim().split('\n').slice(0, 12).join('\n          ')}` : ''));
+    return r;
+  }
+
+  /**
+   * Runs one of our tools, with stacks shown (THIN_TOOLS_DEBUG) so a bug is told from an error
+   * meant for the user. Crashes, hangs and exit codes other than 0 and 1 are findings, except
+   * an exit code the reference gives for the same input (`referenceStatus`).
+   */
+  async ours(tool: string, args: string[], referenceStatus?: number | null): Promise<ProcessResult> {
+    const r = await this.run(process.execPath, args, [ourTool(tool)], { ...process.env, THIN_TOOLS_DEBUG: '1' });
+    if (this.ourStatus === undefined) this.ourStatus = r.status;
+    const what = `${tool} ${args.map((a) => path.basename(a)).join(' ')}`;
+    if (r.timedOut) this.find('hang', `${what}: no exit within ${this.timeoutMs} ms`);
+    const crash = crashOf(r);
+    if (crash) this.find('crash', `${what}: ${crash}`);
+    else if (!r.timedOut && r.status !== 0 && r.status !== 1 && r.status !== referenceStatus) {
+      this.find('exit-code', `${what}: exit ${r.status} (the reference: ${referenceStatus ?? 'not run'})`);
+    }
+    return r;
+  }
+
+  /** Runs a 0.9.0 reference tool; its own crashes are only noted. */
+  async reference(tool: string, args: string[]): Promise<ProcessResult> {
+    const r = await this.run(referenceTool(tool), args);
+    if (r.signal || r.timedOut) this.review('reference-crashed', `0.9.0 ${tool}: ${r.timedOut ? 'timed out' : r.signal}`);
+    return r;
+  }
+
+  async upstream(tool: string, args: string[]): Promise<ProcessResult> {
+    const r = await this.run(upstreamTool(tool), args);
+    if (r.signal || r.timedOut) this.review('reference-crashed', `1.x ${tool}: ${r.timedOut ? 'timed out' : r.signal}`);
+    return r;
+  }
+
+  /** The input's bytes must be what they were before our tool ran. */
+  unchanged(file: string, sha256: string, tool: string): void {
+    if (fileHash(file) !== sha256) this.find('input-changed', `${tool} changed its input ${path.basename(file)}`);
+  }
+
+  /** Metadata one of our tools wrote must pass both reference checkers. */
+  async accepted(file: string, by: string): Promise<void> {
+    const ref = await this.reference('thin_check', [file]);
+    if (ref.status !== 0 && !ref.signal) this.find('output-rejected', `0.9.0 thin_check rejects what ${by} wrote: ${lastLines(ref.stderr)}`);
+    const up = await this.upstream('thin_check', [file]);
+    if (up.status !== 0 && !up.signal) this.find('output-rejected', `1.x thin_check rejects what ${by} wrote: ${lastLines(up.stderr)}`);
+  }
+}
+
+export function fileHash(file: string): string {
+  return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+function lastLines(text: string): string {
+  return text.trim().split('\n').slice(-3).join(' | ');
+}
+
+const failed = (r: ProcessResult): boolean => r.status !== 0 && !r.signal && !r.timedOut;
+const passed = (r: ProcessResult): boolean => r.status === 0;
+
+/** Mapped blocks a (reference) thin_dump XML lists: single mappings plus range lengths. */
+export function countMappings(xml: string): number {
+  let n = 0;
+  for (const m of xml.matchAll(/<single_mapping |<range_mapping [^>]*length="(\d+)"/g)) n += m[1] === undefined ? 1 : Number(m[1]);
+  return n;
+}
+
+/** Our check's verdict against a reference's: failing where it passes is allowed, the reverse never. */
+function compareVerdicts(c: CaseRun, ours: ProcessResult, ref: ProcessResult, refName: '0.9.0' | '1.x', options: string[]): void {
+  if (ours.timedOut || ours.signal || ref.timedOut || ref.signal) return;
+  const opts = options.length ? ` ${options.join(' ')}` : '';
+  if (passed(ours) && failed(ref)) {
+    const detail = `${refName} thin_check${opts} fails (${lastLines(ref.stderr)}), ours passes`;
+    if (refName === '0.9.0') c.find('looser', detail);
+    else c.review('looser-than-1.x', detail);
+  } else if (failed(ours) && passed(ref) && refName === '0.9.0') {
+    c.review('stricter', `thin_check${opts}: ours fails (${lastLines(userText(ours.stderr))}), 0.9.0 passes`);
+  }
+}
+
+export interface BinaryCase {
+  c: CaseRun;
+  input: string;
+  sha256: string;
+  source: SourceInfo;
+  rand: Rand;
+}
+
+const CHECK_OPTIONS = ['-m', '--super-block-only', '--skip-mappings', '--ignore-non-fatal-errors'];
+
+export async function runBinaryFamily(family: (typeof BINARY_FAMILIES)[number], k: BinaryCase): Promise<string[]> {
+  switch (family) {
+    case 'check':
+      return check(k, []);
+    case 'check-options': {
+      const opts = CHECK_OPTIONS.filter(() => k.rand.chance(0.4));
+      return check(k, opts.length ? opts : [k.rand.pick(CHECK_OPTIONS)]);
+    }
+    case 'check-writes':
+      return checkWrites(k, k.rand.pick(['--clear-needs-check-flag', '--auto-repair']));
+    case 'dump':
+      return dump(k);
+    case 'dump-repair':
+      return dumpRepair(k);
+    case 'repair':
+      return repair(k);
+  }
+}
+
+async function check({ c, input, sha256 }: BinaryCase, opts: string[]): Promise<string[]> {
+  const ref = await c.reference('thin_check', [...opts, input]);
+  const ours = await c.ours('thin_check', [...opts, input], ref.status);
+  c.unchanged(input, sha256, 'thin_check');
+  compareVerdicts(c, ours, ref, '0.9.0', opts);
+  compareVerdicts(c, ours, await c.upstream('thin_check', [...opts, input]), '1.x', opts);
+  return opts;
+}
+
+/** --clear-needs-check-flag and --auto-repair write their input: each tool gets its own copy. */
+async function checkWrites({ c, input, sha256 }: BinaryCase, option: string): Promise<string[]> {
+  const mine = c.file('ours.bin');
+  fs.copyFileSync(input, mine);
+  if (option === '--clear-needs-check-flag') {
+    const theirs = c.file('theirs.bin');
+    fs.copyFileSync(input, theirs);
+    const ref = await c.reference('thin_check', [option, theirs]);
+    const ours = await c.ours('thin_check', [option, mine], ref.status);
+    compareVerdicts(c, ours, ref, '0.9.0', [option]);
+    if (failed(ours)) c.unchanged(mine, sha256, `thin_check ${option} (failed)`);
+    return [option];
+  }
+  const ours = await c.ours('thin_check', [option, mine]);
+  if (passed(ours)) {
+    await c.accepted(mine, `thin_check ${option}`);
+    // Only the space maps are rebuilt: what the reference dumps must not change.
+    const before = await c.reference('thin_dump', [input]);
+    if (passed(before)) {
+      const after = await c.reference('thin_dump', [mine]);
+      const strip = (x: Buffer) => x.toString().replace(/ flags="\d+"/, '');
+      if (!passed(after) || strip(before.stdout) !== strip(after.stdout)) {
+        c.find('mappings-changed', `0.9.0 thin_dump of the metadata after thin_check ${option} differs from before`);
+      }
+    }
+  } else if (failed(ours) && /refused/.test(ours.stderr)) {
+    c.unchanged(mine, sha256, `thin_check ${option} (refused)`);
+  }
+  return [option];
+}
+
+async function dump({ c, input, sha256, source, rand }: BinaryCase): Promise<string[]> {
+  const devIds = source.map?.devIds ?? [];
+  const opts = rand.weighted<string[]>([
+    [[], 3],
+    [['-f', 'human_readable'], 1],
+    [['-m'], 1],
+    [['--skip-mappings'], 1],
+    [['--dev-id', String(devIds.length ? rand.pick(devIds) : rand.int(5))], 1],
+    [['--shared-subtrees'], 1.5],
+    [['-o', 'OUT'], 1],
+  ]);
+  const mineOut = c.file('ours.xml');
+  const args = (out: string) => opts.map((o) => (o === 'OUT' ? out : o));
+  const ours = await c.ours('thin_dump', [...args(mineOut), input]);
+  c.unchanged(input, sha256, 'thin_dump');
+  const outputOf = (r: ProcessResult, out: string): Buffer => (opts.includes('OUT') ? readIfThere(out) : r.stdout);
+
+  const refCheck = await c.reference('thin_check', [...(opts.includes('-m') ? ['-m'] : []), input]);
+  if (!passed(refCheck)) return opts;
+  if (opts.includes('--shared-subtrees')) {
+    // The shared form, restored by us, must give back what the reference dumps of the input.
+    const flat = await c.reference('thin_dump', [input]);
+    if (!passed(flat) || !passed(ours)) {
+      if (passed(flat)) c.find('dump-refused', `thin_dump --shared-subtrees fails where 0.9.0 dumps: ${lastLines(userText(ours.stderr))}`);
+      return opts;
+    }
+    const xml = c.file('shared.xml');
+    fs.writeFileSync(xml, ours.stdout);
+    const out = c.emptyOutput('restored.bin', source.metadataBytes);
+    const restore = await c.ours('thin_restore', ['-i', xml, '-o', out]);
+    if (!passed(restore)) {
+      c.find('unrestorable', `our thin_restore refuses our --shared-subtrees dump: ${lastLines(userText(restore.stderr))}`);
+      return opts;
+    }
+    const back = await c.reference('thin_dump', [out]);
+    if (!passed(back) || !back.stdout.equals(flat.stdout)) {
+      c.find('dump-differs', '--shared-subtrees dump restored by us is not what 0.9.0 dumps of the input');
+    }
+    return opts;
+  }
+  const theirsOut = c.file('theirs.xml');
+  const ref = await c.reference('thin_dump', [...args(theirsOut), input]);
+  if (!passed(ref)) return opts;
+  if (!passed(ours)) {
+    c.find('dump-refused', `thin_dump ${opts.join(' ')} fails where 0.9.0 checks and dumps: ${lastLines(userText(ours.stderr))}`);
+  } else if (!outputOf(ours, mineOut).equals(outputOf(ref, theirsOut))) {
+    c.find('dump-differs', `thin_dump ${opts.join(' ')} output differs from 0.9.0's on metadata 0.9.0 thin_check passes`);
+  }
+  return opts;
+}
+
+function readIfThere(file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch {
+    return Buffer.alloc(0);
+  }
+}
+
+/** thin_dump -r: what it prints must be XML the reference restores into metadata its checkers pass. */
+async function dumpRepair({ c, input, sha256, source }: BinaryCase): Promise<string[]> {
+  const ours = await c.ours('thin_dump', ['-r', input]);
+  c.unchanged(input, sha256, 'thin_dump -r');
+  if (!passed(ours)) return ['-r'];
+  const xml = c.file('repaired.xml');
+  fs.writeFileSync(xml, ours.stdout);
+  const out = c.emptyOutput('restored.bin', source.metadataBytes);
+  const restore = await c.reference('thin_restore', ['-i', xml, '-o', out]);
+  if (!passed(restore)) {
+    c.find('unrestorable', `0.9.0 thin_restore refuses our thin_dump -r output: ${lastLines(restore.stderr)}`);
+    return ['-r'];
+  }
+  await c.accepted(out, 'thin_dump -r (restored by 0.9.0)');
+  return ['-r'];
+}
+
+/**
+ * thin_repair: the output passes both checkers, and holds at least the mappings the reference
+ * thin_repair recovers (both outputs counted with the reference thin_dump).
+ */
+async function repair({ c, input, sha256, source, rand }: BinaryCase): Promise<string[]> {
+  const facts = source.map?.facts;
+  const opts = facts && rand.chance(0.25)
+    ? ['--transaction-id', String(facts.transactionId), '--data-block-size', String(facts.dataBlockSize), '--nr-data-blocks', String(facts.nrDataBlocks)]
+    : [];
+  const mine = c.emptyOutput('ours.bin', source.metadataBytes);
+  const theirs = c.emptyOutput('theirs.bin', source.metadataBytes);
+  const ref = await c.reference('thin_repair', ['-i', input, '-o', theirs, ...opts]);
+  const ours = await c.ours('thin_repair', ['-i', input, '-o', mine, ...opts], ref.status);
+  c.unchanged(input, sha256, 'thin_repair');
+  let ourCount = 0;
+  if (passed(ours)) {
+    await c.accepted(mine, 'thin_repair');
+    const d = await c.reference('thin_dump', [mine]);
+    if (passed(d)) ourCount = countMappings(d.stdout.toString());
+  }
+  if (passed(ref)) {
+    const d = await c.reference('thin_dump', [theirs]);
+    if (passed(d)) {
+      const refCount = countMappings(d.stdout.toString());
+      c.recovered = { ours: ourCount, reference: refCount };
+      if (ourCount < refCount) {
+        c.find('recovered-fewer', `our thin_repair recovered ${ourCount} mappings, 0.9.0 ${refCount}` +
+          (passed(ours) ? '' : ` (ours failed: ${lastLines(userText(ours.stderr))})`));
+      }
+    }
+  }
+  return opts.length ? ['--transaction-id', '--data-block-size', '--nr-data-blocks'] : [];
+}
+
+export interface XmlCase {
+  c: CaseRun;
+  xml: string;
+  sha256: string;
+  /** The unmutated XML is the shared form, which 0.9.0 can't read. */
+  shared: boolean;
+  metadataBytes: number;
+}
+
+/** thin_restore of mutated XML: a one-line error, or metadata both checkers pass. */
+export async function runRestore({ c, xml, sha256, shared, metadataBytes }: XmlCase): Promise<void> {
+  const mine = c.emptyOutput('ours.bin', metadataBytes);
+  const ours = await c.ours('thin_restore', ['-i', xml, '-o', mine]);
+  c.unchanged(xml, sha256, 'thin_restore');
+  if (passed(ours)) {
+    await c.accepted(mine, 'thin_restore');
+    if (!shared) {
+      const theirs = c.emptyOutput('theirs.bin', metadataBytes);
+      const ref = await c.reference('thin_restore', ['-i', xml, '-o', theirs]);
+      if (failed(ref)) c.find('restore-looser', `0.9.0 thin_restore refuses it (${lastLines(ref.stderr)}), ours accepts`);
+    }
+  } else if (failed(ours)) {
+    const lines = userText(ours.stderr).trim().split('\n');
+    if (lines.length !== 1 || !lines[0]) c.find('not-one-line', `thin_restore says ${lines.length} lines: ${lines.slice(0, 3).join(' | ')}`);
+  }
+}
