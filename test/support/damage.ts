@@ -198,3 +198,31 @@ export function setNrEntries(file: string, block: number, n: number): void {
   sealBlock(buf, BTREE_CSUM_XOR);
   writeBlock(file, block, buf);
 }
+
+/**
+ * Points a space map's index entry for `bitmap` at `block` (re-sealed): the metadata space map's
+ * index block, or the leaf of the data space map's index tree that holds the entry.
+ */
+export function pointBitmapAt(file: string, kind: 'metadata' | 'data', bitmap: number, block: number): void {
+  const at = withReader(file, (io) => {
+    const sb = readSuperblock(io);
+    if (kind === 'metadata') {
+      return { block: metadataSpaceMapRoot(sb).bitmapRoot, off: INDEX_HEADER_SIZE + bitmap * 16, salt: INDEX_CSUM_XOR };
+    }
+    let found: { block: number; off: number; salt: number } | undefined;
+    walkBTree(io, dataSpaceMapRoot(sb).bitmapRoot, 16, {
+      leaf(node: BTreeNode) {
+        for (let i = 0; i < node.nrEntries; i++) {
+          if (node.key(i) === bitmap) found = { block: node.block, off: node.valueOffset(i), salt: BTREE_CSUM_XOR };
+        }
+      },
+      error: fail,
+    });
+    if (!found) throw new Error(`damage: no index entry for data bitmap ${bitmap}`);
+    return found;
+  });
+  const buf = readBlock(file, at.block);
+  writeU64(buf, at.off, block);
+  sealBlock(buf, at.salt);
+  writeBlock(file, at.block, buf);
+}
