@@ -22,4 +22,14 @@ describe('thin_check is never looser than the reference', () => {
     expect(ours.status).toBe(1);
     expect(ours.stderr).toMatch(/block 0/);
   });
+
+  test('of --super-block-only and --skip-mappings the later decides how far the check goes, as in 0.9.0', () => {
+    const file = kernelImage('tmeta_device_id_reuse');
+    damage.zeroBlock(file, damage.superblockOf(file).dataMappingRoot);
+    for (const opts of [['--super-block-only', '--skip-mappings'], ['--skip-mappings', '--super-block-only']]) {
+      const ref = runReference('thin_check', [...opts, file]).status;
+      expect(runOurs('thin_check', [...opts, file]).status, opts.join(' ')).toBe(ref);
+    }
+    expect(runReference('thin_check', ['--super-block-only', '--skip-mappings', file]).status).not.toBe(0);
+  });
 });

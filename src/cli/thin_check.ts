@@ -41,6 +41,12 @@ await runTool(NAME, (argv) => {
     throw new UsageError(`${option} only applies to the live metadata, without -m or root overrides`);
   }
 
+  // As in 0.9.0, the later of --super-block-only and --skip-mappings says how far the check goes.
+  if (flags.superBlockOnly && flags.skipMappings) {
+    if (argv.lastIndexOf('--skip-mappings') > argv.lastIndexOf('--super-block-only')) flags.superBlockOnly = false;
+    else flags.skipMappings = false;
+  }
+
   const quiet = !!flags.quiet;
   let bar: Progress | undefined;
   const stopBar = (): void => {
