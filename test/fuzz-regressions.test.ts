@@ -1,10 +1,8 @@
 // Bugs the fuzz campaign found (docs/fuzz.md), each rebuilt by hand from the case that showed
 // it and held to the property the campaign checks, against the reference tools.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import * as damage from './support/damage.js';
-import { runOurs, runReference, runUpstream, scratchFiles, unpackKernelImage } from './support/reference.js';
+import { runOurs, runReference, scratchFiles, unpackKernelImage } from './support/reference.js';
 
 const scratch = scratchFiles('fuzz-regressions-');
 afterAll(() => scratch.remove());

@@ -36,7 +36,12 @@ export interface SourceInfo {
   map?: ImageMap;
 }
 
-const MIN_OUTPUT_BYTES = 4 * 1024 * 1024;
+/**
+ * Outputs get room to spare: a flat restore or repair of metadata whose snapshots shared their
+ * trees needs more blocks than the source, and a refusal for want of room shows nothing.
+ */
+const OUTPUT_SCALE = 4;
+const MIN_OUTPUT_BYTES = 16 * 1024 * 1024;
 
 /** One case's runs and what they showed. */
 export class CaseRun {
@@ -62,7 +67,7 @@ export class CaseRun {
   emptyOutput(name: string, bytes: number): string {
     const p = this.file(name);
     fs.writeFileSync(p, '');
-    fs.truncateSync(p, Math.max(bytes, MIN_OUTPUT_BYTES));
+    fs.truncateSync(p, Math.max(bytes * OUTPUT_SCALE, MIN_OUTPUT_BYTES));
     return p;
   }
 
@@ -286,20 +291,26 @@ function readIfThere(file: string): Buffer {
   }
 }
 
-/** thin_dump -r: what it prints must be XML the reference restores into metadata its checkers pass. */
+/**
+ * thin_dump -r: what it prints must be XML both reference thin_restores take, giving metadata
+ * both checkers pass. (Only the 1.x restore's output is checked: 0.9.0's thin_restore leaks a
+ * metadata block on large pools, so its own check fails what it restores from its own dump.)
+ */
 async function dumpRepair({ c, input, sha256, source }: BinaryCase): Promise<string[]> {
   const ours = await c.ours('thin_dump', ['-r', input]);
   c.unchanged(input, sha256, 'thin_dump -r');
   if (!passed(ours)) return ['-r'];
   const xml = c.file('repaired.xml');
   fs.writeFileSync(xml, ours.stdout);
+  const old = await c.reference('thin_restore', ['-i', xml, '-o', c.emptyOutput('restored-0.9.bin', source.metadataBytes)]);
+  if (!passed(old)) c.find('unrestorable', `0.9.0 thin_restore refuses our thin_dump -r output: ${lastLines(old.stderr)}`);
   const out = c.emptyOutput('restored.bin', source.metadataBytes);
-  const restore = await c.reference('thin_restore', ['-i', xml, '-o', out]);
+  const restore = await c.upstream('thin_restore', ['-i', xml, '-o', out]);
   if (!passed(restore)) {
-    c.find('unrestorable', `0.9.0 thin_restore refuses our thin_dump -r output: ${lastLines(restore.stderr)}`);
+    c.find('unrestorable', `1.x thin_restore refuses our thin_dump -r output: ${lastLines(restore.stderr)}`);
     return ['-r'];
   }
-  await c.accepted(out, 'thin_dump -r (restored by 0.9.0)');
+  await c.accepted(out, 'thin_dump -r (restored by 1.x)');
   return ['-r'];
 }
 

@@ -72,7 +72,7 @@ const BUG_TEXTS = [
   /Cannot (convert|mix) BigInt/,
   /cannot be converted to a BigInt/,
   /is not defined/,
-  /\bundefined\b/,
+  /\bundefined\b(?! def\b)/, // (our "ref to undefined def" is a message, not a bug)
   /\bNaN\b/,
   /\[object Object\]/,
   /\[ERR_[A-Z_]+\]/,
