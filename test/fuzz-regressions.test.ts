@@ -1,9 +1,14 @@
 // Bugs the fuzz campaign found (docs/fuzz.md), each rebuilt by hand from the case that showed
 // it and held to the property the campaign checks, against the reference tools.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import * as damage from './support/damage.js';
-import { runOurs, runReference, scratchFiles, unpackKernelImage } from './support/reference.js';
+import { countMappings } from './support/fuzz/families.js';
+import { ourTool, runOurs, runReference, scratchFiles, unpackKernelImage } from './support/reference.js';
 
+const TESTDATA = path.resolve(__dirname, '..', 'testdata');
 const scratch = scratchFiles('fuzz-regressions-');
 afterAll(() => scratch.remove());
 
@@ -29,5 +34,38 @@ describe('thin_check is never looser than the reference', () => {
       expect(runOurs('thin_check', [...opts, file]).status, opts.join(' ')).toBe(ref);
     }
     expect(runReference('thin_check', ['--super-block-only', '--skip-mappings', file]).status).not.toBe(0);
+  });
+});
+
+/** Runs one of our tools, killed after `ms` (a hang fails the test instead of stalling it). */
+function runOursWithin(ms: number, name: string, args: string[]): { status: number | null; stderr: string; ms: number } {
+  const start = Date.now();
+  const r = spawnSync(process.execPath, [ourTool(name), ...args], { encoding: 'utf8', timeout: ms, killSignal: 'SIGKILL' });
+  return { status: r.status, stderr: r.stderr, ms: Date.now() - start };
+}
+
+describe('no hang on sizes no pool can have', () => {
+  /** Offset of the data space map root's nr_blocks (nr_data_blocks) in the superblock. */
+  const NR_DATA_BLOCKS = 64;
+
+  test('thin_repair takes a superblock nr_data_blocks whose space map cannot fit in the metadata as damage', () => {
+    const file = kernelImage('tmeta_with_shared_internals_and_leaves');
+    const mappings = countMappings(runReference('thin_dump', [file]).stdout);
+    damage.setSuperblockU64(file, NR_DATA_BLOCKS, 2n ** 57n + 65n);
+    const out = scratch.emptyOutput(64 << 20);
+    const r = runOursWithin(30_000, 'thin_repair', ['-i', file, '-o', out]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/nr_data_blocks/);
+    expect(runReference('thin_check', [out]).status).toBe(0);
+    expect(countMappings(runReference('thin_dump', [out]).stdout)).toBe(mappings);
+  });
+
+  test('thin_restore refuses nr_data_blocks whose space map no metadata can hold, at once', () => {
+    const xml = scratch.writeXml(fs.readFileSync(path.join(TESTDATA, 'small-pool.xml'), 'utf8')
+      .replace(/nr_data_blocks="\d+"/, `nr_data_blocks="${2 ** 40}"`));
+    const r = runOursWithin(10_000, 'thin_restore', ['-i', xml, '-o', scratch.emptyOutput(16 << 20)]);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/more than/);
   });
 });

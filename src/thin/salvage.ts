@@ -17,6 +17,7 @@ import { BlockReader } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
 import { BTreeError, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { U64, U64_MAX, u64Add } from '../pdata/le.js';
+import { bitmapsFor } from '../pdata/space-map/common.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides } from './events.js';
 import { MAX_DATA_BLOCK, mappingDataBlock, mappingTime } from './mapping.js';
@@ -332,7 +333,7 @@ class Salvager {
         flags: sb.flags & ~NEEDS_CHECK_FLAG,
         version: 2,
         dataBlockSize: o.dataBlockSize ?? sb.dataBlockSize,
-        nrDataBlocks: o.nrDataBlocks ?? dataSpaceMapRoot(sb).nrBlocks,
+        nrDataBlocks: o.nrDataBlocks ?? this.plausibleNrDataBlocks(dataSpaceMapRoot(sb).nrBlocks),
       };
     }
     const copy = this.superblockCopy();
@@ -365,6 +366,18 @@ class Salvager {
       dataBlockSize,
       nrDataBlocks: o.nrDataBlocks,
     };
+  }
+
+  /**
+   * The superblock's nr_data_blocks, unless the data space map of that many blocks could not fit
+   * in this metadata device (so the kernel never wrote it): then the mappings decide (undefined).
+   */
+  private plausibleNrDataBlocks(nrDataBlocks: U64): U64 | undefined {
+    const bitmaps = bitmapsFor(Number(nrDataBlocks));
+    if (bitmaps < this.io.nrBlocks) return nrDataBlocks;
+    this.warn(`the superblock's nr_data_blocks ${nrDataBlocks} is damaged: its space map would need ${bitmaps} bitmaps, ` +
+      `more than the ${this.io.nrBlocks} blocks of this metadata`);
+    return undefined;
   }
 
   /** A metadata snapshot's copy of the superblock: the pool's settings from an earlier commit. */

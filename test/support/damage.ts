@@ -226,3 +226,11 @@ export function pointBitmapAt(file: string, kind: 'metadata' | 'data', bitmap: n
   sealBlock(buf, at.salt);
   writeBlock(file, at.block, buf);
 }
+
+/** Sets a u64 field of the superblock (at its byte offset) and re-seals it. */
+export function setSuperblockU64(file: string, offset: number, value: bigint): void {
+  const sb = readBlock(file, 0);
+  sb.writeBigUInt64LE(value, offset);
+  sealBlock(sb, SUPERBLOCK_CSUM_XOR);
+  writeBlock(file, 0, sb);
+}

@@ -179,6 +179,13 @@ export async function runBinaryFamily(family: (typeof BINARY_FAMILIES)[number], 
       return check(k, []);
     case 'check-options': {
       const opts = CHECK_OPTIONS.filter(() => k.rand.chance(0.4));
+      if (k.rand.chance(0.2)) {
+        // Another tree's root, a device's root (a two-level tree seen as one level) or any block.
+        const roles = ['top-node', 'device-root', 'details-node'] as const;
+        const blocks = roles.flatMap((r) => k.source.map?.byRole.get(r) ?? []);
+        const block = blocks.length && k.rand.chance(0.8) ? k.rand.pick(blocks) : k.rand.int(k.source.map?.nrBlocks ?? 1);
+        opts.push('--override-mapping-root', String(block));
+      }
       return check(k, opts.length ? opts : [k.rand.pick(CHECK_OPTIONS)]);
     }
     case 'check-writes':
