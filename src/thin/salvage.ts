@@ -5,7 +5,9 @@
 // survive, and mapped_blocks is the count actually recovered.
 //
 // A damaged value never stops it: entries whose keys are out of order or out of range are
-// dropped (the rest of their node is kept), mappings past the data device are dropped, and
+// dropped (the rest of their node is kept), except a leaf's sorted mappings that its parent no
+// longer leads to, which are kept where no other mapping claims their thin blocks (a swapped or
+// misplaced leaf); mappings past the data device are dropped, and
 // values no kernel writes are corrected to the safe side, each with a note:
 // - a mapping newer than the pool's time gets time 0, so the kernel treats the block as shared
 //   and copies it before any write (never overwriting a snapshot's data);
@@ -57,6 +59,17 @@ interface Device {
   details: DeviceDetails | null;
   /** Set once the counting walk found mappings to emit, and how to filter them. */
   filter?: MappingFilter;
+  /** Mappings outside the keys their parents give them, kept: emitted where their keys belong. */
+  displaced?: Displaced[];
+}
+
+/** Entries `from` to `to` of a leaf that its parent's keys don't lead to (see BTreeVisitor.displaced). */
+interface Displaced {
+  block: number;
+  from: number;
+  to: number;
+  minKey: U64;
+  maxKey: U64;
 }
 
 /** Salvage keeps what it can of every node (see WalkOptions.salvage). */
@@ -229,23 +242,30 @@ class Salvager {
         continue;
       }
       let count = 0;
-      const summary = walkBTree(io, dev.root, MAPPING_VALUE_SIZE, {
-        leaf: (node) => {
-          for (let i = 0; i < node.nrEntries; i++) {
-            const off = node.valueOffset(i);
-            const dataBlock = mappingDataBlock(node.buf, off);
-            if (dataBlock >= limit) dropped++;
-            else {
-              count++;
-              if (dataBlock > highest) highest = dataBlock;
-              if (mappingTime(node.buf, off) > poolTime) retimed++;
-            }
+      const countLeaf = (node: BTreeNode, from = 0, to = node.nrEntries): void => {
+        for (let i = from; i < to; i++) {
+          const off = node.valueOffset(i);
+          const dataBlock = mappingDataBlock(node.buf, off);
+          if (dataBlock >= limit) dropped++;
+          else {
+            count++;
+            if (dataBlock > highest) highest = dataBlock;
+            if (mappingTime(node.buf, off) > poolTime) retimed++;
           }
-        },
+        }
+      };
+      const displaced: Displaced[] = [];
+      const summary = walkBTree(io, dev.root, MAPPING_VALUE_SIZE, {
+        leaf: (node) => countLeaf(node),
         error: (err) => this.warn(`device ${dev.devId}: mappings ${err.keys} lost: ${err.message}`),
         dropped: (block, n, reason) => this.warn(`device ${dev.devId}: ${n} mappings of leaf block ${block} dropped: ${reason}`),
+        displaced: (node, from, to) => displaced.push({ block: node.block, from, to, minKey: node.key(from), maxKey: node.key(to - 1) }),
       }, SALVAGE_WALK);
       if (!summary) dev.root = null;
+      if (summary && displaced.length > 0) {
+        dev.displaced = this.placeDisplaced(dev, displaced);
+        for (const d of dev.displaced) countLeaf(new BTreeNode(d.block, io.read(d.block)), d.from, d.to);
+      }
       counted.set(dev.devId, count);
       if (dev.root !== null && count > 0) dev.filter = filter;
     }
@@ -275,7 +295,7 @@ class Salvager {
           // shared and copy it before writing, which is slower but never overwrites a snapshot's data.
           { devId: dev.devId, mappedBlocks: mapped, transaction: pool.transaction, creationTime: 0, snapTime: pool.time };
       visitor.deviceBegin(info);
-      if (dev.filter) emitMappings(io, dev.root!, dev.filter, visitor);
+      if (dev.filter) emitMappings(io, dev.root!, dev.filter, visitor, dev.displaced ?? []);
       visitor.deviceEnd();
     }
     visitor.superblockEnd();
@@ -287,6 +307,43 @@ class Salvager {
       detailsRoot,
       scanned: this.scan !== null,
     };
+  }
+
+  /**
+   * Which displaced mappings of a device to keep: those whose thin blocks no mapping in place
+   * and no other displaced leaf claims (a leaf swapped with its neighbour, or reached through a
+   * damaged parent key, holds mappings nothing else has). In key order.
+   */
+  private placeDisplaced(dev: Device, found: Displaced[]): Displaced[] {
+    const note = (d: Displaced, verdict: string) => this.warn(
+      `device ${dev.devId}: ${d.to - d.from} mappings of leaf block ${d.block} lie outside the keys its parent gives it; ${verdict}`);
+    const kept: Displaced[] = [];
+    for (const d of [...found].sort((a, b) => (a.minKey < b.minKey ? -1 : a.minKey > b.minKey ? 1 : 0))) {
+      if (kept.length > 0 && d.minKey <= kept[kept.length - 1].maxKey) note(d, 'dropped, as other displaced mappings claim those thin blocks');
+      else kept.push(d);
+    }
+    // A mapping in place inside a displaced leaf's key range means the two disagree: keep the one in place.
+    const clash = new Set<Displaced>();
+    walkBTree(this.io, dev.root!, MAPPING_VALUE_SIZE, {
+      leaf: (node) => {
+        for (let i = 0; i < node.nrEntries; i++) {
+          const key = node.key(i);
+          let lo = 0;
+          let hi = kept.length;
+          while (lo < hi) {
+            const mid = (lo + hi) >>> 1;
+            if (kept[mid].minKey <= key) lo = mid + 1;
+            else hi = mid;
+          }
+          if (lo > 0 && key <= kept[lo - 1].maxKey) clash.add(kept[lo - 1]);
+        }
+      },
+      error: () => {},
+    }, SALVAGE_WALK);
+    for (const d of clash) note(d, 'dropped, as mappings in place claim some of those thin blocks');
+    const placed = kept.filter((d) => !clash.has(d));
+    for (const d of placed) note(d, 'kept, as no other mapping claims those thin blocks');
+    return placed;
   }
 
   /** A device time no later than the pool's (a later one is corrected, with a note). */
@@ -392,10 +449,37 @@ class Salvager {
   }
 }
 
-/** Emits one device's readable mappings (as the counting walk saw them) as runs. */
-function emitMappings(io: BlockReader, root: number, filter: MappingFilter, visitor: MetadataVisitor): void {
+/**
+ * Emits one device's readable mappings (as the counting walk saw them) as runs, with the
+ * displaced ones it kept merged in where their keys belong (between the mappings in place).
+ */
+function emitMappings(io: BlockReader, root: number, filter: MappingFilter, visitor: MetadataVisitor, displaced: Displaced[]): void {
   const runs = new MappingRuns(visitor, filter);
-  walkBTree(io, root, MAPPING_VALUE_SIZE, { leaf: (node) => runs.leaf(node), error: () => {} }, SALVAGE_WALK);
+  let next = 0;
+  /** The displaced leaves below `key` (all that are left, without one). */
+  const displacedBelow = (key?: U64): void => {
+    for (; next < displaced.length && (key === undefined || displaced[next].minKey < key); next++) {
+      const d = displaced[next];
+      runs.leaf(new BTreeNode(d.block, io.read(d.block)), d.from, d.to);
+    }
+  };
+  walkBTree(io, root, MAPPING_VALUE_SIZE, {
+    leaf: (node) => {
+      let from = 0;
+      // No mapping in place lies inside a displaced leaf's range: each goes in whole before the first above it.
+      while (next < displaced.length && from < node.nrEntries) {
+        let i = from;
+        while (i < node.nrEntries && node.key(i) < displaced[next].minKey) i++;
+        if (i === node.nrEntries) break;
+        runs.leaf(node, from, i);
+        displacedBelow(node.key(i));
+        from = i;
+      }
+      runs.leaf(node, from);
+    },
+    error: () => {},
+  }, SALVAGE_WALK);
+  displacedBelow();
   runs.flush();
 }
 

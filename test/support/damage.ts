@@ -234,3 +234,28 @@ export function setSuperblockU64(file: string, offset: number, value: bigint): v
   sealBlock(sb, SUPERBLOCK_CSUM_XOR);
   writeBlock(file, 0, sb);
 }
+
+/**
+ * Swaps two B-tree nodes and makes each say it lives where it now is (re-sealed): the nodes are
+ * sound, only their parents lead to the wrong one.
+ */
+export function swapNodes(file: string, a: number, b: number): void {
+  const bufA = readBlock(file, a);
+  const bufB = readBlock(file, b);
+  writeU64(bufA, 8, b);
+  writeU64(bufB, 8, a);
+  sealBlock(bufA, BTREE_CSUM_XOR);
+  sealBlock(bufB, BTREE_CSUM_XOR);
+  writeBlock(file, b, bufA);
+  writeBlock(file, a, bufB);
+}
+
+/** Sets key `i` of a B-tree node (re-sealed); returns the old key. */
+export function setNodeKey(file: string, block: number, i: number, key: number): number {
+  const buf = readBlock(file, block);
+  const old = readBlockNr(buf, 32 + 8 * i);
+  writeU64(buf, 32 + 8 * i, key);
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(file, block, buf);
+  return old;
+}
