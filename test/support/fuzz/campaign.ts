@@ -6,15 +6,20 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  BINARY_FAMILIES, CaseRun, FINDING_KINDS, Family, Finding, REVIEW_KINDS, ReviewKind, XML_FAMILIES, fileHash,
-  runBinaryFamily, runRestore,
+  BINARY_FAMILIES, CaseRun, FINDING_KINDS, Family, Finding, OPTION_FAMILIES, OPTION_MUTATIONS, REVIEW_KINDS, ReviewKind,
+  XML_FAMILIES, fileHash, runBinaryFamily, runOptions, runRestore,
 } from './families.js';
 import { BINARY_MUTATIONS, mutateImage } from './mutate.js';
 import { XML_MUTATIONS, mutateXml } from './mutate-xml.js';
 import { Rand, caseSeed } from './random.js';
 import { Sources, prepareSources } from './sources.js';
 
-export const FAMILIES: readonly Family[] = [...BINARY_FAMILIES, ...XML_FAMILIES];
+export const FAMILIES: readonly Family[] = [...BINARY_FAMILIES, ...XML_FAMILIES, ...OPTION_FAMILIES];
+
+/** The mutations a family's cases take turns through. */
+export function mutationsOf(family: Family): readonly string[] {
+  return family === 'restore' ? XML_MUTATIONS : family === 'options' ? OPTION_MUTATIONS : BINARY_MUTATIONS;
+}
 
 export interface CaseResult {
   /** `seed:case`, what --replay takes. */
@@ -80,7 +85,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignReport> {
 async function runCase(o: CampaignOptions, sources: Sources, families: readonly Family[], n: number): Promise<CaseResult> {
   const start = Date.now();
   const family = families[n % families.length];
-  const kinds = family === 'restore' ? XML_MUTATIONS : BINARY_MUTATIONS;
+  const kinds = mutationsOf(family);
   const mutation = kinds[Math.floor(n / families.length) % kinds.length];
   const rand = new Rand(caseSeed(o.seed, n));
   const dir = path.join(o.workDir, `case-${n}`);
@@ -91,7 +96,20 @@ async function runCase(o: CampaignOptions, sources: Sources, families: readonly 
     id: `${o.seed}:${n}`, n, family, mutation, source: '', options: [], notes: [], findings: c.findings, reviews: c.reviews, ms: 0,
   };
   try {
-    if (family === 'restore') {
+    if (family === 'options') {
+      const img = rand.weighted(sources.images.map((s) => [s, s.weight] as const));
+      const src = rand.weighted(sources.xmls.map((s) => [s, s.weight] as const));
+      result.source = `${img.name} / ${src.name}`;
+      const image = c.file('input.bin');
+      fs.copyFileSync(img.file, image);
+      const xml = c.file('input.xml');
+      fs.copyFileSync(src.file, xml);
+      result.options = await runOptions(mutation as (typeof OPTION_MUTATIONS)[number], {
+        c, image, imageSha256: fileHash(image), xml, metadataBytes: Math.max(img.bytes().length, src.metadataBytes), rand,
+      });
+      result.notes = [`${mutation}: ${result.options.join(' ')}`];
+      o.verbose?.(`case ${result.id}: options, ${result.source}\n  ${result.notes[0]}`);
+    } else if (family === 'restore') {
       const src = rand.weighted(sources.xmls.map((s) => [s, s.weight] as const));
       result.source = src.name;
       const m = mutateXml(fs.readFileSync(src.file), mutation as (typeof XML_MUTATIONS)[number], rand);
@@ -163,6 +181,17 @@ export function formatReport(report: CampaignReport, opts: { listReviews?: numbe
   out.push('cases by tool family x mutation (XML inputs):');
   out.push(countTable(results, XML_FAMILIES, XML_MUTATIONS));
   out.push('');
+  const optionCases = results.filter((r) => r.family === 'options');
+  if (optionCases.length) {
+    out.push('option values, by tool:');
+    const rows = [['', ...OPTION_MUTATIONS, 'total']];
+    for (const tool of [...new Set(optionCases.map((r) => r.options[0]))].sort()) {
+      const mine = optionCases.filter((r) => r.options[0] === tool);
+      rows.push([tool, ...OPTION_MUTATIONS.map((k) => String(mine.filter((r) => r.mutation === k).length)), String(mine.length)]);
+    }
+    out.push(table(rows));
+    out.push('');
+  }
   out.push('our exit status by family:');
   const statusRows = [['', 'exit 0', 'exit 1', 'other']];
   for (const f of FAMILIES) {

@@ -5,17 +5,21 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ourTool, referenceTool, upstreamTool } from '../reference.js';
 import { ImageMap } from './image-map.js';
+import { LIMITS } from './mutate-xml.js';
 import { ProcessResult, crashOf, runProcess, userText } from './processes.js';
 import { Rand } from './random.js';
 
 export const BINARY_FAMILIES = ['check', 'check-options', 'check-writes', 'dump', 'dump-repair', 'repair'] as const;
 export const XML_FAMILIES = ['restore'] as const;
-export type Family = (typeof BINARY_FAMILIES)[number] | (typeof XML_FAMILIES)[number];
+/** Every tool's options that take a value, given values at and past their limits. */
+export const OPTION_FAMILIES = ['options'] as const;
+export const OPTION_MUTATIONS = ['option-number', 'option-text'] as const;
+export type Family = (typeof BINARY_FAMILIES)[number] | (typeof XML_FAMILIES)[number] | (typeof OPTION_FAMILIES)[number];
 
 /** Breaks a property: the campaign fails. */
 export const FINDING_KINDS = [
   'crash', 'hang', 'exit-code', 'input-changed', 'output-rejected', 'looser', 'dump-differs', 'dump-refused',
-  'unrestorable', 'recovered-fewer', 'mappings-changed', 'not-one-line', 'restore-looser',
+  'unrestorable', 'recovered-fewer', 'mappings-changed', 'not-one-line', 'restore-looser', 'size-differs',
 ] as const;
 export type FindingKind = (typeof FINDING_KINDS)[number];
 
@@ -380,4 +384,79 @@ export async function runRestore({ c, xml, sha256, shared, metadataBytes }: XmlC
     const lines = userText(ours.stderr).trim().split('\n');
     if (lines.length !== 1 || !lines[0]) c.find('not-one-line', `thin_restore says ${lines.length} lines: ${lines.slice(0, 3).join(' | ')}`);
   }
+}
+
+/** Values for an option that takes a number (with thin_metadata_size's unit letters) or a word. */
+const OPTION_TEXT = ['', ' ', '-', '--', '-1', 'abc', 'xml', 'human_readable', 'json', '1k', '64k', '1.5k', '1 k', '\u00e9', 'k', '1x', '9'.repeat(400), '0x', '=1'];
+/** 0.9.0's units (the 1.x spellings we also take would only show that 0.9.0 does not). */
+const UNITS = ['', 'b', 's', 'k', 'K', 'm', 'M', 'g', 'G', 't', 'T', 'p', 'P', 'e', 'E', 'z', 'Z', 'y', 'Y', 'kib', 'mega', 'sectors'];
+
+export interface OptionCase {
+  c: CaseRun;
+  /** An unmutated image and XML, for the tools that read one. */
+  image: string;
+  imageSha256: string;
+  xml: string;
+  metadataBytes: number;
+  rand: Rand;
+}
+
+/** One option of one tool, given a value at or past its limits: a crash or hang is a finding. */
+export async function runOptions(kind: (typeof OPTION_MUTATIONS)[number], { c, image, imageSha256, xml, metadataBytes, rand }: OptionCase): Promise<string[]> {
+  const value = kind === 'option-text' ? rand.pick(OPTION_TEXT) : rand.pick(LIMITS.filter((v) => /^-?\d+$/.test(v)));
+  const [tool, option] = rand.pick([
+    ['thin_check', '--override-mapping-root'], ['thin_check', '--override-details-root'],
+    ['thin_dump', '--dev-id'], ['thin_dump', '-m'], ['thin_dump', '--metadata-snap='], ['thin_dump', '-f'],
+    ['thin_dump', '--transaction-id'], ['thin_dump', '--data-block-size'], ['thin_dump', '--nr-data-blocks'],
+    ['thin_repair', '--transaction-id'], ['thin_repair', '--data-block-size'], ['thin_repair', '--nr-data-blocks'],
+    ['thin_restore', '--transaction-id'], ['thin_restore', '--data-block-size'], ['thin_restore', '--nr-data-blocks'],
+    ['thin_metadata_size', '-b'], ['thin_metadata_size', '-s'], ['thin_metadata_size', '-m'], ['thin_metadata_size', '-u'],
+    ['thin_metadata_size', '-n'],
+  ] as const);
+  // Attached (getopt's optional argument) or separate.
+  const given = option.endsWith('=') || option === '-m' && tool === 'thin_dump' ? [`${option}${value}`] : [option, value];
+  const shown = [tool, ...given];
+  switch (tool) {
+    case 'thin_check':
+    case 'thin_dump': {
+      const r = await c.ours(tool, [...given, image]);
+      c.unchanged(image, imageSha256, tool);
+      oneLineIfFailed(c, r, shown);
+      return shown;
+    }
+    case 'thin_repair': {
+      const out = c.emptyOutput('ours.bin', metadataBytes);
+      const r = await c.ours(tool, ['-i', image, '-o', out, ...given]);
+      c.unchanged(image, imageSha256, tool);
+      if (passed(r)) await c.accepted(out, `thin_repair ${given.join(' ')}`);
+      else oneLineIfFailed(c, r, shown);
+      return shown;
+    }
+    case 'thin_restore': {
+      const out = c.emptyOutput('ours.bin', metadataBytes);
+      const r = await c.ours(tool, ['-i', xml, '-o', out, ...given]);
+      if (passed(r)) await c.accepted(out, `thin_restore ${given.join(' ')}`);
+      else oneLineIfFailed(c, r, shown);
+      return shown;
+    }
+    case 'thin_metadata_size': {
+      // The others valid, the one under test given a value (a number with a unit now and then).
+      const v = kind === 'option-number' && option !== '-n' && rand.chance(0.5) ? `${value}${rand.pick(UNITS)}` : value;
+      const args: Record<string, string> = { '-b': '64k', '-s': '1t', '-m': '1000' };
+      const argv = [...Object.entries(args).filter(([o]) => o !== option).flat(), option, v];
+      const ref = await c.reference(tool, argv);
+      const ours = await c.ours(tool, argv, ref.status);
+      if (!ref.signal && !ref.timedOut && (ours.status !== ref.status || !ours.stdout.equals(ref.stdout))) {
+        c.find('size-differs', `thin_metadata_size ${argv.join(' ')}: exit ${ours.status} ${JSON.stringify(ours.stdout.toString().trim())}, 0.9.0 exit ${ref.status} ${JSON.stringify(ref.stdout.toString().trim())}`);
+      }
+      return [tool, option, v];
+    }
+  }
+}
+
+/** A refusal is one line naming the problem (commander's help hint aside). */
+function oneLineIfFailed(c: CaseRun, r: ProcessResult, shown: string[]): void {
+  if (!failed(r)) return;
+  const lines = userText(r.stderr).trim().split('\n').filter((l) => l && !/^\(?(Usage|Try|run with)/i.test(l));
+  if (lines.length === 0) c.find('not-one-line', `${shown.join(' ')}: exit 1 without a word`);
 }
