@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import * as damage from './support/damage.js';
-import { countMappings } from './support/fuzz/families.js';
+import { countMappings } from './support/dump-mappings.js';
 import { ourTool, runOurs, runReference, scratchFiles, unpackKernelImage } from './support/reference.js';
 
 const TESTDATA = path.resolve(__dirname, '..', 'testdata');

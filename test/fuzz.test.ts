@@ -9,6 +9,7 @@ import { BINARY_MUTATIONS, mutateImage } from './support/fuzz/mutate.js';
 import { XML_MUTATIONS, mutateXml } from './support/fuzz/mutate-xml.js';
 import { ProcessResult, crashOf } from './support/fuzz/processes.js';
 import { Rand, caseSeed } from './support/fuzz/random.js';
+import { countMappings, countTrueMappings, mappingsOf } from './support/dump-mappings.js';
 import { runReference, tempDir, unpackKernelImage } from './support/reference.js';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -99,6 +100,20 @@ describe('mutations', () => {
       expect(changed.length).toBe(2);
       expect(swapped.subarray(changed[0] * 4096, changed[0] * 4096 + 4096).equals(source.subarray(changed[1] * 4096, changed[1] * 4096 + 4096))).toBe(true);
     }
+  });
+});
+
+describe('recovered mappings', () => {
+  test('only mappings the source held count: one pointed elsewhere does not', () => {
+    const dump = runReference('thin_dump', [image]).stdout;
+    const truth = new Set(mappingsOf(dump));
+    expect(truth.size).toBe(countMappings(dump));
+    expect(countTrueMappings(dump, truth)).toBe(truth.size);
+    // This pool's mappings are all ranges: the first moved one data block along.
+    const first = /(<range_mapping origin_begin="\d+" data_begin=")(\d+)(" length=")(\d+)/.exec(dump)!;
+    const wrong = dump.replace(first[0], `${first[1]}${Number(first[2]) + 1}${first[3]}${first[4]}`);
+    expect(countMappings(wrong)).toBe(truth.size);
+    expect(countTrueMappings(wrong, truth)).toBe(truth.size - Number(first[4]));
   });
 });
 

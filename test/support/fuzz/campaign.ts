@@ -128,7 +128,7 @@ async function runCase(o: CampaignOptions, sources: Sources, families: readonly 
       fs.writeFileSync(input, m.image);
       result.options = await runBinaryFamily(family as (typeof BINARY_FAMILIES)[number], {
         c, input, sha256: fileHash(input), rand,
-        source: { name: src.name, metadataBytes: src.bytes().length, map: src.map },
+        source: { name: src.name, metadataBytes: src.bytes().length, map: src.map, truth: () => src.truth() },
       });
     }
   } catch (e) {
@@ -206,8 +206,8 @@ export function formatReport(report: CampaignReport, opts: { listReviews?: numbe
   if (rec.length) {
     const held = rec.filter((r) => r.recovered!.ours >= r.recovered!.reference).length;
     const sum = (k: 'ours' | 'reference') => rec.reduce((s, r) => s + r.recovered![k], 0);
-    out.push(`repair: ${rec.length} cases where the 0.9.0 thin_repair succeeded; ours recovered at least as many mappings in ${held}` +
-      ` (mappings in all: ours ${sum('ours')}, 0.9.0 ${sum('reference')})`);
+    out.push(`repair: ${rec.length} cases where the 0.9.0 thin_repair succeeded; ours recovered at least as many in ${held}` +
+      ` (mappings recovered that the source held, in all: ours ${sum('ours')}, 0.9.0 ${sum('reference')})`);
     out.push('');
   }
   out.push('findings by kind:');

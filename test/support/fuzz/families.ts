@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { countMappings, countTrueMappings } from '../dump-mappings.js';
 import { ourTool, referenceTool, upstreamTool } from '../reference.js';
 import { ImageMap } from './image-map.js';
 import { LIMITS } from './mutate-xml.js';
@@ -38,6 +39,8 @@ export interface SourceInfo {
   /** Bytes of metadata the source occupies: outputs of repair and restore get as much. */
   metadataBytes: number;
   map?: ImageMap;
+  /** The source's mappings ("dev:thin:data"), when the reference could dump it. */
+  truth?: () => ReadonlySet<string> | undefined;
 }
 
 /**
@@ -147,12 +150,6 @@ function lastLines(text: string): string {
 const failed = (r: ProcessResult): boolean => r.status !== 0 && !r.signal && !r.timedOut;
 const passed = (r: ProcessResult): boolean => r.status === 0;
 
-/** Mapped blocks a (reference) thin_dump XML lists: single mappings plus range lengths. */
-export function countMappings(xml: string): number {
-  let n = 0;
-  for (const m of xml.matchAll(/<single_mapping |<range_mapping [^>]*length="(\d+)"/g)) n += m[1] === undefined ? 1 : Number(m[1]);
-  return n;
-}
 
 /** Our check's verdict against a reference's: failing where it passes is allowed, the reverse never. */
 function compareVerdicts(c: CaseRun, ours: ProcessResult, ref: ProcessResult, refName: '0.9.0' | '1.x', options: string[]): void {
@@ -327,7 +324,9 @@ async function dumpRepair({ c, input, sha256, source }: BinaryCase): Promise<str
 
 /**
  * thin_repair: the output passes both checkers, and holds at least the mappings the reference
- * thin_repair recovers (both outputs counted with the reference thin_dump).
+ * thin_repair recovers (both outputs dumped by the reference). Where the source could be dumped,
+ * only mappings it held count: a tool that reads values from the wrong place "recovers" blocks
+ * that belong to nobody, which is damage, not recovery.
  */
 async function repair({ c, input, sha256, source, rand }: BinaryCase): Promise<string[]> {
   const facts = source.map?.facts;
@@ -339,19 +338,22 @@ async function repair({ c, input, sha256, source, rand }: BinaryCase): Promise<s
   const ref = await c.reference('thin_repair', ['-i', input, '-o', theirs, ...opts]);
   const ours = await c.ours('thin_repair', ['-i', input, '-o', mine, ...opts], ref.status);
   c.unchanged(input, sha256, 'thin_repair');
+  const truth = source.truth?.();
+  const count = (xml: string) => (truth ? countTrueMappings(xml, truth) : countMappings(xml));
+  const what = truth ? 'of the source\'s mappings' : 'mappings';
   let ourCount = 0;
   if (passed(ours)) {
     await c.accepted(mine, 'thin_repair');
     const d = await c.reference('thin_dump', [mine]);
-    if (passed(d)) ourCount = countMappings(d.stdout.toString());
+    if (passed(d)) ourCount = count(d.stdout.toString());
   }
   if (passed(ref)) {
     const d = await c.reference('thin_dump', [theirs]);
     if (passed(d)) {
-      const refCount = countMappings(d.stdout.toString());
+      const refCount = count(d.stdout.toString());
       c.recovered = { ours: ourCount, reference: refCount };
       if (ourCount < refCount) {
-        c.find('recovered-fewer', `our thin_repair recovered ${ourCount} mappings, 0.9.0 ${refCount}` +
+        c.find('recovered-fewer', `our thin_repair recovered ${ourCount} ${what}, 0.9.0 ${refCount}` +
           (passed(ours) ? '' : ` (ours failed: ${lastLines(userText(ours.stderr))})`));
       }
     }

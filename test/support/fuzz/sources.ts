@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { mappingsOf } from '../dump-mappings.js';
 import { GenerateOptions, generateXml } from '../generate.js';
 import { KERNEL_IMAGES, ourTool, referenceTool } from '../reference.js';
 import { ImageMap, mapImage } from './image-map.js';
@@ -14,6 +15,8 @@ export interface ImageSource {
   weight: number;
   map: ImageMap;
   bytes(): Buffer;
+  /** Its mappings as the reference dumps them ("dev:thin:data"); undefined if it can't. */
+  truth(): ReadonlySet<string> | undefined;
 }
 
 export interface XmlSource {
@@ -48,7 +51,17 @@ function lazyBytes(file: string): () => Buffer {
 }
 
 function imageSource(name: string, file: string, weight: number): ImageSource {
-  return { name, file, weight, map: mapImage(file), bytes: lazyBytes(file) };
+  let truth: Set<string> | undefined | null = null;
+  return {
+    name, file, weight, map: mapImage(file), bytes: lazyBytes(file),
+    truth() {
+      if (truth === null) {
+        const dump = dumpOf(referenceTool('thin_dump'), [file]);
+        truth = dump ? new Set(mappingsOf(dump.toString())) : undefined;
+      }
+      return truth;
+    },
+  };
 }
 
 /** Writes every source into `dir` (fresh) and maps its blocks. Deterministic. */
