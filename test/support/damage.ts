@@ -259,3 +259,33 @@ export function setNodeKey(file: string, block: number, i: number, key: number):
   writeBlock(file, block, buf);
   return old;
 }
+
+/** Gives the first mapping of a leaf the time `time` (re-sealed); returns its thin block. */
+export function setFirstMappingTime(file: string, leaf: number, time: number): number {
+  const buf = readBlock(file, leaf);
+  const node = new BTreeNode(leaf, buf);
+  const off = node.valueOffset(0);
+  writeMapping(buf, off, mappingDataBlock(buf, off), time);
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(file, leaf, buf);
+  return Number(node.key(0));
+}
+
+/** Sets a device's creation or snapshot time in the details tree (re-sealed). */
+export function setDeviceTime(file: string, devId: number, which: 'creation' | 'snapshot', time: number): void {
+  const at = withReader(file, (io) => {
+    let found: { block: number; off: number } | undefined;
+    walkBTree(io, readSuperblock(io).deviceDetailsRoot, DEVICE_DETAILS_SIZE, {
+      leaf(node: BTreeNode) {
+        for (let i = 0; i < node.nrEntries; i++) if (node.key(i) === devId) found = { block: node.block, off: node.valueOffset(i) };
+      },
+      error: fail,
+    });
+    if (!found) throw new Error(`damage: no details for device ${devId}`);
+    return found;
+  });
+  const buf = readBlock(file, at.block);
+  buf.writeUInt32LE(time, at.off + (which === 'creation' ? 16 : 20));
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(file, at.block, buf);
+}
