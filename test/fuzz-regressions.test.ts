@@ -3,6 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { afterAll, describe, expect, test } from 'vitest';
 import * as damage from './support/damage.js';
 import { countMappings } from './support/dump-mappings.js';
@@ -93,6 +94,27 @@ describe('no hang on sizes no pool can have', () => {
     expect(r.status).toBe(1);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/more than/);
+  });
+});
+
+describe('thin_repair writes what our own thin_check passes', () => {
+  /** Offset of data_block_size in the superblock. */
+  const DATA_BLOCK_SIZE = 336;
+
+  test('a superblock data block size no pool can have is not copied: the repair asks for --data-block-size', () => {
+    const file = scratch.file('huge-offset.bin');
+    fs.writeFileSync(file, gunzipSync(fs.readFileSync(path.join(TESTDATA, 'huge-offset.bin.gz'))));
+    const size = damage.superblockOf(file).dataBlockSize;
+    damage.setSuperblockU32(file, DATA_BLOCK_SIZE, 0);
+    const out = scratch.emptyOutput(16 << 20);
+    const refused = runOurs('thin_repair', ['-i', file, '-o', out]);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/--data-block-size/);
+    expect(runOurs('thin_dump', ['-r', file]).status).toBe(1);
+    expect(runOurs('thin_repair', ['-i', file, '-o', out, '--data-block-size', String(size)]).status).toBe(0);
+    expect(runOurs('thin_check', [out]).status).toBe(0);
+    expect(runReference('thin_check', [out]).status).toBe(0);
+    expect(damage.superblockOf(out).dataBlockSize).toBe(size);
   });
 });
 

@@ -389,7 +389,7 @@ class Salvager {
         transaction: o.transactionId ?? sb.transactionId,
         flags: sb.flags & ~NEEDS_CHECK_FLAG,
         version: 2,
-        dataBlockSize: o.dataBlockSize ?? sb.dataBlockSize,
+        dataBlockSize: o.dataBlockSize ?? this.soundDataBlockSize(sb.dataBlockSize),
         nrDataBlocks: o.nrDataBlocks ?? this.plausibleNrDataBlocks(dataSpaceMapRoot(sb).nrBlocks),
       };
     }
@@ -435,6 +435,20 @@ class Salvager {
     this.warn(`the superblock's nr_data_blocks ${nrDataBlocks} is damaged: its space map would need ${bitmaps} bitmaps, ` +
       `more than the ${this.io.nrBlocks} blocks of this metadata`);
     return undefined;
+  }
+
+  /**
+   * The superblock's data block size, when it is one a pool can have; else a metadata snapshot
+   * copy's. A guess would put every block's data at the wrong offset, so without either the
+   * user must say.
+   */
+  private soundDataBlockSize(sectors: number): number {
+    if (validDataBlockSize(sectors)) return sectors;
+    const problem = `the superblock's data block size ${sectors} sectors is not one a pool can have`;
+    const copy = this.superblockCopy();
+    if (!copy) throw new SalvageError(`${problem}: the data block size needs to be provided with --data-block-size`);
+    this.warn(`${problem}; taken as ${copy.dataBlockSize}, a metadata snapshot's copy's`);
+    return copy.dataBlockSize;
   }
 
   /** A metadata snapshot's copy of the superblock: the pool's settings from an earlier commit. */

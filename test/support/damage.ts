@@ -289,3 +289,11 @@ export function setDeviceTime(file: string, devId: number, which: 'creation' | '
   sealBlock(buf, BTREE_CSUM_XOR);
   writeBlock(file, at.block, buf);
 }
+
+/** Sets a u32 field of the superblock (at its byte offset) and re-seals it. */
+export function setSuperblockU32(file: string, offset: number, value: number): void {
+  const sb = readBlock(file, 0);
+  sb.writeUInt32LE(value, offset);
+  sealBlock(sb, SUPERBLOCK_CSUM_XOR);
+  writeBlock(file, 0, sb);
+}

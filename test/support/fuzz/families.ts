@@ -48,7 +48,7 @@ export interface SourceInfo {
  * trees needs more blocks than the source, and a refusal for want of room shows nothing.
  */
 const OUTPUT_SCALE = 4;
-const MIN_OUTPUT_BYTES = 16 * 1024 * 1024;
+const MIN_OUTPUT_BYTES = 64 * 1024 * 1024;
 
 /** One case's runs and what they showed. */
 export class CaseRun {
@@ -135,12 +135,14 @@ export class CaseRun {
     if (fileHash(file) !== sha256) this.find('input-changed', `${tool} changed its input ${path.basename(file)}`);
   }
 
-  /** Metadata one of our tools wrote must pass both reference checkers. */
+  /** Metadata one of our tools wrote must pass both reference checkers, and ours. */
   async accepted(file: string, by: string): Promise<void> {
     const ref = await this.reference('thin_check', [file]);
     if (ref.status !== 0 && !ref.signal) this.find('output-rejected', `0.9.0 thin_check rejects what ${by} wrote: ${lastLines(ref.stderr)}`);
     const up = await this.upstream('thin_check', [file]);
     if (up.status !== 0 && !up.signal) this.find('output-rejected', `1.x thin_check rejects what ${by} wrote: ${lastLines(up.stderr)}`);
+    const ours = await this.ours('thin_check', [file]);
+    if (failed(ours)) this.find('output-rejected', `our thin_check rejects what ${by} wrote: ${lastLines(userText(ours.stderr))}`);
   }
 }
 
