@@ -150,4 +150,16 @@ describe('thin_repair recovers at least what the reference recovers', () => {
     expect(r.ours).toBeGreaterThanOrEqual(r.reference);
     expect(r.ours).toBe(all);
   });
+
+  test('a top level that holds a device\'s mappings instead (swapped with a device root) is searched past, not read as thousands of devices', () => {
+    const file = kernelImage('tmeta_with_shared_internals_and_leaves');
+    const source = runReference('thin_dump', [file]).stdout;
+    const devices = source.match(/<device /g)!.length;
+    const { root } = damage.deviceNodes(file, 1);
+    damage.swapNodes(file, damage.superblockOf(file).dataMappingRoot, root);
+    const dump = runOurs('thin_dump', ['-r', file]).stdout;
+    expect(dump.match(/<device /g)!.length).toBe(devices);
+    const r = recovered(file);
+    expect(r.ours).toBeGreaterThanOrEqual(r.reference);
+  });
 });

@@ -126,6 +126,13 @@ class Salvager {
       dropped: (block, count, reason) => warn(`mapping tree: ${count} entries of block ${block} dropped: ${reason}`),
     }, SALVAGE_WALK);
     if (!summary) return null;
+    // Device roots are metadata blocks; a device's own mappings (data block << 24 | time) read
+    // as roots lie far past the device, so a leaf of those is not the top level.
+    const beyond = [...devices.values()].filter((b) => b >= this.io.nrBlocks).length;
+    if (beyond * 2 > devices.size) {
+      warn(`mapping tree at block ${root}: ${beyond} of its ${devices.size} device roots lie beyond the metadata device; not the top level`);
+      return null;
+    }
     return { root, devices, stats: { mappings: 0, newest: 0 } };
   }
 
