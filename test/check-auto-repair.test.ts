@@ -228,7 +228,7 @@ describe('refuses', () => {
     for (const args of [['-m'], ['--override-mapping-root', '1']]) {
       const r = runOurs('thin_check', [...args, '--auto-repair', base]);
       expect(r.status).toBe(1);
-      expect(r.stderr).toMatch(/--auto-repair only applies to the live metadata/);
+      expect(r.stderr).toMatch(/the argument '--auto-repair' cannot be used with '--(metadata-snap|override-mapping-root)'/);
     }
   });
 });

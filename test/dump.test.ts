@@ -252,7 +252,7 @@ describe('thin_dump -m (metadata snapshot)', () => {
 
 describe('thin_dump command line', () => {
   it('usage errors exit 1 with one line; -h and -V exit 0', () => {
-    for (const args of [[], ['-f', 'json', images.get('no-devices')!], ['--dev-id', 'x', images.get('no-devices')!], ['-mx', images.get('no-devices')!]]) {
+    for (const args of [[], ['-f', 'yaml', images.get('no-devices')!], ['--dev-id', 'x', images.get('no-devices')!], ['-mx', images.get('no-devices')!]]) {
       const r = runOurs('thin_dump', args);
       expect(r.status, args.join(' ')).toBe(1);
       expect(r.stderr).not.toMatch(/\n\s+at /);

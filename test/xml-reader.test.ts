@@ -219,7 +219,6 @@ describe('readMetadataXml: bad input', () => {
   const DEV = '<device dev_id="1" mapped_blocks="1" transaction="0" creation_time="0" snap_time="1">';
   const map = (attrs: string) => `${SB}\n${DEV}\n<single_mapping ${attrs}/>\n</device>\n</superblock>\n`;
   const bad: [string, string, string][] = [
-    ['empty input', '', 'bad.xml:1: no <superblock> element'],
     ['only whitespace and a comment', '\n\n<!-- x -->\n', 'bad.xml:4: no <superblock> element'],
     ['unclosed root', `${SB}\n${DEV}\n</device>\n`, 'bad.xml:4: unexpected end of input: <superblock> (line 1) is not closed'],
     ['unclosed tag at end', `${SB}\n<device dev_id="1"`, 'bad.xml:2: unexpected end of input inside a tag'],
@@ -275,6 +274,13 @@ describe('readMetadataXml: bad input', () => {
       expect(await errorOf(xml, new Recorder(), 1)).toBe(message);
     });
   }
+
+  it.each([
+    ['empty input', '', 'bad.xml: empty, not thin_dump XML'],
+    ['binary input', '\u0000\u0001<superblock', 'bad.xml: this looks like binary metadata, not XML (thin_dump turns metadata into XML)'],
+  ])('refuses %s, naming it', async (_what, text, message) => {
+    await expect(readMetadataXml(fromString(text), new Recorder(), { name: 'bad.xml' })).rejects.toThrow(message);
+  });
 
   it('refuses a tag that never closes instead of buffering it', async () => {
     const endless = Readable.from(

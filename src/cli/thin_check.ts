@@ -1,9 +1,10 @@
 // thin_check: validate a pool's metadata (options, output and exit codes as the reference tools).
-import { BlockReader } from '../io/block-io.js';
+import { openMetadataInput } from '../io/open.js';
 import { checkMetadata, clearNeedsCheckFlag, CheckEvent } from '../tools/check.js';
 import { RepairRefusedError, repairSpaceMaps } from '../tools/check-repair.js';
 import { NEEDS_CHECK_FLAG } from '../thin/superblock.js';
-import { Progress, UsageError, newProgram, parseNatural, progressBar, runTool } from './common.js';
+import { Progress, newProgram, progressBar, runTool } from './common.js';
+import { blockValue, refuseConflicts } from './options.js';
 
 const NAME = 'thin_check';
 
@@ -15,11 +16,11 @@ interface Flags {
   ignoreNonFatalErrors?: boolean;
   clearNeedsCheckFlag?: boolean;
   autoRepair?: boolean;
-  overrideMappingRoot?: string;
-  overrideDetailsRoot?: string;
+  overrideMappingRoot?: number;
+  overrideDetailsRoot?: number;
 }
 
-await runTool(NAME, (argv) => {
+void runTool(NAME, (argv) => {
   const program = newProgram(NAME, 'Validates thin provisioning metadata on a device or file.')
     .argument('<input>', 'metadata device or file')
     .option('-q, --quiet', 'suppress output messages, return only exit code')
@@ -29,17 +30,19 @@ await runTool(NAME, (argv) => {
     .option('--ignore-non-fatal-errors', "don't fail on leaked blocks")
     .option('--clear-needs-check-flag', 'clear the needs_check flag if the check passes')
     .option('--auto-repair', 'rewrite the space maps when only their counts are wrong (leaks included)')
-    .option('--override-mapping-root <block>', 'check the mapping tree at this block instead')
-    .option('--override-details-root <block>', 'check the device details tree at this block instead');
+    .option('--override-mapping-root <block>', 'check the mapping tree at this block instead', (v) => blockValue('--override-mapping-root', v))
+    .option('--override-details-root <block>', 'check the device details tree at this block instead', (v) => blockValue('--override-details-root', v));
   program.parse(argv, { from: 'user' });
   const flags = program.opts<Flags>();
   const input = program.args[0];
 
-  const overridden = flags.overrideMappingRoot !== undefined || flags.overrideDetailsRoot !== undefined;
-  if ((flags.clearNeedsCheckFlag || flags.autoRepair) && (flags.metadataSnap || overridden)) {
-    const option = flags.autoRepair ? '--auto-repair' : '--clear-needs-check-flag';
-    throw new UsageError(`${option} only applies to the live metadata, without -m or root overrides`);
-  }
+  // Both write the live metadata, after a check of all of it.
+  refuseConflicts(program, [
+    ...['--metadata-snap', '--override-mapping-root', '--override-details-root', '--super-block-only', '--skip-mappings', '--ignore-non-fatal-errors']
+      .map((other): [string, string] => ['--auto-repair', other]),
+    ...['--metadata-snap', '--override-mapping-root', '--override-details-root']
+      .map((other): [string, string] => ['--clear-needs-check-flag', other]),
+  ]);
 
   // As in 0.9.0, the later of --super-block-only and --skip-mappings says how far the check goes.
   if (flags.superBlockOnly && flags.skipMappings) {
@@ -64,7 +67,7 @@ await runTool(NAME, (argv) => {
     process.stderr.write(`${indent}${e.kind === 'stage' ? e.title : e.message}\n`);
   };
 
-  const io = new BlockReader(input);
+  const io = openMetadataInput(input);
   let result;
   try {
     result = checkMetadata(io, {
@@ -72,10 +75,8 @@ await runTool(NAME, (argv) => {
       skipMappings: flags.skipMappings,
       ignoreNonFatal: flags.ignoreNonFatalErrors,
       metadataSnap: flags.metadataSnap,
-      overrideMappingRoot: flags.overrideMappingRoot === undefined
-        ? undefined : parseNatural(flags.overrideMappingRoot, '--override-mapping-root'),
-      overrideDetailsRoot: flags.overrideDetailsRoot === undefined
-        ? undefined : parseNatural(flags.overrideDetailsRoot, '--override-details-root'),
+      overrideMappingRoot: flags.overrideMappingRoot,
+      overrideDetailsRoot: flags.overrideDetailsRoot,
       onEvent,
       onProgress: (p) => {
         bar ??= progressBar('checking', p.total, quiet);
@@ -87,8 +88,7 @@ await runTool(NAME, (argv) => {
     io.close();
   }
 
-  const spaceMapsChecked = !flags.superBlockOnly && !flags.skipMappings;
-  if (flags.autoRepair && spaceMapsChecked && (result.fatalErrors > 0 || result.nonFatalErrors > 0)) {
+  if (flags.autoRepair && (result.fatalErrors > 0 || result.nonFatalErrors > 0)) {
     return autoRepair(input, quiet);
   }
   if (!result.ok) return 1;

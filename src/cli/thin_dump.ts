@@ -1,54 +1,24 @@
 // thin_dump: print thin-pool metadata as XML (for thin_restore) or as human-readable text.
 import { Option } from 'commander';
-import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, OutputClosedError, dumpMetadata } from '../tools/dump.js';
-import { dumpRepaired } from '../tools/repair.js';
-import {
-  OverrideFlags, Progress, UsageError, newProgram, overridesFrom, parseNatural, progressBar, runTool, withOverrideOptions,
-} from './common.js';
+import { U64 } from '../pdata/le.js';
+import { SuperblockOverrides, overridesIn } from '../thin/events.js';
+import { DAMAGE_MESSAGE, DUMP_FORMATS, DumpFormat, MetadataDamageError, dumpMetadata } from '../tools/dump.js';
+import { Progress, newProgram, progressBar, runTool } from './common.js';
+import { extractSnapBlock, refuseConflicts, u64Value, withOverrideOptions } from './options.js';
 
 /** Below this many mappings a dump is over before a progress bar would be seen. */
 const PROGRESS_THRESHOLD = 1_000_000;
 
-/** Options that take a separate value, so the -m scan below doesn't mistake a value for an option. */
+/** Options that take a separate value, so the -m scan doesn't mistake a value for an option. */
 const TAKES_VALUE = new Set(['-f', '--format', '-o', '--output', '--dev-id', '--transaction-id', '--data-block-size', '--nr-data-blocks']);
 
-/**
- * -m takes its block only attached (`-m5`, `--metadata-snap=5`), as with getopt's optional
- * arguments; commander would swallow a following path instead, so attached blocks are taken out
- * here and -m is left as a plain flag.
- */
-function extractSnapBlock(argv: string[]): { argv: string[]; snapBlock?: number } {
-  const out: string[] = [];
-  let snapBlock: number | undefined;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--') {
-      out.push(...argv.slice(i));
-      break;
-    }
-    if (TAKES_VALUE.has(a)) {
-      out.push(a);
-      if (i + 1 < argv.length) out.push(argv[++i]);
-      continue;
-    }
-    const m = /^(?:-m|--metadata-snap=)(.*)$/s.exec(a);
-    if (m && m[1] !== '') {
-      snapBlock = parseNatural(m[1], 'metadata snapshot block');
-      out.push('-m');
-      continue;
-    }
-    out.push(a);
-  }
-  return { argv: out, snapBlock };
-}
-
 async function main(rawArgv: string[]): Promise<number> {
-  const { argv, snapBlock } = extractSnapBlock(rawArgv);
+  const { argv, snapBlock } = extractSnapBlock(rawArgv, TAKES_VALUE);
   const base = newProgram('thin_dump', 'Dump thin-provisioning metadata to standard output or a file.')
     .argument('<input>', 'metadata device or file')
     .addOption(new Option('-f, --format <format>', 'output format').choices(DUMP_FORMATS).default('xml'))
     .option('-m, --metadata-snap', 'dump the metadata snapshot (-m<block> or --metadata-snap=<block> names its block)')
-    .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, prev: number[]) => [...prev, parseNatural(v, '--dev-id')], [] as number[])
+    .option('--dev-id <id>', 'dump only this device (repeatable)', (v: string, prev: U64[]) => [...prev, u64Value('--dev-id', v)], [] as U64[])
     .option('--skip-mappings', 'do not dump the mappings')
     .option(
       '--shared-subtrees',
@@ -59,10 +29,12 @@ async function main(rawArgv: string[]): Promise<number> {
     .option('-r, --repair', 'repair the metadata while dumping it')
     .option('-q, --quiet', 'no progress bar');
   program.parse(argv, { from: 'user' });
-  const o = program.opts<OverrideFlags & {
+  // The repair reads the live metadata whole and prints it flat.
+  refuseConflicts(program, [['--repair', '--metadata-snap'], ['--repair', '--shared-subtrees']]);
+  const o = program.opts<SuperblockOverrides & {
     format: DumpFormat;
     metadataSnap?: boolean;
-    devId: number[];
+    devId: U64[];
     skipMappings?: boolean;
     sharedSubtrees?: boolean;
     output?: string;
@@ -70,13 +42,7 @@ async function main(rawArgv: string[]): Promise<number> {
     quiet?: boolean;
   }>();
   const input = program.args[0];
-  const overrides = overridesFrom(o);
-  if (o.repair) {
-    if (o.sharedSubtrees) throw new UsageError('--shared-subtrees cannot be combined with --repair');
-    const warn = o.quiet ? undefined : (m: string) => process.stderr.write(`thin_dump: ${m}\n`);
-    dumpRepaired(input, { format: o.format, output: o.output, ...overrides, warn });
-    return 0;
-  }
+  const warn = o.quiet ? undefined : (m: string) => process.stderr.write(`thin_dump: ${m}\n`);
 
   // A bar only when the dump text isn't going to the same terminal.
   const showProgress = !o.quiet && (o.output !== undefined || !process.stdout.isTTY);
@@ -88,8 +54,9 @@ async function main(rawArgv: string[]): Promise<number> {
       devIds: o.devId.length ? o.devId : undefined,
       skipMappings: o.skipMappings,
       sharedSubtrees: o.sharedSubtrees,
-      ...overrides,
+      ...overridesIn(o),
       output: o.output,
+      repair: o.repair ? { warn } : undefined,
       onProgress: showProgress
         ? (done, total) => {
             bar ??= progressBar('Dumping', total >= PROGRESS_THRESHOLD ? total : 0, false);
@@ -103,8 +70,6 @@ async function main(rawArgv: string[]): Promise<number> {
       process.stderr.write(`${DAMAGE_MESSAGE}\n`);
       return 1;
     }
-    // The reader closed the pipe: nothing more to say to it.
-    if (e instanceof OutputClosedError) return 1;
     throw e;
   } finally {
     bar?.stop();

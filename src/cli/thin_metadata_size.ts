@@ -10,12 +10,12 @@ import {
 
 const NAME = 'thin_metadata_size';
 
-await runTool(NAME, (argv) => {
+void runTool(NAME, (argv) => {
   let command;
   try {
     command = parseMetadataSizeArgs(argv);
   } catch (e) {
-    if (e instanceof MetadataSizeError) throw new UsageError(e.message, 1);
+    if (e instanceof MetadataSizeError) throw new UsageError(e.message);
     throw e;
   }
   if (command.kind === 'help') process.stdout.write(helpText(NAME));

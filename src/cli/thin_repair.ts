@@ -1,18 +1,18 @@
 // thin_repair: salvage damaged metadata into a new device or file (options as 0.9.0 and 1.x).
 import { repairMetadata } from '../tools/repair.js';
-import {
-  OverrideFlags, Progress, UsageError, newProgram, overridesFrom, progressBar, runTool, withOverrideOptions,
-} from './common.js';
+import { SuperblockOverrides, overridesIn } from '../thin/events.js';
+import { Progress, UsageError, newProgram, progressBar, runTool } from './common.js';
+import { withOverrideOptions } from './options.js';
 
 const NAME = 'thin_repair';
 
-interface Flags extends OverrideFlags {
+interface Flags extends SuperblockOverrides {
   input?: string;
   output?: string;
   quiet?: boolean;
 }
 
-await runTool(NAME, (argv) => {
+void runTool(NAME, (argv) => {
   const program = withOverrideOptions(
     newProgram(NAME, 'Repair thin-provisioning metadata, and write it to a different device or file. When the superblock is unreadable, --data-block-size is required.')
       .option('-i, --input <file>', 'the damaged metadata (device or file)')
@@ -30,7 +30,7 @@ await runTool(NAME, (argv) => {
   let bar: Progress | undefined;
   try {
     repairMetadata(o.input, o.output, {
-      ...overridesFrom(o),
+      ...overridesIn(o),
       warn: quiet ? undefined : (message) => {
         bar?.stop();
         bar = undefined;

@@ -1,8 +1,8 @@
 // thin_restore: rebuild binary thin-pool metadata from thin_dump XML.
 import { restoreMetadata } from '../tools/restore.js';
-import {
-  OverrideFlags, Progress, UsageError, newProgram, overridesFrom, progressBar, runTool, withOverrideOptions,
-} from './common.js';
+import { SuperblockOverrides, overridesIn } from '../thin/events.js';
+import { Progress, UsageError, newProgram, progressBar, runTool } from './common.js';
+import { withOverrideOptions } from './options.js';
 
 async function main(argv: string[]): Promise<number> {
   const program = withOverrideOptions(
@@ -12,10 +12,10 @@ async function main(argv: string[]): Promise<number> {
     'given in the input xml',
   ).option('-q, --quiet', 'suppress output messages, return only exit code');
   program.parse(argv, { from: 'user' });
-  const o = program.opts<OverrideFlags & { input?: string; output?: string; quiet?: boolean }>();
+  const o = program.opts<SuperblockOverrides & { input?: string; output?: string; quiet?: boolean }>();
   if (o.input === undefined) throw new UsageError('No input file provided.');
   if (o.output === undefined) throw new UsageError('No output file provided.');
-  const overrides = overridesFrom(o);
+  const overrides = overridesIn(o);
 
   let bar: Progress | undefined;
   try {

@@ -3,6 +3,7 @@
 // of millions of mappings costs a few hundred system calls and next to no garbage.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { explainIoError } from '../io/block-io.js';
 import { U64 } from '../pdata/le.js';
 
 const CHUNK_BYTES = 1 << 20;
@@ -156,11 +157,11 @@ export class AtomicFileSink extends FdSink {
   }
 }
 
+/** Opens `file` (the target or its temporary), a failure told as every tool tells it, by the target's name. */
 function openOrExplain(file: string, flags: string, target = file): number {
   try {
     return fs.openSync(file, flags, 0o666);
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new Error(`${target}: cannot write output: ${err.code ?? err.message}`);
+    throw explainIoError(target, e);
   }
 }

@@ -1,6 +1,6 @@
 // Streaming reader for thin_dump XML: turns a file or stream into MetadataVisitor events.
 //
-//   await readMetadataXml(path | readable, visitor, { name?, onProgress? });
+//   await readMetadataXml(path | opened file | readable, visitor, { name?, onProgress? });
 //
 // - Events arrive in document order while the input is read; memory stays flat whatever its size
 //   (it holds one read chunk and the open-element stack, never the document).
@@ -19,7 +19,7 @@
 // - Semantic rules (order, overlaps, nr_data_blocks, mapped_blocks, ...) are StreamValidator's.
 import * as fs from 'node:fs';
 import { Readable } from 'node:stream';
-import { InputError } from '../io/block-io.js';
+import { InputError, OpenedFile, openFile } from '../io/block-io.js';
 import { U64, U64_MAX, parseU64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { MAX_DATA_BLOCK, MAX_TIME } from '../thin/mapping.js';
@@ -44,11 +44,11 @@ export class XmlInputError extends InputError {
 }
 
 export async function readMetadataXml(
-  input: string | Readable,
+  input: string | OpenedFile | Readable,
   visitor: MetadataVisitor,
   opts: ReadXmlOptions = {},
 ): Promise<void> {
-  const name = opts.name ?? (typeof input === 'string' ? input : 'stdin');
+  const name = opts.name ?? (typeof input === 'string' ? input : input instanceof Readable ? 'stdin' : input.path);
   const parser = new Parser(name, visitor);
   // One working buffer for the whole input: what a chunk leaves of an unfinished tag moves to
   // its front and the next bytes land behind it, so nothing is allocated per chunk.
@@ -56,6 +56,10 @@ export async function readMetadataXml(
   let filled = 0;
   let bytesRead = 0;
   const consume = () => {
+    // XML has no zero bytes; binary metadata has them in its first 16 (the superblock's blocknr).
+    if (bytesRead === filled && work.subarray(0, filled).includes(0)) {
+      throw new InputError(`${name}: this looks like binary metadata, not XML (thin_dump turns metadata into XML)`);
+    }
     const used = parser.feed(work.subarray(0, filled), false);
     work.copy(work, 0, used, filled);
     filled -= used;
@@ -63,18 +67,19 @@ export async function readMetadataXml(
     if (filled > MAX_TAG_BYTES) parser.fail('a tag longer than 1 MiB');
     opts.onProgress?.(bytesRead);
   };
-  if (typeof input === 'string') {
-    const fd = openInput(input);
+  if (!(input instanceof Readable)) {
+    // A path is opened (and closed) here; an opened file stays its opener's to close.
+    const file = typeof input === 'string' ? openFile(input, 'stream') : input;
     try {
       for (;;) {
-        const n = fs.readSync(fd, work, filled, CHUNK_BYTES, null);
+        const n = fs.readSync(file.fd, work, filled, CHUNK_BYTES, null);
         if (n === 0) break;
         filled += n;
         bytesRead += n;
         consume();
       }
     } finally {
-      fs.closeSync(fd);
+      if (file !== input) fs.closeSync(file.fd);
     }
   } else {
     for await (const chunk of input) {
@@ -89,26 +94,8 @@ export async function readMetadataXml(
       }
     }
   }
+  if (bytesRead === 0) throw new InputError(`${name}: empty, not thin_dump XML`);
   parser.finish(work.subarray(0, filled));
-}
-
-function openInput(path: string): number {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    const why =
-      err.code === 'ENOENT' ? 'No such file or directory'
-      : err.code === 'EACCES' || err.code === 'EPERM' ? 'Permission denied'
-      : err.message;
-    throw new InputError(`${path}: ${why}`);
-  }
-  if (fs.fstatSync(fd).isDirectory()) {
-    fs.closeSync(fd);
-    throw new InputError(`${path}: Is a directory`);
-  }
-  return fd;
 }
 
 const CHUNK_BYTES = 1 << 18;

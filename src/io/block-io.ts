@@ -3,66 +3,108 @@ import * as fs from 'node:fs';
 
 export const BLOCK_SIZE = 4096;
 
-/** Whether two paths name the same file or block device, so an output never overwrites its input. */
-export function sameFile(a: string, b: string): boolean {
-  const identity = (p: string): string | null => {
-    try {
-      const st = fs.statSync(p);
-      return st.isBlockDevice() ? `dev:${st.rdev}` : `file:${st.dev}:${st.ino}`;
-    } catch {
-      return null;
-    }
-  };
-  const ia = identity(a);
-  return ia !== null && ia === identity(b);
-}
-
-/** An IO problem the user can act on (missing file, truncated device, ...). */
+/** A problem with a file the user named (missing, unreadable, too small, ...); one line, exit 1. */
 export class InputError extends Error {}
 
-/** Size in bytes of a regular file or a block device (via sysfs, as Node has no BLKGETSIZE64). */
-export function deviceSize(path: string, fd: number): number {
-  const st = fs.fstatSync(fd);
-  if (st.isFile()) return st.size;
-  if (st.isBlockDevice()) {
-    const major = Math.floor(st.rdev / 256) & 0xfff;
-    const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
-    const sectors = fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8');
-    return Number(sectors.trim()) * 512;
-  }
-  throw new InputError(`${path}: not a regular file or block device`);
+/** strerror's words for the errors a user can act on; anything else keeps Node's message. */
+const ERRNO_TEXT: Record<string, string> = {
+  ENOENT: 'No such file or directory',
+  ENOTDIR: 'Not a directory',
+  EISDIR: 'Is a directory',
+  EACCES: 'Permission denied',
+  EPERM: 'Operation not permitted',
+  ELOOP: 'Too many levels of symbolic links',
+  ENAMETOOLONG: 'File name too long',
+  EROFS: 'Read-only file system',
+  ENXIO: 'No such device or address',
+  ENODEV: 'No such device',
+  // Where we open for writing, a block device someone holds exclusively: the kernel, for a live pool.
+  EBUSY: 'Device or resource busy (is the pool active?)',
+};
+
+/** The one-line error for a failed system call on `path`. */
+export function explainIoError(path: string, e: unknown): InputError {
+  const err = e as NodeJS.ErrnoException;
+  return new InputError(`${path}: ${(err.code !== undefined && ERRNO_TEXT[err.code]) || err.message}`);
 }
 
-function openOrExplain(path: string, flags: string): number {
+/** What `openFile` opens: reading, writing (blocks, in place), or reading a stream (XML may come from a pipe). */
+export type OpenMode = 'read' | 'write' | 'stream';
+
+export interface OpenedFile {
+  readonly path: string;
+  readonly fd: number;
+  /** Bytes: a regular file's size, a block device's capacity, 0 for a stream. */
+  readonly size: number;
+  /** A regular file or block device, which can be read at any offset (not a pipe). */
+  readonly seekable: boolean;
+}
+
+/**
+ * Opens a file the user named, each problem as one line that names it. Only regular files and
+ * block devices hold metadata ('stream' also takes pipes and character devices). A block device
+ * opened for writing is opened exclusively (O_EXCL), so one that the kernel holds for a live
+ * pool is refused instead of being rewritten under it; readers don't claim it (thin_dump -m
+ * reads a live pool's metadata).
+ */
+export function openFile(path: string, mode: OpenMode): OpenedFile {
+  let st: fs.Stats;
   try {
-    return fs.openSync(path, flags);
+    st = fs.statSync(path);
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    const why =
-      err.code === 'ENOENT' ? 'No such file or directory'
-      : err.code === 'EACCES' || err.code === 'EPERM' ? 'Permission denied'
-      : err.code === 'EISDIR' ? 'Is a directory'
-      : err.code === 'EBUSY' ? 'Device or resource busy'
-      : err.message;
-    throw new InputError(`${path}: ${why}`);
+    throw explainIoError(path, e);
   }
+  if (st.isDirectory()) throw explainIoError(path, { code: 'EISDIR' });
+  const seekable = st.isFile() || st.isBlockDevice();
+  if (!seekable && !(mode === 'stream' && (st.isFIFO() || st.isCharacterDevice() || st.isSocket()))) {
+    throw new InputError(`${path}: not a regular file or block device`);
+  }
+  const { O_RDONLY, O_RDWR, O_EXCL } = fs.constants;
+  const flags = mode !== 'write' ? O_RDONLY : st.isBlockDevice() ? O_RDWR | O_EXCL : O_RDWR;
+  let fd: number;
+  try {
+    fd = fs.openSync(path, flags);
+  } catch (e) {
+    throw explainIoError(path, e);
+  }
+  try {
+    return { path, fd, size: seekable ? sizeOf(path, fd) : 0, seekable };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+/** Size in bytes of an open regular file or block device (via sysfs: Node has no BLKGETSIZE64). */
+function sizeOf(path: string, fd: number): number {
+  const st = fs.fstatSync(fd, { bigint: true });
+  if (!st.isBlockDevice()) return Number(st.size);
+  try {
+    return Number(fs.readFileSync(`${sysfsBlockDir(st.rdev)}/size`, 'utf8').trim()) * 512;
+  } catch (e) {
+    throw new InputError(`${path}: cannot find the size of the block device (${(e as Error).message})`);
+  }
+}
+
+/** The sysfs directory of block device `rdev` (glibc's dev_t encoding of major and minor). */
+export function sysfsBlockDir(rdev: bigint): string {
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  return `/sys/dev/block/${major}:${minor}`;
 }
 
 /** Reads whole blocks; opened read-only so check/dump can never change their input. */
 export class BlockReader {
+  readonly path: string;
   readonly nrBlocks: number;
   private readonly fd: number;
 
-  constructor(readonly path: string) {
-    this.fd = openOrExplain(path, 'r');
-    try {
-      const st = fs.fstatSync(this.fd);
-      if (st.isDirectory()) throw new InputError(`${path}: Is a directory`);
-      this.nrBlocks = Math.floor(deviceSize(path, this.fd) / BLOCK_SIZE);
-    } catch (e) {
-      fs.closeSync(this.fd);
-      throw e;
-    }
+  /** Reads the metadata at `source` (a path, opened here, or a file already opened to read). */
+  constructor(source: string | OpenedFile) {
+    const file = typeof source === 'string' ? openFile(source, 'read') : source;
+    this.path = file.path;
+    this.fd = file.fd;
+    this.nrBlocks = Math.floor(file.size / BLOCK_SIZE);
   }
 
   /** Reads block `b` into a fresh buffer. */
@@ -93,14 +135,17 @@ export class BlockReader {
   }
 }
 
-/** Writes whole blocks to an output file or device opened for writing. */
+/** Writes whole blocks to an output file or device opened for writing (exclusively, if a device). */
 export class BlockWriter {
+  readonly path: string;
   readonly nrBlocks: number;
   private readonly fd: number;
 
-  constructor(readonly path: string, flags = 'r+') {
-    this.fd = openOrExplain(path, flags);
-    this.nrBlocks = Math.floor(deviceSize(path, this.fd) / BLOCK_SIZE);
+  constructor(source: string | OpenedFile) {
+    const file = typeof source === 'string' ? openFile(source, 'write') : source;
+    this.path = file.path;
+    this.fd = file.fd;
+    this.nrBlocks = Math.floor(file.size / BLOCK_SIZE);
   }
 
   write(b: number, data: Buffer): void {

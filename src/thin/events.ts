@@ -22,6 +22,11 @@ export interface SuperblockOverrides {
   nrDataBlocks?: U64;
 }
 
+/** Just the overrides among `o` (a tool's options), none of its other fields. */
+export function overridesIn(o: SuperblockOverrides): SuperblockOverrides {
+  return { transactionId: o.transactionId, dataBlockSize: o.dataBlockSize, nrDataBlocks: o.nrDataBlocks };
+}
+
 export function applyOverrides(pool: PoolInfo, o: SuperblockOverrides): PoolInfo {
   return {
     ...pool,

@@ -18,6 +18,7 @@
 import { BlockReader } from '../io/block-io.js';
 import { BTreeNode, nodeDefect } from '../pdata/btree/node.js';
 import { walkBTree } from '../pdata/btree/walk.js';
+import { U64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from './events.js';
 import { MappingRuns } from './mapping-runs.js';
 import { SharedLeafIndex } from './shared-subtrees.js';
@@ -50,7 +51,7 @@ export interface ReadMetadataOptions {
   /** Read the metadata snapshot: `true` for the one the superblock holds, or a block the user named. */
   metadataSnap?: true | number;
   /** Only these devices. */
-  devIds?: ReadonlySet<number>;
+  devIds?: ReadonlySet<U64>;
   /** Devices only, no mappings (their trees are not read). */
   skipMappings?: boolean;
   /** Print leaves several devices share once, as defs the devices ref (the 1.x shared form). */

@@ -6,14 +6,14 @@
 // leaves something that looks like valid metadata.
 //
 // Memory: a builder holds a few nodes per tree level; per data block one byte of reference count.
-import { BLOCK_SIZE, BlockWriter } from '../io/block-io.js';
+import { BLOCK_SIZE, BlockWriter, InputError } from '../io/block-io.js';
 import { BTreeBuilder, NodeSummary } from '../pdata/btree/builder.js';
-import { NODE_HEADER_SIZE } from '../pdata/btree/node.js';
+import { NODE_HEADER_SIZE, maxEntriesFor } from '../pdata/btree/node.js';
 import { BlockAllocator, OutputTooSmallError } from '../pdata/block-allocator.js';
 import { RefCounts } from '../pdata/ref-counts.js';
 import { MAX_METADATA_BLOCKS } from '../pdata/space-map/metadata.js';
 import { U64, readBlockNr, u64Add, writeU64 } from '../pdata/le.js';
-import { bitmapsFor } from '../pdata/space-map/common.js';
+import { ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, bitmapsFor } from '../pdata/space-map/common.js';
 import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
 import { metadataSpaceMapBlocks, writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
 import { encodeSpaceMapRoot } from '../pdata/space-map/root.js';
@@ -76,6 +76,8 @@ export class MetadataWriter implements MetadataVisitor {
 
   superblockBegin(pool: PoolInfo): void {
     if (this.pool) throw new WriteMetadataError('a second superblock');
+    // Before anything is written, and before building a data space map too big to fit.
+    checkDataSpaceMapFits(pool.nrDataBlocks, this.out);
     this.pool = pool;
     this.dataCounts = new RefCounts();
     // Whatever was on the output stops looking like metadata before any other block changes.
@@ -290,9 +292,7 @@ export class MetadataWriter implements MetadataVisitor {
   private tooSmall(): Error {
     const have = this.alloc.nrBlocks;
     // Everything but the metadata space map's bitmaps scales with the input; those scale with the output.
-    const fixed = this.alloc.used - metadataSpaceMapBlocks(have) + 1;
-    let needed = fixed + bitmapsFor(fixed);
-    while (fixed + bitmapsFor(needed) > needed) needed = fixed + bitmapsFor(needed);
+    const needed = withOwnBitmaps(this.alloc.used - metadataSpaceMapBlocks(have) + 1);
     if (needed > MAX_METADATA_BLOCKS) {
       return new WriteMetadataError(
         `the metadata needs ${needed} blocks, more than the ${MAX_METADATA_BLOCKS} a pool's metadata can have`,
@@ -301,3 +301,46 @@ export class MetadataWriter implements MetadataVisitor {
     return new OutputTooSmallError(this.out.path, have, needed);
   }
 }
+
+/** The smallest metadata holding `blocks` blocks and the bitmaps of its own space map. */
+function withOwnBitmaps(blocks: number): number {
+  let needed = blocks + bitmapsFor(blocks);
+  while (blocks + bitmapsFor(needed) > needed) needed = blocks + bitmapsFor(needed);
+  return needed;
+}
+
+/**
+ * Metadata blocks a pool of `nrDataBlocks` data blocks needs at the very least, besides the
+ * metadata space map's bitmaps: the superblock, the roots of the (empty) details and mapping
+ * trees, the data space map (a bitmap per 16320 data blocks, its index B-tree with every node
+ * full, the root of its ref-count tree) and the metadata space map's index and ref-count root.
+ */
+function minimumBlocks(nrDataBlocks: U64): number {
+  const perBitmap = BigInt(ENTRIES_PER_BITMAP);
+  const bitmaps = Number((BigInt(nrDataBlocks) + perBitmap - 1n) / perBitmap);
+  // Leaves of the index, then each level of internal nodes up to the root (an empty tree is one leaf).
+  let indexNodes = 0;
+  for (let level = Math.max(1, Math.ceil(bitmaps / maxEntriesFor(INDEX_ENTRY_SIZE))); ; level = Math.ceil(level / maxEntriesFor(8))) {
+    indexNodes += level;
+    if (level === 1) break;
+  }
+  return 1 + 2 + bitmaps + indexNodes + 1 + 2;
+}
+
+/**
+ * Refuses, at once and before anything is written, a data device of `nrDataBlocks` blocks whose
+ * space map alone cannot fit the output (else the layout would be worked out block by block
+ * before the size error, for minutes at 2^40 data blocks), saying how much is needed.
+ */
+export function checkDataSpaceMapFits(nrDataBlocks: U64, out: BlockWriter): void {
+  const needed = withOwnBitmaps(minimumBlocks(nrDataBlocks));
+  if (needed <= Math.min(out.nrBlocks, MAX_METADATA_BLOCKS)) return;
+  const mib = Math.ceil(needed / (MIB / BLOCK_SIZE));
+  const beyond = needed > MAX_METADATA_BLOCKS ? `; metadata can have at most ${MAX_METADATA_BLOCKS} blocks` : '';
+  throw new InputError(
+    `${out.path}: output too small for the metadata: ${nrDataBlocks} data blocks need at least ${needed} metadata blocks ` +
+      `(${mib} MiB), the output has ${out.nrBlocks}${beyond}`,
+  );
+}
+
+const MIB = 1 << 20;

@@ -4,6 +4,7 @@ import { BTREE_CSUM_XOR, blockChecksum } from '../checksum.js';
 import { U64, readBlockNr, readU64 } from '../le.js';
 
 export const NODE_HEADER_SIZE = 32;
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 export const INTERNAL_NODE = 1;
 export const LEAF_NODE = 2;
 
@@ -25,6 +26,18 @@ export class BTreeNode {
     this.nrEntries = buf.readUInt32LE(16);
     this.maxEntries = buf.readUInt32LE(20);
     this.valueSize = buf.readUInt32LE(24);
+  }
+
+  /**
+   * The block as little-endian u32 words, for hot loops (keys i at words 8 + 2i, 9 + 2i). A view
+   * of the buffer where it is 4-byte aligned (block buffers are), a copy otherwise.
+   */
+  get words(): Uint32Array {
+    const b = this.buf;
+    if (b.byteOffset % 4 === 0 && LITTLE_ENDIAN) return new Uint32Array(b.buffer, b.byteOffset, BLOCK_SIZE / 4);
+    const w = new Uint32Array(BLOCK_SIZE / 4);
+    for (let i = 0; i < w.length; i++) w[i] = b.readUInt32LE(4 * i);
+    return w;
   }
 
   get isLeaf(): boolean {

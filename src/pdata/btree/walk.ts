@@ -79,7 +79,40 @@ export interface WalkOptions {
 }
 
 /** Above every u64 key. */
-const NO_LIMIT = 1n << 64n;
+export const NO_LIMIT = 1n << 64n;
+
+/**
+ * Why a node (whose header nodeDefect passed) can't stand where it is in a tree, or null: a
+ * non-root node at least a third full unless `allowUnderfull`, keys rising strictly inside the
+ * parent's range [lowKey, highKey), an internal node not empty. Every walker checks nodes so.
+ */
+export function nodePlacementDefect(node: BTreeNode, lowKey: U64, highKey: U64, isRoot: boolean, allowUnderfull = false): string | null {
+  const n = node.nrEntries;
+  const minEntries = Math.floor(node.maxEntries / 3);
+  if (!isRoot && n < minEntries && !allowUnderfull) {
+    return `too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`;
+  }
+  // The hot loop of every walk: each key's two words read once, compared with the previous key's.
+  const words = node.words;
+  let prevHi = -1;
+  let prevLo = -1;
+  for (let i = 0, w = NODE_HEADER_SIZE / 4; i < n; i++, w += 2) {
+    const lo = words[w];
+    const hi = words[w + 1];
+    if (hi < prevHi || (hi === prevHi && lo <= prevLo)) return `keys out of order: ${node.key(i)} after ${node.key(i - 1)}`;
+    prevHi = hi;
+    prevLo = lo;
+  }
+  // Keys rise, so the first and last bound them all.
+  if (n > 0) {
+    const first = node.key(0);
+    const last = node.key(n - 1);
+    if (first < lowKey) return `key ${first} outside parent range [${lowKey}, ${rangeEnd(highKey)})`;
+    if (last >= highKey) return `key ${last} outside parent range [${lowKey}, ${rangeEnd(highKey)})`;
+  }
+  if (!node.isLeaf && n === 0) return 'internal node with no entries';
+  return null;
+}
 
 /** Walks the tree at `root`; returns its summary, or null if the root itself was unreadable. */
 export function walkBTree(
@@ -148,28 +181,15 @@ export function walkBTree(
         node = compacted(node, kept);
       }
     }
+    const misplaced = nodePlacementDefect(node, lowKey, highKey, node.block === root, opts.allowUnderfull || opts.salvage);
+    if (misplaced) return fail(misplaced);
     const n = node.nrEntries;
-    const minEntries = Math.floor(node.maxEntries / 3);
-    if (node.block !== root && n < minEntries && !opts.allowUnderfull && !opts.salvage) {
-      return fail(`too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`);
-    }
-    for (let i = 1; i < n; i++) {
-      if (!node.keyAbovePrevious(i)) return fail(`keys out of order: ${node.key(i)} after ${node.key(i - 1)}`);
-    }
-    // Keys rise, so the first and last bound them all.
-    if (n > 0) {
-      const first = node.key(0);
-      const last = node.key(n - 1);
-      if (first < lowKey) return fail(`key ${first} outside parent range [${lowKey}, ${rangeEnd(highKey)})`);
-      if (last >= highKey) return fail(`key ${last} outside parent range [${lowKey}, ${rangeEnd(highKey)})`);
-    }
     if (node.isLeaf) {
       visitor.leaf(node);
       return n === 0
         ? { height: 0, minKey: 0, maxKey: 0, empty: true, entries: 0 }
         : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false, entries: n };
     }
-    if (n === 0) return fail('internal node with no entries');
     const rejected = visitor.internal?.(node);
     if (rejected) return fail(rejected);
     let height = -1;

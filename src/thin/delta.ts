@@ -1,0 +1,225 @@
+// The differences between two thin devices' mappings (thin_delta), computed by walking both
+// device trees side by side in thin-block order: one leaf of each in memory, whatever the size.
+// A subtree both trees share (a snapshot's untouched part) is read once and is all "same".
+//
+// The ranges are those of the reference thin_delta 0.9.0, which compares data blocks only (not
+// mapping times, so devices of different origins compare too):
+// - each mapped thin block is left_only, right_only, different or same;
+// - plain output merges neighbouring blocks of one kind into one range;
+// - verbose output also gives the data blocks, so a range also ends where either side's mappings
+//   stop being consecutive in data blocks (the reference cuts its ranges at the ends of each
+//   side's runs of consecutive thin and data blocks).
+import { BlockReader } from '../io/block-io.js';
+import { LeafCursor, NextSubtree } from '../pdata/btree/cursor.js';
+import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
+import { BTreeError } from '../pdata/btree/walk.js';
+import { U64, readU64, u64Add } from '../pdata/le.js';
+import { MAPPING_VALUE_SIZE } from './mapping-tree.js';
+
+export type DeltaKind = 'left_only' | 'right_only' | 'different' | 'same';
+
+/** One side of the comparison: a device (--thin1) or a tree root block (1.x's --root1). */
+export type DeltaSide = { devId: number } | { root: number };
+
+export interface DeltaHeader {
+  time: number;
+  transaction: U64;
+  dataBlockSize: number;
+  nrDataBlocks: U64;
+  /** The held metadata snapshot the superblock read names, if any. */
+  metadataSnap?: number;
+  left: DeltaSide;
+  right: DeltaSide;
+}
+
+export interface DeltaVisitor {
+  begin(h: DeltaHeader): void;
+  /**
+   * `length` thin blocks from `begin`, all of one kind. `leftData` / `rightData`: the data block
+   * the first of them maps to on that side (0 on a side that doesn't map them).
+   */
+  range(kind: DeltaKind, begin: U64, length: number, leftData: number, rightData: number): void;
+  end(): void;
+}
+
+const LEFT_ONLY = 0;
+const RIGHT_ONLY = 1;
+const DIFFERENT = 2;
+const SAME = 3;
+const KINDS: DeltaKind[] = ['left_only', 'right_only', 'different', 'same'];
+
+/** Merges classified blocks, in thin-block order, into the ranges the visitor gets. */
+class RangeBuilder {
+  private kind = -1;
+  private begin: U64 = 0;
+  private end: U64 = 0;
+  private len = 0;
+  private left = 0;
+  private right = 0;
+
+  constructor(private readonly out: DeltaVisitor, private readonly verbose: boolean) {}
+
+  add(thin: U64, kind: number, left: number, right: number): void {
+    if (kind === this.kind && thin === this.end) {
+      const len = this.len;
+      // Verbose ranges also follow each side's data blocks.
+      if (!this.verbose || ((kind === RIGHT_ONLY || left === this.left + len) && (kind === LEFT_ONLY || right === this.right + len))) {
+        this.len = len + 1;
+        this.end = typeof thin === 'number' && thin < Number.MAX_SAFE_INTEGER ? thin + 1 : u64Add(thin, 1);
+        return;
+      }
+    }
+    this.flush();
+    this.kind = kind;
+    this.begin = thin;
+    this.end = typeof thin === 'number' && thin < Number.MAX_SAFE_INTEGER ? thin + 1 : u64Add(thin, 1);
+    this.len = 1;
+    this.left = left;
+    this.right = right;
+  }
+
+  flush(): void {
+    if (this.len === 0) return;
+    this.out.range(KINDS[this.kind], this.begin, this.len, this.left, this.right);
+    this.len = 0;
+    this.kind = -1;
+  }
+}
+
+const TWO_32 = 0x100000000;
+const SAFE_HI = 0x200000;
+
+/** One device tree, read a leaf at a time, each leaf decoded into arrays once. */
+class Side {
+  private node: BTreeNode | null = null;
+  i = 0;
+  n = 0;
+  /** Thin blocks of the leaf; NaN where one is past 2^53 (read exactly from the node then). */
+  readonly keys = new Float64Array(256);
+  readonly datas = new Float64Array(256);
+
+  constructor(readonly cursor: LeafCursor) {}
+
+  /** Reads the next leaf; false at the end of the tree. */
+  load(): boolean {
+    const node = this.cursor.nextLeaf();
+    if (node === null) return false;
+    this.node = node;
+    this.i = 0;
+    const n = (this.n = node.nrEntries);
+    const words = node.words;
+    for (let i = 0, k = NODE_HEADER_SIZE / 4, v = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < n; i++, k += 2, v += 2) {
+      const hi = words[k + 1];
+      this.keys[i] = hi < SAFE_HI ? hi * TWO_32 + words[k] : NaN;
+      this.datas[i] = words[v + 1] * 256 + (words[v] >>> 24);
+    }
+    return true;
+  }
+
+  key(): U64 {
+    const k = this.keys[this.i];
+    return k === k ? k : readU64(this.node!.buf, NODE_HEADER_SIZE + 8 * this.i);
+  }
+
+  data(): number {
+    return this.datas[this.i];
+  }
+}
+
+/** Emits the ranges between the device trees at `leftRoot` and `rightRoot`. Throws BTreeError on damage. */
+export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: number, out: DeltaVisitor, verbose: boolean): void {
+  const ranges = new RangeBuilder(out, verbose);
+  const L = new Side(new LeafCursor(io, leftRoot, MAPPING_VALUE_SIZE));
+  const R = new Side(new LeafCursor(io, rightRoot, MAPPING_VALUE_SIZE));
+  for (;;) {
+    if (L.i === L.n && R.i === R.n) {
+      const ls = L.cursor.peek();
+      const rs = R.cursor.peek();
+      if (ls !== null && rs !== null && ls.block === rs.block) {
+        L.cursor.skip();
+        R.cursor.skip();
+        sharedSubtree(io, ls, rs, L.cursor, R.cursor, ranges);
+        continue;
+      }
+    }
+    if (L.i === L.n && !L.load()) break;
+    if (R.i === R.n && !R.load()) break;
+    if (L.i === L.n || R.i === R.n) continue; // an empty leaf
+    // The hot loop, on the two leaves' arrays, while both keys are below 2^53.
+    const lk = L.keys;
+    const ld = L.datas;
+    const rk = R.keys;
+    const rd = R.datas;
+    let li = L.i;
+    let ri = R.i;
+    for (const ln = L.n, rn = R.n; li < ln && ri < rn; ) {
+      const kl = lk[li];
+      const kr = rk[ri];
+      if (kl < kr) {
+        ranges.add(kl, LEFT_ONLY, ld[li++], 0);
+      } else if (kr < kl) {
+        ranges.add(kr, RIGHT_ONLY, 0, rd[ri++]);
+      } else if (kl === kr) {
+        const dl = ld[li++];
+        const dr = rd[ri++];
+        ranges.add(kl, dl === dr ? SAME : DIFFERENT, dl, dr);
+      } else {
+        break; // a NaN: a key past 2^53, compared exactly below
+      }
+    }
+    L.i = li;
+    R.i = ri;
+    if (L.i === L.n || R.i === R.n) continue;
+    const kl = L.key();
+    const kr = R.key();
+    if (kl < kr) {
+      ranges.add(kl, LEFT_ONLY, L.data(), 0);
+      L.i++;
+    } else if (kr < kl) {
+      ranges.add(kr, RIGHT_ONLY, 0, R.data());
+      R.i++;
+    } else {
+      const dl = L.data();
+      const dr = R.data();
+      ranges.add(kl, dl === dr ? SAME : DIFFERENT, dl, dr);
+      L.i++;
+      R.i++;
+    }
+  }
+  // What one tree has past the other's end.
+  do {
+    for (; L.i < L.n; L.i++) ranges.add(L.key(), LEFT_ONLY, L.data(), 0);
+  } while (L.load());
+  do {
+    for (; R.i < R.n; R.i++) ranges.add(R.key(), RIGHT_ONLY, 0, R.data());
+  } while (R.load());
+  ranges.flush();
+}
+
+/** A subtree both trees point to at the same place: every mapping in it is the same on both sides. */
+function sharedSubtree(
+  io: BlockReader,
+  ls: NextSubtree,
+  rs: NextSubtree,
+  left: LeafCursor,
+  right: LeafCursor,
+  ranges: RangeBuilder,
+): void {
+  // Within both parents' key ranges.
+  const lowKey = ls.lowKey > rs.lowKey ? ls.lowKey : rs.lowKey;
+  const highKey = ls.highKey < rs.highKey ? ls.highKey : rs.highKey;
+  const sub = new LeafCursor(io, ls.block, MAPPING_VALUE_SIZE, { lowKey, highKey, subtree: ls.depth > 0 || rs.depth > 0 });
+  const side = new Side(sub);
+  while (side.load()) {
+    for (; side.i < side.n; side.i++) {
+      const data = side.data();
+      ranges.add(side.key(), SAME, data, data);
+    }
+  }
+  // Its leaves must sit as deep as the rest of each tree's.
+  for (const [cursor, at] of [[left, ls], [right, rs]] as const) {
+    const depth = at.depth + sub.leafDepth;
+    if (cursor.leafDepth === -1) cursor.leafDepth = depth;
+    else if (cursor.leafDepth !== depth) throw new BTreeError(ls.block, 'leaves at different depths', lowKey, highKey);
+  }
+}

@@ -1,0 +1,188 @@
+// thin_rmap as a library function: which devices and thin blocks map the given data blocks.
+//
+// As the reference thin_rmap 0.9.0: every device's tree is walked in dev_id order; each mapping
+// to a data block inside the regions joins the region in hand when it continues it (same
+// device, next thin block, next data block) or starts a new one; the regions are then sorted by
+// first data block, ties in the reference's order (rmap-order.ts), and printed as
+// `data B..E -> thin(D) T..U`. Memory grows with the output, not with the pool: the records
+// live in typed arrays, and the walk remembers which nodes it has seen.
+import { BlockReader } from '../io/block-io.js';
+import { openMetadataInput } from '../io/open.js';
+import { FdSink } from '../formats/output.js';
+import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
+import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
+import { MAPPING_VALUE_SIZE, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
+import { readSuperblock } from '../thin/superblock.js';
+import { stdSort } from './rmap-order.js';
+
+/** Data blocks [begin, end). */
+export interface Region {
+  begin: U64;
+  end: U64;
+}
+
+export class RmapError extends Error {}
+
+/** `B..E` (E one past the end), with the reference's messages. */
+export function parseRegion(text: string): Region {
+  const dots = text.indexOf('..');
+  if (dots < 0) throw new RmapError('badly formed region (no dots)');
+  const begin = parseU64(text.slice(0, dots));
+  const end = parseU64(text.slice(dots + 2));
+  if (begin === null || end === null) throw new RmapError("badly formed region (couldn't parse numbers)");
+  if (end <= begin) throw new RmapError('badly formed region (end <= begin)');
+  return { begin, end };
+}
+
+/** The regions sorted and with overlapping or touching ones merged, for a binary search. */
+function mergeRegions(regions: readonly Region[]): Region[] {
+  const sorted = [...regions].sort((a, b) => (a.begin < b.begin ? -1 : a.begin > b.begin ? 1 : 0));
+  const merged: Region[] = [];
+  for (const r of sorted) {
+    const last = merged[merged.length - 1];
+    if (last && r.begin <= last.end) {
+      if (r.end > last.end) last.end = r.end;
+    } else {
+      merged.push({ ...r });
+    }
+  }
+  return merged;
+}
+
+/** The reverse map in the making: one record per region of consecutive mappings. */
+class RmapRecords {
+  count = 0;
+  dataBegin = new Float64Array(1024);
+  length = new Float64Array(1024);
+  devId = new Uint32Array(1024);
+  /** Thin blocks; a NaN marks one past 2^53, kept exactly in `bigThin`. */
+  thinBegin = new Float64Array(1024);
+  readonly bigThin = new Map<number, bigint>();
+
+  /** Extends the last record when the mapping continues it, else starts one. */
+  add(devId: number, thin: U64, data: number): void {
+    const i = this.count - 1;
+    if (i >= 0 && this.devId[i] === devId && this.dataBegin[i] + this.length[i] === data && this.thinEnd(i) === thin) {
+      this.length[i]++;
+      return;
+    }
+    if (this.count === this.dataBegin.length) this.grow();
+    const j = this.count++;
+    this.devId[j] = devId;
+    this.dataBegin[j] = data;
+    this.length[j] = 1;
+    if (typeof thin === 'number') {
+      this.thinBegin[j] = thin;
+    } else {
+      this.thinBegin[j] = NaN;
+      this.bigThin.set(j, thin);
+    }
+  }
+
+  thin(i: number): U64 {
+    const t = this.thinBegin[i];
+    return Number.isNaN(t) ? this.bigThin.get(i)! : t;
+  }
+
+  private thinEnd(i: number): U64 {
+    const t = this.thinBegin[i];
+    return !Number.isNaN(t) && t + this.length[i] <= Number.MAX_SAFE_INTEGER ? t + this.length[i] : u64Add(this.thin(i), this.length[i]);
+  }
+
+  private grow(): void {
+    const n = this.dataBegin.length * 2;
+    const grown = <T extends Float64Array | Uint32Array>(a: T, b: T): T => (b.set(a), b);
+    this.dataBegin = grown(this.dataBegin, new Float64Array(n));
+    this.length = grown(this.length, new Float64Array(n));
+    this.devId = grown(this.devId, new Uint32Array(n));
+    this.thinBegin = grown(this.thinBegin, new Float64Array(n));
+  }
+}
+
+/** The reverse map of `regions`, in the reference's order. Throws RmapError on damage. */
+export function reverseMap(
+  io: BlockReader,
+  regions: readonly Region[],
+  onProgress?: (done: number, total: number) => void,
+): { records: RmapRecords; order: Int32Array } {
+  const merged = mergeRegions(regions);
+  const lowest = merged[0].begin;
+  const highest = merged[merged.length - 1].end;
+  const inRegions = (b: number): boolean => {
+    if (b < lowest || b >= highest) return false;
+    let lo = 0;
+    let hi = merged.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (merged[mid].end <= b) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < merged.length && merged[lo].begin <= b;
+  };
+
+  const sb = readSuperblock(io);
+  const fail = (e: BTreeError): never => {
+    throw new RmapError(`Damage in mapping tree, please run thin_check: ${e.message}`);
+  };
+  const records = new RmapRecords();
+  // As the reference, a node is visited once in the whole walk: a subtree devices share is
+  // reported for the first of them (in dev_id order) only.
+  const memo: SubtreeMemo = new Map();
+  // Progress against every device's mapped blocks: shared subtrees are read once, so it ends early.
+  let total = 0;
+  if (onProgress) for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, fail)) total += Number(d.mappedBlocks);
+  let done = 0;
+  for (const { devId, root } of readDeviceRoots(io, sb.dataMappingRoot, fail)) {
+    walkBTree(io, root, MAPPING_VALUE_SIZE, {
+      leaf(node: BTreeNode) {
+        const words = node.words;
+        for (let i = 0, w = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < node.nrEntries; i++, w += 2) {
+          const data = words[w + 1] * 256 + (words[w] >>> 24);
+          if (inRegions(data)) records.add(devId, readU64(node.buf, NODE_HEADER_SIZE + 8 * i), data);
+        }
+        done += node.nrEntries;
+        onProgress?.(done, total);
+      },
+      error: fail,
+    }, { memo });
+  }
+  const order = new Int32Array(records.count);
+  for (let i = 0; i < order.length; i++) order[i] = i;
+  stdSort(order, records.dataBegin);
+  return { records, order };
+}
+
+/** Prints the reverse map of `regions` of the pool at `input`. */
+export function rmapPool(
+  input: string,
+  regions: readonly Region[],
+  stdoutFd = 1,
+  onProgress?: (done: number, total: number) => void,
+): void {
+  if (regions.length === 0) throw new RmapError('No regions provided.');
+  const io = openMetadataInput(input);
+  try {
+    const { records, order } = reverseMap(io, regions, onProgress);
+    const out = new FdSink(stdoutFd);
+    for (const i of order) {
+      const data = records.dataBegin[i];
+      const len = records.length[i];
+      const thin = records.thin(i);
+      out.write('data ');
+      out.number(data);
+      out.write('..');
+      out.number(data + len);
+      out.write(' -> thin(');
+      out.number(records.devId[i]);
+      out.write(') ');
+      out.number(thin);
+      out.write('..');
+      out.number(u64Add(thin, len));
+      out.write('\n');
+    }
+    out.flush();
+  } finally {
+    io.close();
+  }
+}
