@@ -193,14 +193,6 @@ export class MetadataWriter implements MetadataVisitor {
     alloc.refCounts.inc(mappingRoot);
     this.releaseUnusedDefLeaves();
 
-    // Its bitmaps alone can outnumber what any metadata holds (a 2^40-block pool needs 67M):
-    // say so now rather than lay them all out to count them.
-    const dataBitmaps = bitmapsFor(Number(pool.nrDataBlocks));
-    if (alloc.used + dataBitmaps > MAX_METADATA_BLOCKS) {
-      throw new WriteMetadataError(
-        `the data space map of ${pool.nrDataBlocks} blocks needs ${dataBitmaps} bitmaps, more than the ${MAX_METADATA_BLOCKS} blocks a pool's metadata can have`,
-      );
-    }
     const dataRoot = writeDataSpaceMap(alloc, this.dataCounts!, Number(pool.nrDataBlocks));
     const metadataRoot = writeMetadataSpaceMap(alloc);
     if (alloc.overflowed) throw this.tooSmall();
