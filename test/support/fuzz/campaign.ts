@@ -5,9 +5,9 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { CaseRun, FINDING_KINDS, Finding, REVIEW_KINDS, ReviewKind, fileHash } from './case-run.js';
 import {
-  BINARY_FAMILIES, CaseRun, FINDING_KINDS, Family, Finding, OPTION_FAMILIES, OPTION_MUTATIONS, REVIEW_KINDS, ReviewKind,
-  XML_FAMILIES, fileHash, runBinaryFamily, runOptions, runRestore,
+  BINARY_FAMILIES, Family, OPTION_FAMILIES, OPTION_MUTATIONS, XML_FAMILIES, runBinaryFamily, runOptions, runRestore,
 } from './families.js';
 import { BINARY_MUTATIONS, mutateImage } from './mutate.js';
 import { XML_MUTATIONS, mutateXml } from './mutate-xml.js';
