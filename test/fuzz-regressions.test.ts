@@ -163,3 +163,19 @@ describe('thin_repair recovers at least what the reference recovers', () => {
     expect(r.ours).toBeGreaterThanOrEqual(r.reference);
   });
 });
+
+describe('thin_metadata_unpack of a damaged pack', () => {
+  test('a chunk length past the end of the pack is refused in one line, not allocated', () => {
+    const meta = kernelImage('tmeta_with_deleted_snapshot');
+    const packed = scratch.file('tmeta.pack');
+    expect(runOurs('thin_metadata_pack', ['-i', meta, '-o', packed]).status).toBe(0);
+    const bytes = fs.readFileSync(packed);
+    // The first chunk's length (after the header) now says 12 GB.
+    const at = bytes.length - 8 >= 32 ? 32 : 0;
+    bytes.writeBigUInt64LE(12_918_457_050n, at);
+    fs.writeFileSync(packed, bytes);
+    const r = runOurs('thin_metadata_unpack', ['-i', packed, '-o', scratch.file('out.bin')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^thin_metadata_unpack: [^\n]*truncated[^\n]*\n$/);
+  });
+});

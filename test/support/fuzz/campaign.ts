@@ -7,18 +7,28 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CaseRun, FINDING_KINDS, Finding, REVIEW_KINDS, ReviewKind, fileHash } from './case-run.js';
 import {
-  BINARY_FAMILIES, Family, OPTION_FAMILIES, OPTION_MUTATIONS, XML_FAMILIES, runBinaryFamily, runOptions, runRestore,
+  BINARY_FAMILIES, Family, OPTION_FAMILIES, OPTION_MUTATIONS, PACK_FAMILIES, XML_FAMILIES, runBinaryFamily, runOptions, runRestore,
 } from './families.js';
+import { PACK_MUTATIONS, mutatePack, unpack } from './tool-families.js';
 import { BINARY_MUTATIONS, mutateImage } from './mutate.js';
 import { XML_MUTATIONS, mutateXml } from './mutate-xml.js';
 import { Rand, caseSeed } from './random.js';
 import { Sources, prepareSources } from './sources.js';
 
-export const FAMILIES: readonly Family[] = [...BINARY_FAMILIES, ...XML_FAMILIES, ...OPTION_FAMILIES];
+export const FAMILIES: readonly Family[] = [...BINARY_FAMILIES, ...XML_FAMILIES, ...OPTION_FAMILIES, ...PACK_FAMILIES];
 
 /** The mutations a family's cases take turns through. */
 export function mutationsOf(family: Family): readonly string[] {
-  return family === 'restore' ? XML_MUTATIONS : family === 'options' ? OPTION_MUTATIONS : BINARY_MUTATIONS;
+  switch (family) {
+    case 'restore':
+      return XML_MUTATIONS;
+    case 'options':
+      return OPTION_MUTATIONS;
+    case 'unpack':
+      return PACK_MUTATIONS;
+    default:
+      return BINARY_MUTATIONS;
+  }
 }
 
 export interface CaseResult {
@@ -96,7 +106,18 @@ async function runCase(o: CampaignOptions, sources: Sources, families: readonly 
     id: `${o.seed}:${n}`, n, family, mutation, source: '', options: [], notes: [], findings: c.findings, reviews: c.reviews, ms: 0,
   };
   try {
-    if (family === 'options') {
+    if (family === 'unpack') {
+      const src = rand.weighted(sources.images.map((s) => [s, s.weight] as const));
+      const packed = src.pack();
+      if (!packed) throw new Error(`our thin_metadata_pack cannot pack the source ${src.name}`);
+      result.source = src.name;
+      const m = mutatePack(packed, mutation as (typeof PACK_MUTATIONS)[number], rand);
+      result.notes = [m.note];
+      o.verbose?.(`case ${result.id}: unpack, ${src.name}\n  ${m.note}`);
+      const packFile = c.file('input.pack');
+      fs.writeFileSync(packFile, m.bytes);
+      await unpack(c, packFile, fileHash(packFile));
+    } else if (family === 'options') {
       const img = rand.weighted(sources.images.map((s) => [s, s.weight] as const));
       const src = rand.weighted(sources.xmls.map((s) => [s, s.weight] as const));
       result.source = `${img.name} / ${src.name}`;
@@ -180,6 +201,9 @@ export function formatReport(report: CampaignReport, opts: { listReviews?: numbe
   out.push('');
   out.push('cases by tool family x mutation (XML inputs):');
   out.push(countTable(results, XML_FAMILIES, XML_MUTATIONS));
+  out.push('');
+  out.push('cases by tool family x mutation (pack files):');
+  out.push(countTable(results, PACK_FAMILIES, PACK_MUTATIONS));
   out.push('');
   const optionCases = results.filter((r) => r.family === 'options');
   if (optionCases.length) {

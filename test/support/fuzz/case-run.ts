@@ -16,7 +16,7 @@ export const FINDING_KINDS = [
 export type FindingKind = (typeof FINDING_KINDS)[number];
 
 /** Allowed, but counted and listed so a person can look at them. */
-export const REVIEW_KINDS = ['stricter', 'looser-than-1.x', 'looser-than-0.9.0', 'reference-crashed'] as const;
+export const REVIEW_KINDS = ['stricter', 'stricter-than-1.x', 'looser-than-1.x', 'looser-than-0.9.0', 'reference-crashed'] as const;
 export type ReviewKind = (typeof REVIEW_KINDS)[number];
 
 export interface Finding<K = FindingKind> {

@@ -15,7 +15,10 @@ export const XML_FAMILIES = ['restore'] as const;
 /** Every tool's options that take a value, given values at and past their limits. */
 export const OPTION_FAMILIES = ['options'] as const;
 export const OPTION_MUTATIONS = ['option-number', 'option-text'] as const;
-export type Family = (typeof BINARY_FAMILIES)[number] | (typeof XML_FAMILIES)[number] | (typeof OPTION_FAMILIES)[number];
+/** Damaged pack files, for thin_metadata_unpack. */
+export const PACK_FAMILIES = ['unpack'] as const;
+export type Family =
+  | (typeof BINARY_FAMILIES)[number] | (typeof XML_FAMILIES)[number] | (typeof OPTION_FAMILIES)[number] | (typeof PACK_FAMILIES)[number];
 
 /** Our check's verdict against a reference's: failing where it passes is allowed, the reverse never. */
 function compareVerdicts(c: CaseRun, ours: ProcessResult, ref: ProcessResult, refName: '0.9.0' | '1.x', options: string[]): void {

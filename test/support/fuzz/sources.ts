@@ -17,6 +17,8 @@ export interface ImageSource {
   bytes(): Buffer;
   /** Its mappings as the reference dumps them ("dev:thin:data"); undefined if it can't. */
   truth(): ReadonlySet<string> | undefined;
+  /** Our thin_metadata_pack of it; undefined if it can't be packed. */
+  pack(): Buffer | undefined;
 }
 
 export interface XmlSource {
@@ -52,6 +54,7 @@ function lazyBytes(file: string): () => Buffer {
 
 function imageSource(name: string, file: string, weight: number): ImageSource {
   let truth: Set<string> | undefined | null = null;
+  let packed: Buffer | undefined | null = null;
   return {
     name, file, weight, map: mapImage(file), bytes: lazyBytes(file),
     truth() {
@@ -60,6 +63,13 @@ function imageSource(name: string, file: string, weight: number): ImageSource {
         truth = dump ? new Set(mappingsOf(dump.toString())) : undefined;
       }
       return truth;
+    },
+    pack() {
+      if (packed === null) {
+        const out = `${file}.pack`;
+        packed = dumpOf(process.execPath, [ourTool('thin_metadata_pack'), '-i', file, '-o', out]) ? fs.readFileSync(out) : undefined;
+      }
+      return packed;
     },
   };
 }

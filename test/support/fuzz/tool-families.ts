@@ -3,7 +3,7 @@
 // thin_extract: a data file whose blocks carry markers shows what was discarded or copied) and
 // that pack it (thin_metadata_pack: what it packs unpacks as 1.x's own pack does).
 import * as fs from 'node:fs';
-import { BinaryCase, failed, lastLines, passed } from './case-run.js';
+import { BinaryCase, CaseRun, failed, lastLines, passed } from './case-run.js';
 import { ProcessResult, userText } from './processes.js';
 
 /** 0.9.0's thin_ls fields (the HIGHEST_* ones are 1.x's). */
@@ -281,4 +281,58 @@ function differingBlocks(got: Buffer, expected: Buffer, source: Buffer): number[
     bad.push(b);
   }
   return bad;
+}
+
+export const PACK_MUTATIONS = ['pack-flip', 'pack-bytes', 'pack-truncate'] as const;
+
+/** A pack file damaged: bits flipped, bytes (or a length field) overwritten, or cut short. */
+export function mutatePack(pack: Buffer, kind: (typeof PACK_MUTATIONS)[number], rand: BinaryCase['rand']): { bytes: Buffer; note: string } {
+  const bytes = Buffer.from(pack);
+  // The header and the first chunk's length are where a reader decides how much to trust.
+  const at = () => (rand.chance(0.3) ? rand.int(Math.min(64, bytes.length)) : rand.int(bytes.length));
+  switch (kind) {
+    case 'pack-flip': {
+      const flips = Array.from({ length: rand.between(1, 8) }, () => [at(), rand.int(8)]);
+      for (const [i, bit] of flips) bytes[i] ^= 1 << bit;
+      return { bytes, note: `pack-flip: bits ${flips.map(([i, b]) => `${i}.${b}`).join(' ')}` };
+    }
+    case 'pack-bytes': {
+      const i = at();
+      if (rand.chance(0.5) && i + 8 <= bytes.length) {
+        const v = rand.pick([0n, 1n, 0xffffffffn, 1n << 32n, 1n << 40n, (1n << 63n) - 1n, (1n << 64n) - 1n, BigInt(bytes.length), rand.bits(64)]);
+        bytes.writeBigUInt64LE(v, i);
+        return { bytes, note: `pack-bytes: u64 at ${i} = ${v}` };
+      }
+      const n = Math.min(rand.between(1, 64), bytes.length - i);
+      const fill = rand.pick(['zero', 'ones', 'random'] as const);
+      (fill === 'random' ? rand.bytes(n) : Buffer.alloc(n, fill === 'zero' ? 0 : 0xff)).copy(bytes, i);
+      return { bytes, note: `pack-bytes: ${n} bytes at ${i} = ${fill}` };
+    }
+    case 'pack-truncate': {
+      const n = rand.int(bytes.length);
+      return { bytes: bytes.subarray(0, n), note: `pack-truncate: ${bytes.length} -> ${n} bytes` };
+    }
+  }
+}
+
+/**
+ * thin_metadata_unpack of a damaged pack: no crash or hang, the pack unchanged, and where both
+ * unpack it, the same metadata.
+ */
+export async function unpack(c: CaseRun, packFile: string, sha256: string): Promise<void> {
+  const mine = c.file('ours.bin');
+  const theirs = c.file('theirs.bin');
+  const up = await c.upstream('thin_metadata_unpack', ['-i', packFile, '-o', theirs]);
+  const ours = await c.ours('thin_metadata_unpack', ['-i', packFile, '-o', mine], up.status);
+  c.unchanged(packFile, sha256, 'thin_metadata_unpack');
+  if (up.timedOut || up.signal || ours.timedOut || ours.signal) return;
+  if (passed(ours) && passed(up)) {
+    if (!fs.readFileSync(mine).equals(fs.readFileSync(theirs))) c.find('differs', 'thin_metadata_unpack: metadata differs from 1.x\'s unpack of the same pack');
+  } else if (passed(ours)) {
+    c.review('looser-than-1.x', `1.x thin_metadata_unpack refuses the pack (${lastLines(up.stderr)}), ours unpacks it`);
+  } else if (passed(up)) {
+    // A pack is damaged here by construction: 1.x unpacks some of them regardless (it does not
+    // check zlib's checksum), writing what the damage made of the blocks.
+    c.review('stricter-than-1.x', `thin_metadata_unpack refuses a damaged pack 1.x unpacks: ${lastLines(userText(ours.stderr))}`);
+  }
 }
