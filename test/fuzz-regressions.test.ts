@@ -164,6 +164,21 @@ describe('thin_repair recovers at least what the reference recovers', () => {
   });
 });
 
+describe('thin_repair searches past a details root that leads to no details', () => {
+  test('a details root swapped with a device root (both re-sealed): the details are found where they went', () => {
+    const file = kernelImage('tmeta_with_shared_internals_and_leaves');
+    const { root } = damage.deviceNodes(file, 2);
+    damage.swapNodes(file, damage.superblockOf(file).deviceDetailsRoot, root);
+    const out = scratch.emptyOutput(64 << 20);
+    const r = runOurs('thin_repair', ['-i', file, '-o', out]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/device 2: mapping tree root \(block \d+\) unreadable/);
+    expect(runReference('thin_check', [out]).status).toBe(0);
+    // Device 2's own details (it was made at time 1, in transaction 1), not ones made up for it.
+    expect(runReference('thin_dump', [out]).stdout).toMatch(/<device dev_id="2" mapped_blocks="\d+" transaction="1" creation_time="1"/);
+  });
+});
+
 describe('thin_metadata_unpack of a damaged pack', () => {
   test('a chunk length past the end of the pack is refused in one line, not allocated', () => {
     const meta = kernelImage('tmeta_with_deleted_snapshot');

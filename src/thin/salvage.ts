@@ -16,7 +16,7 @@
 // - device ids the kernel cannot create (2^24 and above) are dropped.
 // Each device is walked twice (count, then emit), so nothing grows with the mappings.
 import { BlockReader } from '../io/block-io.js';
-import { BTreeNode } from '../pdata/btree/node.js';
+import { BTreeNode, nodeDefect } from '../pdata/btree/node.js';
 import { BTreeError, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { U64, U64_MAX, u64Add } from '../pdata/le.js';
 import { bitmapsFor } from '../pdata/space-map/common.js';
@@ -139,6 +139,7 @@ class Salvager {
   private readDetails(root: number, quiet: boolean): Map<number, DeviceDetails> | null {
     const warn = this.note(quiet);
     const details = new Map<number, DeviceDetails>();
+    let damaged = false;
     const summary = walkBTree(this.io, root, DEVICE_DETAILS_SIZE, {
       leaf: (node: BTreeNode) => {
         for (let i = 0; i < node.nrEntries; i++) {
@@ -148,10 +149,16 @@ class Salvager {
         }
       },
       error: (err: BTreeError) => {
+        damaged = true;
         if (err.block !== root) warn(`device details: devices ${err.keys} lost: ${err.message}`);
       },
       dropped: (block, count, reason) => warn(`device details: ${count} entries of block ${block} dropped: ${reason}`),
     }, SALVAGE_WALK);
+    // A root that leads to nothing readable (another tree's node, say) is no details tree.
+    if (summary && details.size === 0 && damaged) {
+      warn(`device details at block ${root}: no device's details can be read there`);
+      return null;
+    }
     return summary ? details : null;
   }
 
@@ -227,6 +234,14 @@ class Salvager {
       devices.set(devId, dev);
     }
     const ordered = [...devices.values()].sort((a, b) => a.devId - b.devId);
+    for (const dev of ordered) {
+      const defect = dev.root === null ? null : this.mappingRootDefect(dev.root);
+      if (defect) {
+        // Lost like a device the top level doesn't list: its tree may be found elsewhere.
+        this.warn(`device ${dev.devId}: mapping tree root (block ${dev.root}) unreadable: ${defect}`);
+        dev.root = null;
+      }
+    }
     const lost = ordered.filter((d) => d.root === null && d.details && d.details.mappedBlocks > 0);
     if (lost.length > 0) this.adoptOrphans(lost);
 
@@ -358,6 +373,12 @@ class Salvager {
     if (time <= poolTime) return time;
     this.warn(`${what} ${time} is later than the pool's time ${poolTime}; set to ${poolTime}`);
     return poolTime;
+  }
+
+  /** Why a device's root block can't be the root of a mapping tree, or null. */
+  private mappingRootDefect(root: number): string | null {
+    if (root >= this.io.nrBlocks) return `block ${root} is beyond the end of the metadata device`;
+    return nodeDefect(new BTreeNode(root, this.io.read(root)), root, MAPPING_VALUE_SIZE);
   }
 
   /**
