@@ -396,6 +396,7 @@ class Salvager {
       if (!wanted.has(mappings)) continue;
       byCount.set(mappings, [...(byCount.get(mappings) ?? []), root]);
     }
+    const unmatched: Device[] = [];
     for (const dev of lost) {
       const roots = byCount.get(dev.details!.mappedBlocks) ?? [];
       if (roots.length === 1) {
@@ -403,7 +404,37 @@ class Salvager {
         this.warn(`device ${dev.devId}: mapping tree found again at block ${roots[0]} (its ${dev.details!.mappedBlocks} mappings match)`);
       } else if (roots.length > 1) {
         this.warn(`device ${dev.devId}: ${roots.length} unattached trees hold ${dev.details!.mappedBlocks} mappings; none adopted`);
+      } else {
+        unmatched.push(dev);
       }
+    }
+    if (unmatched.length > 0) this.adoptFromOlderTopLevels(unmatched);
+  }
+
+  /**
+   * A lost device's tree as an older top level (a previous commit's, still on the device) lists
+   * it, when that tree holds exactly the mappings the device's details record and no other
+   * version of it does: the details and the tree are then of one commit.
+   */
+  private adoptFromOlderTopLevels(lost: Device[]): void {
+    const scan = this.blocks();
+    const found = new Map<number, Set<number>>();
+    for (const topRoot of candidateRoots(this.io, scan, BlockKind.TopLeaf)) {
+      const top = this.readTopLevel(topRoot, true);
+      if (!top) continue;
+      for (const dev of lost) {
+        const root = top.devices.get(dev.devId);
+        if (root === undefined || this.mappingRootDefect(root)) continue;
+        if (subtreeStats(this.io, scan, root, this.statsMemo).mappings !== dev.details!.mappedBlocks) continue;
+        if (!found.has(dev.devId)) found.set(dev.devId, new Set());
+        found.get(dev.devId)!.add(root);
+      }
+    }
+    for (const dev of lost) {
+      const roots = [...(found.get(dev.devId) ?? [])];
+      if (roots.length !== 1) continue;
+      dev.root = roots[0];
+      this.warn(`device ${dev.devId}: mapping tree found at block ${roots[0]} through an older top level (its ${dev.details!.mappedBlocks} mappings match)`);
     }
   }
 

@@ -297,3 +297,10 @@ export function setSuperblockU32(file: string, offset: number, value: number): v
   sealBlock(sb, SUPERBLOCK_CSUM_XOR);
   writeBlock(file, 0, sb);
 }
+
+/** Swaps two blocks as they are: each now says it lives where the other does. */
+export function swapBlocks(file: string, a: number, b: number): void {
+  const bufA = readBlock(file, a);
+  writeBlock(file, a, readBlock(file, b));
+  writeBlock(file, b, bufA);
+}
