@@ -4,7 +4,7 @@
 // every run's final metadata. Then the pre-fix discard ordering on the same traces: how many
 // seeds deadlock, and the first. Results go in docs/engine-schedules.md by hand.
 import { spawnSync } from 'node:child_process';
-import { runSchedules } from '../dist/engine/schedules.js';
+import { randomParallelTrace, runSchedules } from '../dist/engine/schedules.js';
 import { referenceTools } from './references.mjs';
 
 const traces = Number(process.argv[2] ?? 2000);
@@ -29,6 +29,7 @@ const fixed = runSchedules({
 });
 const fixedSeconds = (Date.now() - started) / 1000;
 for (const f of fixed.failed.slice(0, 10)) console.log(`trace ${f.trace} seed ${f.seed}: ${f.problems[0]?.message}`);
+if (fixed.failed.length > 0) console.log(`the first failing trace (replay it with --seed ${fixed.failed[0].seed}):\n${randomParallelTrace(fixed.failed[0].trace)}`);
 console.log(`kernel ordering: ${fixed.runs} schedules (${traces} traces x ${seeds} seeds), ${fixed.bios} bios, ${fixed.waited} schedules with IO waiting for a cell or earlier IO; ${fixed.failed.length} failed, ${fixed.deadlocks} deadlocks; reference thin_check: ${referenceChecks - referenceFailures} of ${referenceChecks} passed; ${fixedSeconds.toFixed(0)} s`);
 
 let firstDeadlock;

@@ -114,7 +114,7 @@ function sameState(a: BlockState | undefined, b: BlockState, spb: number): boole
 }
 
 /** Whether two contents agree on sectors [begin, end); UNKNOWN agrees with anything. */
-export function sameContent(a: Content, b: Content, begin: number, end: number, spb: number): boolean {
+function sameContent(a: Content, b: Content, begin: number, end: number, spb: number): boolean {
   if (typeof a === 'number' && typeof b === 'number') return a === b || a === UNKNOWN || b === UNKNOWN;
   const sa = segments(a, spb);
   const sb = segments(b, spb);

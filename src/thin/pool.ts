@@ -387,11 +387,6 @@ export class Pool {
     }
   }
 
-  /** Whether needs_check is set but not yet written. */
-  get needsCheckUnwritten(): boolean {
-    return this.needsCheckPending;
-  }
-
   /** Whether an abort lost changes made through device `devId` (a flush through it fails). */
   lostChanges(devId: number): boolean {
     return this.abortedWithChanges.has(devId);
