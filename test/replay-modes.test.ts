@@ -118,6 +118,13 @@ describe('external origins', () => {
     expect(m.status).toBe(1);
     expect(m.stderr).toContain('nope: No such file or directory');
     expect(m.stderr).not.toContain('    at ');
+    // The pool's own data file as its origin: refused before anything is written.
+    const own = files();
+    fs.writeFileSync(own.data, Buffer.alloc(4 * BLOCK));
+    const self = runOurs('thin_replay', [missing, '--metadata', own.metadata, '--data', own.data, '--external-origin', `1=${own.data}`]);
+    expect(self.status).toBe(1);
+    expect(self.stderr).toBe(`thin_replay: ${own.data}: this output is the input ${own.data}; nothing was written\n`);
+    expect(fs.existsSync(own.metadata)).toBe(false);
     const bad = runOurs('thin_replay', [missing, '--metadata', files().metadata, '--external-origin', 'x']);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toContain('--external-origin x: expected D=FILE');

@@ -12,6 +12,7 @@
 // transaction, fail), external origins, and the final comparison of the metadata with the model.
 import * as fs from 'node:fs';
 import { BLOCK_SIZE, BlockReader, BlockWriter, InputError } from '../io/block-io.js';
+import { refuseOutputOverInput } from '../io/open.js';
 import { BlockStore, CrashError } from '../pdata/block-manager.js';
 import { U64 } from '../pdata/le.js';
 import { MAX_METADATA_BLOCKS } from '../pdata/space-map/metadata.js';
@@ -208,6 +209,10 @@ class Replay implements IoHost {
   }
 
   run(): ReplaySummary {
+    // An external origin is read-only: the pool's own files must not be one.
+    for (const file of this.unusedOriginFiles.values()) {
+      for (const output of [this.opts.metadata, this.opts.data]) if (output !== undefined) refuseOutputOverInput(file, output);
+    }
     const total = fs.existsSync(this.opts.trace) ? fs.statSync(this.opts.trace).size : 0;
     const ops = readTrace(this.opts.trace, (bytes) => this.opts.onProgress?.(bytes, total));
     let first = ops.next();
