@@ -16,3 +16,20 @@ export function writeMapping(buf: Buffer, off: number, dataBlock: number, time: 
   buf.writeUInt32LE((((dataBlock % 256) << 24) | (time & MAX_TIME)) >>> 0, off);
   buf.writeUInt32LE(Math.floor(dataBlock / 256), off + 4);
 }
+
+/**
+ * Mapping values of `n` consecutive data blocks from `dataBegin`, all at `time`, as the u32 words
+ * (low, high) of each value from `words[at]` on: the builder's run fast path.
+ */
+export function writeMappingRunWords(words: Uint32Array, at: number, dataBegin: number, time: number, n: number): void {
+  let hi = Math.floor(dataBegin / 256);
+  let low = dataBegin - hi * 256;
+  for (let w = at, end = at + 2 * n; w < end; w += 2) {
+    words[w] = ((low << 24) | time) >>> 0;
+    words[w + 1] = hi;
+    if (++low === 256) {
+      low = 0;
+      hi++;
+    }
+  }
+}
