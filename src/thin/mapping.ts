@@ -33,3 +33,24 @@ export function writeMappingRunWords(words: Uint32Array, at: number, dataBegin: 
     }
   }
 }
+
+/**
+ * The data blocks of `n` packed mapping values (a leaf's, as the builder holds them), as runs of
+ * consecutive blocks: `fn(first, length)` for each.
+ */
+export function forEachDataRun(values: Buffer, n: number, fn: (first: number, length: number) => void): void {
+  let first = -1;
+  let len = 0;
+  for (let i = 0; i < n; i++) {
+    const off = 8 * i;
+    const data = values.readUInt32LE(off + 4) * 256 + (values[off + 3]);
+    if (len > 0 && data === first + len) {
+      len++;
+      continue;
+    }
+    if (len > 0) fn(first, len);
+    first = data;
+    len = 1;
+  }
+  if (len > 0) fn(first, len);
+}

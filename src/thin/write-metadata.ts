@@ -20,7 +20,7 @@ import { encodeSpaceMapRoot } from '../pdata/space-map/root.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, encodeDeviceDetails } from './device-details.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from './events.js';
 import { MAPPING_VALUE_SIZE, TOP_LEVEL_VALUE_SIZE } from './mapping-tree.js';
-import { mappingDataBlock, writeMapping, writeMappingRunWords } from './mapping.js';
+import { forEachDataRun, mappingDataBlock, writeMapping, writeMappingRunWords } from './mapping.js';
 import { SUPERBLOCK_LOCATION, SUPERBLOCK_MAGIC, encodeSuperblock } from './superblock.js';
 
 /** Sectors per metadata block, as the superblock records it. */
@@ -256,16 +256,14 @@ export class MetadataWriter implements MetadataVisitor {
   /** Builder of a device's tree (or a def's leaves): each leaf counts once per data block it maps. */
   private mappingBuilder(leavesOnly: boolean): BTreeBuilder {
     const counts = this.dataCounts!;
+    const incRange = (first: number, n: number): void => counts.incRange(first, n);
+    const decRange = (first: number, n: number): void => counts.decRange(first, n);
     return new BTreeBuilder(
       this.alloc,
       {
         valueSize: MAPPING_VALUE_SIZE,
-        refValues: (values, n) => {
-          for (let i = 0; i < n; i++) counts.inc(mappingDataBlock(values, i * MAPPING_VALUE_SIZE));
-        },
-        unrefValues: (values, n) => {
-          for (let i = 0; i < n; i++) counts.dec(mappingDataBlock(values, i * MAPPING_VALUE_SIZE));
-        },
+        refValues: (values, n) => forEachDataRun(values, n, incRange),
+        unrefValues: (values, n) => forEachDataRun(values, n, decRange),
       },
       leavesOnly,
     );
