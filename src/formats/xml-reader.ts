@@ -20,6 +20,7 @@
 import * as fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError, OpenedFile, openFile } from '../io/block-io.js';
+import { Ascii, ascii, asciiAt } from './ascii.js';
 import { U64, U64_MAX, parseU64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { MAX_DATA_BLOCK, MAX_TIME } from '../thin/mapping.js';
@@ -180,23 +181,8 @@ const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"'
  * the literal bytes four at a time, without looking attributes up; anything else goes the
  * general way.
  */
-interface Literal {
-  length: number;
-  /** The bytes as little-endian u32 words (DataView reads them so on any host), then the rest. */
-  words: Uint32Array;
-  tail: Uint8Array;
-}
-
-function literal(text: string): Literal {
-  const b = Buffer.from(text, 'latin1');
-  const nWords = b.length >>> 2;
-  const words = new Uint32Array(nWords);
-  for (let i = 0; i < nWords; i++) words[i] = b.readUInt32LE(4 * i);
-  return { length: b.length, words, tail: new Uint8Array(b.subarray(4 * nWords)) };
-}
-
-const SINGLE_TEMPLATE = ['single_mapping origin_block="', '" data_block="', '" time="', '"/>'].map(literal);
-const RANGE_TEMPLATE = ['range_mapping origin_begin="', '" data_begin="', '" length="', '" time="', '"/>'].map(literal);
+const SINGLE_TEMPLATE = ['single_mapping origin_block="', '" data_block="', '" time="', '"/>'].map(ascii);
+const RANGE_TEMPLATE = ['range_mapping origin_begin="', '" data_begin="', '" length="', '" time="', '"/>'].map(ascii);
 const LOWER_S = 0x73, LOWER_R = 0x72;
 
 class Parser {
@@ -329,7 +315,7 @@ class Parser {
    * a bad value, the tag cut off by the chunk's end) returns -1, for `startTag` to read the
    * general way and word any error.
    */
-  private fastMapping(buf: Buffer, start: number, tmpl: Literal[]): number {
+  private fastMapping(buf: Buffer, start: number, tmpl: Ascii[]): number {
     const open = this.stack.length;
     const parent = open > 0 ? this.stack[open - 1] : -1;
     if (parent !== DEVICE && parent !== DEF) return -1;
@@ -339,11 +325,8 @@ class Parser {
     let p = start + 1;
     for (let k = 0; ; k++) {
       const lit = tmpl[k];
-      if (p + lit.length > len) return -1;
-      const words = lit.words;
-      for (let i = 0; i < words.length; i++, p += 4) if (view.getUint32(p, true) !== words[i]) return -1;
-      const tail = lit.tail;
-      for (let i = 0; i < tail.length; i++, p++) if (buf[p] !== tail[i]) return -1;
+      if (p + lit.length > len || !asciiAt(view, buf, p, lit)) return -1;
+      p += lit.length;
       if (k === tmpl.length - 1) break;
       const digits = p;
       let v = 0;

@@ -2,7 +2,7 @@
 // the shape every event stream carries them in (dump, salvage). Leaves are decoded straight
 // from their buffers; nothing is allocated per mapping.
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
-import { U64, readU64, u64Add } from '../pdata/le.js';
+import { U64, u64Add } from '../pdata/le.js';
 import { MetadataVisitor } from './events.js';
 
 const TWO_32 = 0x100000000;
@@ -27,31 +27,29 @@ export class MappingRuns {
   ) {}
 
   leaf(node: BTreeNode): void {
-    const buf = node.buf;
+    const words = node.words;
     const n = node.nrEntries;
-    const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
+    const values = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries;
     const filter = this.filter;
-    for (let i = 0; i < n; i++) {
-      const k = NODE_HEADER_SIZE + 8 * i;
-      const v = values + 8 * i;
-      const lo = buf.readUInt32LE(v);
-      const data = buf.readUInt32LE(v + 4) * 256 + (lo >>> 24);
+    for (let i = 0, k = NODE_HEADER_SIZE >>> 2, v = values; i < n; i++, k += 2, v += 2) {
+      const lo = words[v];
+      const data = words[v + 1] * 256 + (lo >>> 24);
       let time = lo & 0xffffff;
       if (filter) {
         time = filter(data, time);
         if (time < 0) continue;
       }
-      const hi = buf.readUInt32LE(k + 4);
+      const hi = words[k + 1];
       if (hi < SAFE_HI && typeof this.thin === 'number') {
         // Exact: thin is below 2^53, so it can only equal a sum that is too.
-        const thin = hi * TWO_32 + buf.readUInt32LE(k);
+        const thin = hi * TWO_32 + words[k];
         if (this.len !== 0 && thin === this.thin + this.len && data === this.data + this.len && time === this.time) {
           this.len++;
           continue;
         }
         this.start(thin, data, time);
       } else {
-        this.add(readU64(buf, k), data, time);
+        this.add(node.key(i), data, time);
       }
     }
   }
