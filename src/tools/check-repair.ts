@@ -18,7 +18,7 @@ import { RefCounts } from '../pdata/ref-counts.js';
 import { SpaceMapError, SpaceMapSink } from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
 import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
-import { openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
+import { openMetadataSpaceMap, sharedMetadataBlocks } from '../pdata/space-map/metadata.js';
 import { writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
 import { SpaceMapRoot, encodeSpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
 import { readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
@@ -95,7 +95,7 @@ function planRepair(io: BlockReader): Plan {
   const msm = metadataSpaceMapRoot(sb);
   const dsm = dataSpaceMapRoot(sb);
   const nrMetadataBlocks = spaceMapSize(msm);
-  const refs = new TreeReferences(io, nrMetadataBlocks, spaceMapSize(dsm));
+  const refs = new TreeReferences(io, nrMetadataBlocks, spaceMapSize(dsm), sharedMetadataBlocks(io, msm));
   refs.ref(SUPERBLOCK_LOCATION);
   refs.walkPool(sb, 'the live metadata');
   if (sb.heldRoot !== 0) {
@@ -121,11 +121,16 @@ class TreeReferences {
   readonly data = new RefCounts();
   private readonly walker: PoolWalker;
 
-  constructor(private readonly io: BlockReader, private readonly nrMetadataBlocks: number, private readonly nrDataBlocks: number) {
+  constructor(
+    private readonly io: BlockReader,
+    private readonly nrMetadataBlocks: number,
+    private readonly nrDataBlocks: number,
+    shared: (block: number) => boolean,
+  ) {
     this.walker = new PoolWalker(io, nrDataBlocks, {
       metadataRef: (b) => this.ref(b),
-      dataRef: (b) => this.data.inc(b),
-    });
+      dataRefs: (first, n) => this.data.incRange(first, n),
+    }, shared);
   }
 
   ref(block: number): void {
@@ -173,12 +178,12 @@ function oldSpaceMapBlocks(io: BlockReader, msm: SpaceMapRoot, dsm: SpaceMapRoot
   });
   try {
     const metadataSm = openMetadataSpaceMap(io, msm, sink('metadata space map'));
-    metadataSm.readOverflowCounts(sink('metadata space map'));
+    metadataSm.visitOverflowTree(sink('metadata space map'));
     metadataSm.forEachBitmap(sink('metadata space map'), (first, counts) => {
       for (let i = 0; i < counts.length; i++) if (counts[i] !== 0) taken[first + i] = 1;
     });
     const dataSm = openDiskSpaceMap(io, dsm, sink('data space map'));
-    dataSm.readOverflowCounts(sink('data space map'));
+    dataSm.visitOverflowTree(sink('data space map'));
     for (const e of [...metadataSm.index, ...dataSm.index]) if (e.blocknr < nrBlocks) taken[e.blocknr] = 1;
   } catch (e) {
     if (e instanceof SpaceMapError) refuse(`the metadata space map is damaged: ${e.message}; run thin_repair`);

@@ -56,6 +56,12 @@ export type SubtreeMemo = Map<number, SubtreeSummary | null>;
 export interface WalkOptions {
   /** Visit each shared subtree once across every walk given the same memo. */
   memo?: SubtreeMemo;
+  /**
+   * Which nodes the memo keeps (default: all). A node that may be reached again (a space-map
+   * count above 1) needs remembering; others are walked again should they be, which keeps the
+   * memo to the shared nodes instead of one entry per node of the pool.
+   */
+  memoize?: (block: number) => boolean;
   lowKey?: U64;
   /** Exclusive; default: past every u64. */
   highKey?: U64;
@@ -147,7 +153,7 @@ export function walkBTree(
       return fail((e as Error).message);
     }
     const result = walkNode(node, lowKey, highKey, depth, fail);
-    memo?.set(block, result);
+    if (memo && (!opts.memoize || opts.memoize(block))) memo.set(block, result);
     return result;
   };
 
