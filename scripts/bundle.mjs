@@ -88,6 +88,8 @@ function trainingRuns(scratch) {
     thin_restore: () => ['-i', path.join(testdata, 'small-pool.xml'), '-o', output('restored.bin')],
     thin_repair: () => ['-i', pool, '-o', output('repaired.bin')],
     thin_metadata_size: () => ['-b', '64k', '-s', '1t', '-m', '1000'],
+    thin_replay: () => ['--metadata', path.join(scratch, 'replay-meta.bin'), '--data', path.join(scratch, 'replay-data.bin'),
+      '--no-sync', '-q', path.join(testdata, 'traces', 'snapshots.trace')],
   };
 }
 

@@ -1,17 +1,14 @@
-// The incremental-backup walkthrough of the README, run end to end: a pool is written, a thin
-// snapshot taken and backed up whole (thin_dump, thin_extract), more is written, a second snapshot
-// taken, and thin_delta between the two says which blocks changed: exactly those the pool's model
-// says changed. Copying those ranges alone into the backup makes it equal, block for block, to
-// the new snapshot (per the model, and per thin_extract).
-//
-// The pool comes from a driver that takes trace lines (TRACE.md). Until the engine (thin_replay)
-// is on main, XmlPool plays them on a model, writes the data file itself and the metadata with
-// our thin_restore; it cannot hold a metadata snapshot, so the tools read the live metadata of
-// the (inactive) pool. Swapping in thin_replay is a second driver with the same three members,
-// whose pool also holds a metadata snapshot (the tools then run with -m).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+// The incremental-backup walkthrough of the README, run end to end on a pool thin_replay writes:
+// a volume written, a snapshot of it taken and a metadata snapshot reserved, the snapshot backed
+// up whole (thin_dump -m, thin_extract -m), more writes, a second snapshot and a new metadata
+// snapshot, and thin_delta -m between the two says which blocks changed: exactly those the
+// traces touched. Copying those ranges alone into the backup makes it equal, block for block, to
+// the new snapshot: per the test's own model of the traces (which line last wrote each block,
+// and TRACE.md's content for it), and per thin_extract.
+import { afterAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fillContent } from '../src/engine/content.js';
 import { rng } from './support/generate.js';
 import { runOurs, tempDir } from './support/reference.js';
 
@@ -23,112 +20,49 @@ const BLOCK_BYTES = BLOCK_SECTORS * 512;
 const NR_DATA_BLOCKS = 4096;
 const VOLUME_BLOCKS = 1024;
 
-interface BackupPool {
-  readonly metadata: string;
-  readonly data: string;
-  /** Whether the pool holds a metadata snapshot (the tools then read it with -m). */
-  readonly holdsMetadataSnap: boolean;
-  /** Plays trace lines on the pool; `commit` makes them durable. */
-  run(lines: string[]): void;
-  /** What the model says a device's block holds, or null when it is unmapped. */
-  content(devId: number, block: number): Buffer | null;
-}
-
-interface Mapping {
-  data: number;
-  time: number;
-}
-
-/** The pool as a model; the metadata written by our thin_restore at each commit. */
-class XmlPool implements BackupPool {
-  readonly holdsMetadataSnap = false;
-  private readonly devices = new Map<number, { map: Map<number, Mapping>; creation: number; snap: number }>();
-  private readonly contents = new Map<number, number>(); // data block -> write number
-  private time = 0;
-  private nextData = 0;
-  private writes = 0;
-  private readonly fd: number;
-
-  constructor(readonly metadata: string, readonly data: string) {
-    this.fd = fs.openSync(data, 'w+');
-    fs.ftruncateSync(this.fd, NR_DATA_BLOCKS * BLOCK_BYTES);
-  }
+/**
+ * The pool: each step is a trace file replayed by thin_replay on the same metadata and data
+ * files (the first formats them). The model is the test's own: per device and block, the line of
+ * the step's trace that last wrote it (a write's content is TRACE.md's stamp of line and block).
+ */
+class ReplayedPool {
+  readonly metadata = path.join(dir, 'tmeta.bin');
+  readonly data = path.join(dir, 'tdata.bin');
+  private readonly devices = new Map<number, Map<number, number>>();
+  private step = 0;
 
   run(lines: string[]): void {
-    for (const line of lines) {
-      const [op, ...args] = line.split(' ');
-      const [a, b, c] = args.map(Number);
-      switch (op) {
-        case 'create_thin':
-          this.devices.set(a, { map: new Map(), creation: this.time, snap: this.time });
-          break;
-        case 'create_snap': {
-          this.time++;
-          const origin = this.devices.get(b)!;
-          origin.snap = this.time;
-          this.devices.set(a, { map: new Map(origin.map), creation: this.time, snap: this.time });
-          break;
-        }
-        case 'write':
-          for (let i = 0; i < (c || 1); i++) this.write(a, b + i);
-          break;
-        case 'discard':
-          for (let i = 0; i < (c || 1); i++) this.devices.get(a)!.map.delete(b + i);
-          break;
-        case 'commit':
-          this.commit();
-          break;
-        default:
-          throw new Error(`XmlPool: ${op} is not modelled`);
-      }
-    }
+    const trace = path.join(dir, `step-${++this.step}.trace`);
+    fs.writeFileSync(trace, lines.join('\n') + '\n');
+    const r = runOurs('thin_replay', [trace, '--metadata', this.metadata, '--data', this.data, '--no-sync']);
+    if (r.status !== 0) throw new Error(`thin_replay ${path.basename(trace)}: ${r.stderr}${r.stdout}`);
+    lines.forEach((text, i) => this.model(text, i + 1));
   }
 
-  /** As the kernel: a block mapped before the device's last snapshot is copied, else overwritten. */
-  private write(devId: number, block: number): void {
-    const dev = this.devices.get(devId)!;
-    const old = dev.map.get(block);
-    const data = old && old.time >= dev.snap ? old.data : this.nextData++;
-    if (data >= NR_DATA_BLOCKS) throw new Error('XmlPool: out of data space');
-    dev.map.set(block, { data, time: this.time });
-    this.contents.set(data, ++this.writes);
-    fs.writeSync(this.fd, XmlPool.pattern(this.writes, block), 0, BLOCK_BYTES, data * BLOCK_BYTES);
+  private model(text: string, line: number): void {
+    const [op, ...args] = text.split(' ');
+    const [a, b, c] = args.map(Number);
+    if (op === 'create_thin') this.devices.set(a, new Map());
+    else if (op === 'create_snap') this.devices.set(a, new Map(this.devices.get(b)));
+    else if (op === 'write') for (let i = 0; i < (c || 1); i++) this.devices.get(a)!.set(b + i, line);
+    else if (op === 'discard') for (let i = 0; i < (c || 1); i++) this.devices.get(a)!.delete(b + i);
   }
 
-  private static pattern(write: number, block: number): Buffer {
+  /** The write (step and line) a device's block holds, or undefined when it is unmapped. */
+  writer(devId: number, block: number): number | undefined {
+    return this.devices.get(devId)!.get(block);
+  }
+
+  /** What the model says a device's block holds: zeroes when unmapped. */
+  content(devId: number, block: number): Buffer {
     const buf = Buffer.alloc(BLOCK_BYTES);
-    for (let off = 0; off < BLOCK_BYTES; off += 8) buf.writeUInt32LE(write, off), buf.writeUInt32LE(block ^ off, off + 4);
+    const line = this.writer(devId, block);
+    if (line !== undefined) fillContent(buf, 0, line, block, 0, BLOCK_SECTORS);
     return buf;
-  }
-
-  content(devId: number, block: number): Buffer | null {
-    const m = this.devices.get(devId)!.map.get(block);
-    return m ? XmlPool.pattern(this.contents.get(m.data)!, block) : null;
-  }
-
-  private commit(): void {
-    const lines = [`<superblock uuid="" time="${this.time}" transaction="0" flags="0" version="2" data_block_size="${BLOCK_SECTORS}" nr_data_blocks="${NR_DATA_BLOCKS}">`];
-    for (const [id, dev] of [...this.devices].sort((x, y) => x[0] - y[0])) {
-      lines.push(`<device dev_id="${id}" mapped_blocks="${dev.map.size}" transaction="0" creation_time="${dev.creation}" snap_time="${dev.snap}">`);
-      for (const [block, m] of [...dev.map].sort((x, y) => x[0] - y[0])) {
-        lines.push(`<single_mapping origin_block="${block}" data_block="${m.data}" time="${m.time}"/>`);
-      }
-      lines.push('</device>');
-    }
-    lines.push('</superblock>');
-    const xml = path.join(dir, 'commit.xml');
-    fs.writeFileSync(xml, lines.join('\n') + '\n');
-    fs.writeFileSync(this.metadata, '');
-    fs.truncateSync(this.metadata, 16 << 20);
-    const r = runOurs('thin_restore', ['-i', xml, '-o', this.metadata]);
-    if (r.status !== 0) throw new Error(`commit: ${r.stderr}`);
   }
 }
 
-let pool: BackupPool;
-beforeAll(() => {
-  pool = new XmlPool(path.join(dir, 'tmeta.bin'), path.join(dir, 'tdata.bin'));
-});
+const pool = new ReplayedPool();
 
 /** Deterministic pseudo-random block numbers. */
 function* blocks(seed: number, n: number): Generator<number> {
@@ -165,10 +99,9 @@ function readBlock(fd: number, block: number): Buffer {
 /** The image equals what the model says the device holds, block for block. */
 function expectVolume(image: string, devId: number): void {
   const fd = fs.openSync(image, 'r');
-  const zero = Buffer.alloc(BLOCK_BYTES);
   try {
     for (let b = 0; b < VOLUME_BLOCKS; b++) {
-      if (!readBlock(fd, b).equals(pool.content(devId, b) ?? zero)) expect.fail(`${path.basename(image)}: block ${b} differs from device ${devId}`);
+      if (!readBlock(fd, b).equals(pool.content(devId, b))) expect.fail(`${path.basename(image)}: block ${b} differs from device ${devId}`);
     }
   } finally {
     fs.closeSync(fd);
@@ -177,10 +110,14 @@ function expectVolume(image: string, devId: number): void {
 
 describe('the incremental backup walkthrough', () => {
   it('full backup, thin_delta between two snapshots, the backup brought up to date from the changed ranges alone', () => {
-    const m = pool.holdsMetadataSnap ? ['-m'] : [];
+    // The backup tools read the held metadata snapshot, as backup software does on a live pool.
+    const m = ['-m'];
     // The volume (device 1) written, then a snapshot of it (device 2) to back up.
-    pool.run(['create_thin 1', ...[...blocks(1, 600)].map((b) => `write 1 ${b}`), 'write 1 100 40', 'commit']);
-    pool.run(['create_snap 2 1', 'commit']);
+    pool.run([
+      `pool data_block_size=${BLOCK_SECTORS} nr_data_blocks=${NR_DATA_BLOCKS} zero=on`,
+      'create_thin 1', ...[...blocks(1, 600)].map((b) => `write 1 ${b}`), 'write 1 100 40',
+      'create_snap 2 1', 'reserve_metadata_snap',
+    ]);
 
     // Full backup: the metadata (for the record) and the snapshot's content.
     const dump = runOurs('thin_dump', [...m, '-o', path.join(dir, 'backup-1.xml'), pool.metadata]);
@@ -196,7 +133,7 @@ describe('the incremental backup walkthrough', () => {
     for (const b of blocks(2, 150)) later.push(`write 1 ${b}`), touched.add(b);
     for (const b of blocks(3, 30)) later.push(`discard 1 ${b}`), touched.add(b);
     for (const b of blocks(4, 20)) later.push(`write 1 ${b}`), touched.add(b);
-    pool.run([...later, 'commit', 'create_snap 3 1', 'commit']);
+    pool.run(['release_metadata_snap', ...later, 'create_snap 3 1', 'reserve_metadata_snap']);
 
     // The delta between the snapshots is exactly what the model says changed.
     const delta = runOurs('thin_delta', [...m, '--verbose', '--snap1', '2', '--snap2', '3', pool.metadata]);
@@ -204,7 +141,7 @@ describe('the incremental backup walkthrough', () => {
     const ranges = parseDelta(delta.stdout);
     const changed = new Set<number>();
     for (const r of ranges) if (r.kind !== 'same') for (let i = 0; i < r.length; i++) changed.add(r.begin + i);
-    const expected = [...touched].filter((b) => pool.content(2, b) !== null || pool.content(3, b) !== null);
+    const expected = [...touched].filter((b) => pool.writer(2, b) !== undefined || pool.writer(3, b) !== undefined);
     expect([...changed].sort((a, b) => a - b)).toEqual(expected.sort((a, b) => a - b));
     expect(changed.size).toBeGreaterThan(100);
 

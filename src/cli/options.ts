@@ -13,6 +13,13 @@ export function u64Value(option: string, value: string): U64 {
   return v;
 }
 
+/** A count or a seed: a whole number below 2^53. */
+export function countValue(option: string, value: string): number {
+  const v = parseU64(value);
+  if (typeof v !== 'number') throw new UsageError(`${option}: '${value}' is not a whole number below 2^53`);
+  return v;
+}
+
 /** A metadata block number (any real one is far below 2^53; past the device's end is found later). */
 export function blockValue(option: string, value: string): number {
   const v = parseU64(value);

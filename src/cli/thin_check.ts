@@ -105,7 +105,8 @@ function autoRepair(input: string, quiet: boolean): number {
     say(`auto-repair refused, the metadata is unchanged: ${e.message}`);
     return 1;
   }
-  say(`repaired the space maps: metadata blocks allocated ${r.metadataAllocated.before} -> ${r.metadataAllocated.after}, ` +
+  say(`repaired the space maps (${r.countsChanged.metadata} metadata and ${r.countsChanged.data} data block counts set right, ` +
+    `${r.blocksWritten} metadata blocks written): metadata blocks allocated ${r.metadataAllocated.before} -> ${r.metadataAllocated.after}, ` +
     `data blocks allocated ${r.dataAllocated.before} -> ${r.dataAllocated.after}`);
   if (r.clearedNeedsCheck) say('Cleared needs_check flag');
   if (!r.recheck.ok) say('the repaired metadata still fails the check');

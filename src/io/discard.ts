@@ -23,6 +23,17 @@ function calls() {
   return libc;
 }
 
+/**
+ * Punches a hole in the regular file open at `fd` (named `path` in errors): bytes [offset,
+ * offset + length) read as zeroes from then on and take no space; the size stays. About a
+ * microsecond a call, against milliseconds for a util-linux `fallocate` process.
+ */
+export function punchHole(fd: number, path: string, offset: number, length: number): void {
+  if (calls().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) !== 0) {
+    throw new InputError(`${path}: hole punching of bytes ${offset}-${offset + length - 1} failed (errno ${koffi.errno()})`);
+  }
+}
+
 /** A data device or file opened to have ranges discarded. */
 export class Discarder {
   readonly size: number;
@@ -39,13 +50,12 @@ export class Discarder {
 
   /** Discards bytes [offset, offset + length). */
   discard(offset: number, length: number): void {
-    const { fallocate, ioctl } = calls();
-    const r = this.isDevice
-      ? ioctl(this.fd, BLKDISCARD, 'void *', discardRange(offset, length))
-      : fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-    if (r !== 0) {
-      const what = this.isDevice ? 'discard' : 'hole punching';
-      throw new InputError(`${this.path}: ${what} of bytes ${offset}-${offset + length - 1} failed (errno ${koffi.errno()})`);
+    if (!this.isDevice) {
+      punchHole(this.fd, this.path, offset, length);
+      return;
+    }
+    if (calls().ioctl(this.fd, BLKDISCARD, 'void *', discardRange(offset, length)) !== 0) {
+      throw new InputError(`${this.path}: discard of bytes ${offset}-${offset + length - 1} failed (errno ${koffi.errno()})`);
     }
   }
 

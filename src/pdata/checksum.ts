@@ -46,7 +46,8 @@ export const crc32cImplementation = native ? 'native' : 'portable';
 
 /** Standard crc32c of buf[start, end). */
 export function crc32c(buf: Uint8Array, start = 0, end = buf.length): number {
-  return native ? native(buf.subarray(start, end)) >>> 0 : crc32cPortable(buf, start, end);
+  if (!native) return crc32cPortable(buf, start, end);
+  return native(start === 0 && end === buf.length ? buf : buf.subarray(start, end)) >>> 0;
 }
 
 /** Salts that both seal a block's checksum and tell its kind. */

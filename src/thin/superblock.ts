@@ -1,6 +1,7 @@
 // The thin-pool superblock (block 0, or the metadata snapshot's copy at held_root).
 import { BLOCK_SIZE } from '../io/block-io.js';
 import { BlockReader } from '../io/block-io.js';
+import { BlockValidator } from '../pdata/block-manager.js';
 import { SUPERBLOCK_CSUM_XOR, blockChecksum, sealBlock } from '../pdata/checksum.js';
 import { U64, readBlockNr, readU64, writeU64 } from '../pdata/le.js';
 import { SpaceMapRoot, decodeSpaceMapRoot } from '../pdata/space-map/root.js';
@@ -17,6 +18,13 @@ export const MAX_DATA_BLOCK_SIZE = 2097152;
 export function validDataBlockSize(sectors: number): boolean {
   return sectors >= MIN_DATA_BLOCK_SIZE && sectors <= MAX_DATA_BLOCK_SIZE && sectors % MIN_DATA_BLOCK_SIZE === 0;
 }
+
+/** The superblock as the block manager validates it: checksum, block number, magic. */
+export const SUPERBLOCK_BLOCK: BlockValidator = {
+  name: 'superblock',
+  salt: SUPERBLOCK_CSUM_XOR,
+  check: (buf) => (readU64(buf, 32) === SUPERBLOCK_MAGIC ? null : `bad magic number in superblock: ${readU64(buf, 32)}`),
+};
 
 export interface Superblock {
   flags: number;

@@ -1,39 +1,45 @@
 // thin_check --auto-repair: when the trees are sound and only the space maps disagree with them
-// (leaked blocks, counts too high or too low, wrong totals), both space maps are rewritten from
-// the references the trees hold.
+// (leaked blocks, counts too high or too low, wrong totals), every count is set to what the trees
+// (and the space maps' own blocks) vouch for.
 //
-// It is a commit like the kernel's: the new space-map blocks go only to blocks that neither the
-// old metadata (its trees and its space maps) nor the new one uses, they are synced, and only then
-// does the superblock switch to them. A crash at any point before that leaves the previous
-// metadata, consistent but leaky, exactly as it was.
+// The counts are set in place through the transactional layer (thin/space-map-transaction.ts),
+// as the kernel changes them: each changed bitmap, index or ref-count node is first copied to a
+// block free now and at the last commit, which no block the old metadata references can be (they
+// are protected whatever their count says, so a count that is too low cannot lead to a live block
+// being overwritten); everything is written and synced, and only then does the superblock switch.
+// A crash at any point before that leaves the previous metadata, consistent but leaky, as it was.
+// The copies need only a few free blocks (one per changed bitmap, plus the paths to the changed
+// index and ref-count entries), so a pool that ran out of metadata space can still be repaired.
 //
-// The 1.x tools fix leaks only, in place; 0.9.0 fixes metadata leaks only. Rewriting fixes every
-// count the trees can vouch for, so a pool that would be refused for a wrong count can activate.
-import { BLOCK_SIZE, BlockReader, BlockWriter, InputError } from '../io/block-io.js';
-import { MetadataAllocator } from '../pdata/block-allocator.js';
+// The 1.x tools fix leaks only, in place; 0.9.0 fixes metadata leaks only. Setting every count
+// the trees can vouch for fixes counts that are too low as well, so a pool that would be refused
+// for a wrong count can activate.
+import { BlockReader, InputError } from '../io/block-io.js';
+import { BlockStore } from '../pdata/block-manager.js';
 import { BTreeError } from '../pdata/btree/walk.js';
-import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
 import { U64 } from '../pdata/le.js';
 import { RefCounts } from '../pdata/ref-counts.js';
-import { SpaceMapError, SpaceMapSink } from '../pdata/space-map/common.js';
+import { SpaceMapError, SpaceMapReader, SpaceMapSink } from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
-import { writeDataSpaceMap } from '../pdata/space-map/disk-write.js';
 import { openMetadataSpaceMap, sharedMetadataBlocks } from '../pdata/space-map/metadata.js';
-import { writeMetadataSpaceMap } from '../pdata/space-map/metadata-write.js';
-import { SpaceMapRoot, encodeSpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
+import { SpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
+import { NoSpaceError } from '../pdata/transaction-manager.js';
 import { readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
 import { PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
+import { SpaceMapTransaction } from '../thin/space-map-transaction.js';
 import {
   NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
   readSuperblock,
 } from '../thin/superblock.js';
 import { CheckResult, checkMetadata } from './check.js';
 
-/** Why the space maps were not rewritten; nothing was written. */
+/** Why the space maps were not repaired; the committed metadata is unchanged. */
 export class RepairRefusedError extends InputError {}
 
 export interface RepairResult {
-  /** Metadata blocks the new space maps occupy (all of them written to previously free blocks). */
+  /** Counts set right: metadata blocks, data blocks. */
+  countsChanged: { metadata: number; data: number };
+  /** Metadata blocks written: the copies of the changed space-map blocks, and the superblock. */
   blocksWritten: number;
   metadataAllocated: { before: U64; after: U64 };
   dataAllocated: { before: U64; after: U64 };
@@ -42,24 +48,19 @@ export interface RepairResult {
   recheck: CheckResult;
 }
 
-/** Byte offsets of the two space-map roots and of the flags in the superblock. */
-const FLAGS_OFFSET = 4;
-const DATA_SM_ROOT_OFFSET = 64;
-const METADATA_SM_ROOT_OFFSET = 192;
-/** The kernel's struct disk_sm_root: only these bytes of each 128-byte root area are used. */
-const SM_ROOT_USED = 32;
-
 const refuse = (reason: string): never => {
   throw new RepairRefusedError(reason);
 };
 
 /**
- * Rewrites the space maps of the metadata at `path` from the references its trees hold, and
- * clears NEEDS_CHECK in the same superblock write. Refuses (RepairRefusedError, nothing written)
- * unless the superblock, every tree of the live metadata and of a held snapshot, and the old space
- * maps' own structure read cleanly and agree with each other.
+ * Sets every count of both space maps of the metadata at `path` to the references the trees and
+ * the space maps' own blocks hold, and clears NEEDS_CHECK, in one commit. Refuses
+ * (RepairRefusedError, the committed metadata unchanged) unless the superblock, every tree of the
+ * live metadata and of a held snapshot, and the space maps' own structure read cleanly and agree
+ * with each other, or when there are not enough free metadata blocks for the copies. `store`:
+ * the device to write through, if not `path` opened for writing (the tests' crashing store).
  */
-export function repairSpaceMaps(path: string): RepairResult {
+export function repairSpaceMaps(path: string, store?: BlockStore): RepairResult {
   const io = new BlockReader(path);
   let plan: Plan;
   try {
@@ -67,7 +68,7 @@ export function repairSpaceMaps(path: string): RepairResult {
   } finally {
     io.close();
   }
-  const result = commit(path, plan);
+  const result = commit(store ?? path, plan);
   const again = new BlockReader(path);
   try {
     return { ...result, recheck: checkMetadata(again) };
@@ -76,17 +77,29 @@ export function repairSpaceMaps(path: string): RepairResult {
   }
 }
 
+/** A count to set: `from` is what the space map says (-1: 3+ in its bitmap, no ref-count entry). */
+interface CountChange {
+  block: number;
+  from: number;
+  to: number;
+}
+
+interface SpaceMapPlan {
+  changes: CountChange[];
+  /** Ref-count tree entries of blocks whose bitmap does not say 3+. */
+  strays: number[];
+  /** Blocks counted free that nothing references: where copies may go. */
+  free: number;
+}
+
 interface Plan {
   superblock: Superblock;
   msm: SpaceMapRoot;
   dsm: SpaceMapRoot;
-  /** Metadata blocks the space map describes (sound: the check passed the superblock). */
-  nrMetadataBlocks: number;
-  /** References to each metadata block from the superblock, the held snapshot and the trees. */
+  /** References to each metadata block: the superblock, the held snapshot, the trees, the space maps' own blocks. */
   metadataRefs: RefCounts;
-  dataRefs: RefCounts;
-  /** Blocks the new space maps must not use: referenced, counted or occupied in the old metadata. */
-  taken: Uint8Array;
+  metadata: SpaceMapPlan;
+  data: SpaceMapPlan;
 }
 
 function planRepair(io: BlockReader): Plan {
@@ -94,8 +107,7 @@ function planRepair(io: BlockReader): Plan {
   const sb = readSuperblock(io);
   const msm = metadataSpaceMapRoot(sb);
   const dsm = dataSpaceMapRoot(sb);
-  const nrMetadataBlocks = spaceMapSize(msm);
-  const refs = new TreeReferences(io, nrMetadataBlocks, spaceMapSize(dsm), sharedMetadataBlocks(io, msm));
+  const refs = new TreeReferences(io, spaceMapSize(msm), spaceMapSize(dsm), sharedMetadataBlocks(io, msm));
   refs.ref(SUPERBLOCK_LOCATION);
   refs.walkPool(sb, 'the live metadata');
   if (sb.heldRoot !== 0) {
@@ -109,10 +121,61 @@ function planRepair(io: BlockReader): Plan {
     }
     refs.walkPool(snap, `the metadata snapshot (block ${sb.heldRoot})`);
   }
+
+  // The space maps' own blocks: each referenced once, by an index, a root or a ref-count node.
+  const damaged = (what: string, count: boolean): SpaceMapSink => ({
+    nodeRef: count ? (b) => refs.ref(b) : undefined,
+    error: (err: SpaceMapError | BTreeError) => refuse(`the ${what} is damaged: ${err.message}; run thin_repair`),
+  });
+  let metadataSm: SpaceMapReader;
+  let dataSm: SpaceMapReader;
+  try {
+    metadataSm = openMetadataSpaceMap(io, msm, damaged('metadata space map', true));
+    metadataSm.visitOverflowTree(damaged('metadata space map', true));
+    dataSm = openDiskSpaceMap(io, dsm, damaged('data space map', true));
+    dataSm.visitOverflowTree(damaged('data space map', true));
+  } catch (e) {
+    if (e instanceof SpaceMapError) return refuse(`the metadata space map is damaged: ${e.message}; run thin_repair`);
+    throw e;
+  }
+  for (const e of [...metadataSm.index, ...dataSm.index]) refs.ref(e.blocknr);
+
   return {
-    superblock: sb, msm, dsm, nrMetadataBlocks, metadataRefs: refs.metadata, dataRefs: refs.data,
-    taken: oldSpaceMapBlocks(io, msm, dsm, nrMetadataBlocks, refs.metadata),
+    superblock: sb, msm, dsm, metadataRefs: refs.metadata,
+    metadata: differences(metadataSm, refs.metadata, damaged('metadata space map', false)),
+    data: differences(dataSm, refs.data, damaged('data space map', false)),
   };
+}
+
+/** Where a space map's counts differ from the references (its bitmaps and ref-count tree read side by side). */
+function differences(sm: SpaceMapReader, refs: RefCounts, sink: SpaceMapSink): SpaceMapPlan {
+  const changes: CountChange[] = [];
+  let free = 0;
+  const overflow = sm.overflowEntries(sink);
+  // Ref-count entries of blocks whose bitmap entry is not 3.
+  const strays: number[] = [];
+  const passOverflowBefore = (block: number): void => {
+    for (; overflow.block < block; overflow.next()) strays.push(overflow.block);
+  };
+  sm.forEachBitmap(sink, (first, counts) => {
+    for (let i = 0; i < counts.length; i++) {
+      const block = first + i;
+      let from = counts[i];
+      if (from === 3) {
+        passOverflowBefore(block);
+        if (overflow.block !== block) from = -1;
+        else {
+          from = overflow.count;
+          overflow.next();
+        }
+      }
+      const to = refs.get(block);
+      if (from !== to) changes.push({ block, from, to });
+      else if (to === 0) free++;
+    }
+  });
+  passOverflowBefore(Infinity);
+  return { changes, strays, free };
 }
 
 /** Reference counts from the checker's pool walk, refusing at the first sign of damage. */
@@ -162,126 +225,34 @@ class TreeReferences {
   }
 }
 
-/**
- * Marks the blocks the new space maps may not take: every block the trees reference, every block
- * the old space maps occupy, and every block the old metadata space map counts (leaks included:
- * the old metadata stays exactly as it was until the superblock switches).
- */
-function oldSpaceMapBlocks(io: BlockReader, msm: SpaceMapRoot, dsm: SpaceMapRoot, nrBlocks: number, metadataRefs: RefCounts): Uint8Array {
-  const taken = new Uint8Array(nrBlocks);
-  for (let b = 0; b < nrBlocks; b++) if (metadataRefs.get(b) !== 0) taken[b] = 1;
-  const sink = (what: string): SpaceMapSink => ({
-    nodeRef: (b) => {
-      if (b < nrBlocks) taken[b] = 1;
-    },
-    error: (err: SpaceMapError | BTreeError) => refuse(`the ${what} is damaged: ${err.message}; run thin_repair`),
-  });
+function commit(source: string | BlockStore, plan: Plan): Omit<RepairResult, 'recheck'> {
+  const tx = new SpaceMapTransaction(source, { protect: (b) => plan.metadataRefs.get(b) !== 0 });
   try {
-    const metadataSm = openMetadataSpaceMap(io, msm, sink('metadata space map'));
-    metadataSm.visitOverflowTree(sink('metadata space map'));
-    metadataSm.forEachBitmap(sink('metadata space map'), (first, counts) => {
-      for (let i = 0; i < counts.length; i++) if (counts[i] !== 0) taken[first + i] = 1;
-    });
-    const dataSm = openDiskSpaceMap(io, dsm, sink('data space map'));
-    dataSm.visitOverflowTree(sink('data space map'));
-    for (const e of [...metadataSm.index, ...dataSm.index]) if (e.blocknr < nrBlocks) taken[e.blocknr] = 1;
-  } catch (e) {
-    if (e instanceof SpaceMapError) refuse(`the metadata space map is damaged: ${e.message}; run thin_repair`);
-    throw e;
-  }
-  return taken;
-}
-
-/**
- * Hands out only the blocks that are free in both the old and the new metadata, lowest first, and
- * writes nowhere else. Each new block is written when the next is handed out (the writers fill a
- * block before asking for another), so memory stays at one block.
- */
-class FreeBlockAllocator implements MetadataAllocator {
-  readonly used: number;
-  /** Blocks handed out, in order: the only blocks `writeAt` accepts. */
-  readonly handedOut = new Set<number>();
-  private next = 1;
-  private pending = -1;
-  private readonly buf = Buffer.alloc(BLOCK_SIZE);
-
-  /** `refCounts`: the trees' references, which the new space maps' own blocks are added to. */
-  constructor(private readonly out: BlockWriter, readonly nrBlocks: number, private readonly taken: Uint8Array, readonly refCounts: RefCounts) {
-    this.used = nrBlocks;
-  }
-
-  alloc(): number {
-    this.flush();
-    const limit = Math.min(this.nrBlocks, this.out.nrBlocks);
-    while (this.next < limit && this.taken[this.next]) this.next++;
-    if (this.next >= limit) {
-      refuse(`not enough free metadata blocks to write new space maps beside the old ones (${this.handedOut.size} found)`);
-    }
-    const block = this.next++;
-    this.handedOut.add(block);
-    return block;
-  }
-
-  newBlock(): { block: number; buf: Buffer } {
-    const block = this.alloc();
-    this.buf.fill(0);
-    this.pending = block;
-    return { block, buf: this.buf };
-  }
-
-  writeAt(block: number, data: Buffer): void {
-    if (!this.handedOut.has(block)) throw new Error(`auto-repair: refusing to write block ${block}, which it did not allocate`);
-    this.out.write(block, data.subarray(0, BLOCK_SIZE));
-  }
-
-  read(block: number): Buffer | null {
-    if (!this.handedOut.has(block)) return null;
-    if (block === this.pending) return Buffer.from(this.buf);
-    return this.out.readInto(block, Buffer.alloc(BLOCK_SIZE));
-  }
-
-  /** Writes the block last handed out by `newBlock`. */
-  flush(): void {
-    if (this.pending < 0) return;
-    this.out.write(this.pending, this.buf);
-    this.pending = -1;
-  }
-}
-
-function commit(path: string, plan: Plan): Omit<RepairResult, 'recheck'> {
-  const out = new BlockWriter(path);
-  try {
-    const alloc = new FreeBlockAllocator(out, plan.nrMetadataBlocks, plan.taken, plan.metadataRefs);
-    let dataRoot: SpaceMapRoot;
-    let metadataRoot: SpaceMapRoot;
-    try {
-      // The data space map first: its blocks are metadata the metadata space map must count.
-      dataRoot = writeDataSpaceMap(alloc, plan.dataRefs, spaceMapSize(plan.dsm));
-      metadataRoot = writeMetadataSpaceMap(alloc);
-      alloc.flush();
-    } catch (e) {
-      // Only free blocks were written: the old metadata is untouched.
-      if (e instanceof RepairRefusedError) throw e;
-      throw new RepairRefusedError(`writing the new space maps failed (${(e as Error).message}); the metadata is unchanged`);
-    }
-    out.sync();
-
-    const sb = Buffer.alloc(BLOCK_SIZE);
-    out.readInto(SUPERBLOCK_LOCATION, sb);
-    encodeSpaceMapRoot(dataRoot).copy(sb, DATA_SM_ROOT_OFFSET, 0, SM_ROOT_USED);
-    encodeSpaceMapRoot(metadataRoot).copy(sb, METADATA_SM_ROOT_OFFSET, 0, SM_ROOT_USED);
-    const flags = sb.readUInt32LE(FLAGS_OFFSET);
-    sb.writeUInt32LE((flags & ~NEEDS_CHECK_FLAG) >>> 0, FLAGS_OFFSET);
-    sealBlock(sb, SUPERBLOCK_CSUM_XOR);
-    out.write(SUPERBLOCK_LOCATION, sb);
-    out.sync();
+    // The totals and index entries first: the changes below keep them up to date from there.
+    tx.metadata.recount();
+    tx.data.recount();
+    for (const b of plan.metadata.strays) tx.metadata.dropRefCount(b);
+    // A count the space map cannot tell is set outright, before anything else moves it; the
+    // others move by the difference, since copying a space-map block moves its count too.
+    for (const c of plan.metadata.changes) if (c.from < 0) tx.metadata.set(c.block, c.to);
+    for (const c of plan.metadata.changes) if (c.from >= 0) tx.metadata.adjust(c.block, c.to - c.from);
+    for (const b of plan.data.strays) tx.data.dropRefCount(b);
+    for (const c of plan.data.changes) tx.data.set(c.block, c.to);
+    const flags = plan.superblock.flags;
+    tx.commit(flags & ~NEEDS_CHECK_FLAG);
     return {
-      blocksWritten: alloc.handedOut.size,
-      metadataAllocated: { before: plan.msm.nrAllocated, after: metadataRoot.nrAllocated },
-      dataAllocated: { before: plan.dsm.nrAllocated, after: dataRoot.nrAllocated },
+      countsChanged: { metadata: plan.metadata.changes.length, data: plan.data.changes.length },
+      blocksWritten: tx.blocksWritten,
+      metadataAllocated: { before: plan.msm.nrAllocated, after: tx.metadata.root().nrAllocated },
+      dataAllocated: { before: plan.dsm.nrAllocated, after: tx.data.root().nrAllocated },
       clearedNeedsCheck: (flags & NEEDS_CHECK_FLAG) !== 0,
     };
+  } catch (e) {
+    if (e instanceof NoSpaceError) {
+      refuse(`not enough free metadata blocks for copies of the space-map blocks that change (${plan.metadata.free} found)`);
+    }
+    throw e;
   } finally {
-    out.close();
+    tx.close();
   }
 }

@@ -2,9 +2,8 @@
 // Stages follow the reference tools (superblock, devices tree, mapping tree, space map counts);
 // on top of 0.9.0 it checks mapped_blocks, data blocks against nr_data_blocks and the data
 // space map's counts, as the upstream 1.x tools do.
-import { BlockReader, BlockWriter, BLOCK_SIZE } from '../io/block-io.js';
+import { BlockReader, BLOCK_SIZE } from '../io/block-io.js';
 import { BTreeError } from '../pdata/btree/walk.js';
-import { SUPERBLOCK_CSUM_XOR, sealBlock } from '../pdata/checksum.js';
 import { U64 } from '../pdata/le.js';
 import { RefCounts } from '../pdata/ref-counts.js';
 import {
@@ -15,6 +14,7 @@ import { MAX_METADATA_BLOCKS, openMetadataSpaceMap, sharedMetadataBlocks } from 
 import { SpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
 import { DeviceDetailsEntry, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
 import { PoolWalkFindings, PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
+import { SpaceMapTransaction } from '../thin/space-map-transaction.js';
 import {
   NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
   readSuperblock, MAX_DATA_BLOCK_SIZE, MIN_DATA_BLOCK_SIZE, validDataBlockSize,
@@ -482,23 +482,20 @@ function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCoun
 }
 
 /**
- * Clears NEEDS_CHECK in the superblock of the metadata at `path`: thin_check's only write,
- * made only after a passing check. Touches just the flags word and the checksum.
- * Returns false if the flag wasn't set.
+ * Clears NEEDS_CHECK in the superblock of the metadata at `path`: thin_check's only write, made
+ * only after a passing check, and committed as the kernel commits (nothing else changes: the
+ * superblock is written with only its flags and checksum different, then synced). Opened as
+ * every output is: a block device exclusively, so never under a live pool. Returns false if the
+ * flag wasn't set.
  */
 export function clearNeedsCheckFlag(path: string): boolean {
-  // Opened as every output is: a block device exclusively, so never under a live pool.
-  const out = new BlockWriter(path);
+  const tx = new SpaceMapTransaction(path);
   try {
-    const buf = out.readInto(SUPERBLOCK_LOCATION, Buffer.alloc(BLOCK_SIZE));
-    const flags = buf.readUInt32LE(4);
+    const flags = tx.superblock.flags;
     if ((flags & NEEDS_CHECK_FLAG) === 0) return false;
-    buf.writeUInt32LE((flags & ~NEEDS_CHECK_FLAG) >>> 0, 4);
-    sealBlock(buf, SUPERBLOCK_CSUM_XOR);
-    out.write(SUPERBLOCK_LOCATION, buf);
-    out.sync();
+    tx.commit(flags & ~NEEDS_CHECK_FLAG);
     return true;
   } finally {
-    out.close();
+    tx.close();
   }
 }
