@@ -14,12 +14,12 @@
 // - device ids the kernel cannot create (2^24 and above) are dropped.
 // Each device is walked twice (count, then emit), so nothing grows with the mappings.
 import { BlockReader } from '../io/block-io.js';
-import { BTreeNode } from '../pdata/btree/node.js';
+import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { U64, U64_MAX, u64Add } from '../pdata/le.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides } from './events.js';
-import { MAX_DATA_BLOCK, mappingDataBlock, mappingTime } from './mapping.js';
+import { MAX_DATA_BLOCK, MAX_TIME } from './mapping.js';
 import { MappingFilter, MappingRuns } from './mapping-runs.js';
 import { MAPPING_VALUE_SIZE, MAX_DEV_ID, TOP_LEVEL_VALUE_SIZE, deviceRootsOf } from './mapping-tree.js';
 import {
@@ -230,14 +230,15 @@ class Salvager {
       let count = 0;
       const summary = walkBTree(io, dev.root, MAPPING_VALUE_SIZE, {
         leaf: (node) => {
-          for (let i = 0; i < node.nrEntries; i++) {
-            const off = node.valueOffset(i);
-            const dataBlock = mappingDataBlock(node.buf, off);
+          const words = node.words;
+          for (let i = 0, v = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries; i < node.nrEntries; i++, v += 2) {
+            const lo = words[v];
+            const dataBlock = words[v + 1] * 256 + (lo >>> 24);
             if (dataBlock >= limit) dropped++;
             else {
               count++;
               if (dataBlock > highest) highest = dataBlock;
-              if (mappingTime(node.buf, off) > poolTime) retimed++;
+              if ((lo & MAX_TIME) > poolTime) retimed++;
             }
           }
         },

@@ -92,17 +92,8 @@ export function nodePlacementDefect(node: BTreeNode, lowKey: U64, highKey: U64, 
   if (!isRoot && n < minEntries && !allowUnderfull) {
     return `too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`;
   }
-  // The hot loop of every walk: each key's two words read once, compared with the previous key's.
-  const words = node.words;
-  let prevHi = -1;
-  let prevLo = -1;
-  for (let i = 0, w = NODE_HEADER_SIZE / 4; i < n; i++, w += 2) {
-    const lo = words[w];
-    const hi = words[w + 1];
-    if (hi < prevHi || (hi === prevHi && lo <= prevLo)) return `keys out of order: ${node.key(i)} after ${node.key(i - 1)}`;
-    prevHi = hi;
-    prevLo = lo;
-  }
+  const unordered = node.firstKeyOutOfOrder();
+  if (unordered >= 0) return `keys out of order: ${node.key(unordered)} after ${node.key(unordered - 1)}`;
   // Keys rise, so the first and last bound them all.
   if (n > 0) {
     const first = node.key(0);
@@ -221,12 +212,8 @@ function rangeEnd(highKey: U64): string {
  */
 function soundEntries(node: BTreeNode, lowKey: U64, highKey: U64): number[] | null {
   const n = node.nrEntries;
-  let sound = true;
-  for (let i = 0; i < n && sound; i++) {
-    const k = node.key(i);
-    if (k < lowKey || k >= highKey || (i > 0 && !node.keyAbovePrevious(i))) sound = false;
-  }
-  if (sound) return null;
+  // Keys rising strictly are bounded by the first and the last.
+  if (node.firstKeyOutOfOrder() < 0 && (n === 0 || (node.key(0) >= lowKey && node.key(n - 1) < highKey))) return null;
   // tails[len] = index of the smallest key ending a rising run of length len + 1.
   const tails: number[] = [];
   const prev = new Int32Array(n).fill(-1);
