@@ -4,6 +4,7 @@ import { BTREE_CSUM_XOR, blockChecksum } from '../checksum.js';
 import { U64, readBlockNr, readU64 } from '../le.js';
 
 export const NODE_HEADER_SIZE = 32;
+const TWO_32 = 0x100000000;
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 export const INTERNAL_NODE = 1;
 export const LEAF_NODE = 2;
@@ -61,7 +62,8 @@ export class BTreeNode {
    * 2^53: exact below it; a larger (corrupt) key stays larger than any real one.
    */
   keyNumber(i: number): number {
-    return readBlockNr(this.buf, NODE_HEADER_SIZE + 8 * i);
+    const w = this.words;
+    return w[9 + 2 * i] * TWO_32 + w[8 + 2 * i];
   }
 
   /**
@@ -89,7 +91,14 @@ export class BTreeNode {
 
   /** A block-number value: a child in internal nodes, a device's root in the top level. */
   valueBlock(i: number): number {
-    return readBlockNr(this.buf, this.valueOffset(i));
+    const w = this.words;
+    const at = (this.valueOffset(i) >>> 2);
+    return w[at + 1] * TWO_32 + w[at];
+  }
+
+  /** A u32 value (a ref count): value i of a node whose values are 4 bytes. */
+  valueU32(i: number): number {
+    return this.words[(NODE_HEADER_SIZE >>> 2) + 2 * this.maxEntries + i];
   }
 }
 

@@ -97,8 +97,7 @@ export interface RefCountVisitor {
 export function walkRefCountTree(io: BlockReader, root: number, visitor: RefCountVisitor): void {
   walkBTree(io, root, REF_COUNT_VALUE_SIZE, {
     leaf(node: BTreeNode) {
-      const buf = node.buf;
-      for (let i = 0; i < node.nrEntries; i++) visitor.entry(node.keyNumber(i), buf.readUInt32LE(node.valueOffset(i)));
+      for (let i = 0; i < node.nrEntries; i++) visitor.entry(node.keyNumber(i), node.valueU32(i));
     },
     nodeRef: visitor.nodeRef,
     error: visitor.error,
@@ -139,7 +138,7 @@ export class OverflowCursor {
       }
     }
     this.block = this.leaf.keyNumber(this.i);
-    this.count = this.leaf.buf.readUInt32LE(this.leaf.valueOffset(this.i));
+    this.count = this.leaf.valueU32(this.i);
     this.i++;
   }
 }
