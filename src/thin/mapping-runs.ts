@@ -26,12 +26,12 @@ export class MappingRuns {
     private readonly filter?: MappingFilter,
   ) {}
 
-  leaf(node: BTreeNode): void {
+  /** The leaf's entries `from` to `to` (all by default). */
+  leaf(node: BTreeNode, from = 0, to = node.nrEntries): void {
     const words = node.words;
-    const n = node.nrEntries;
     const values = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries;
     const filter = this.filter;
-    for (let i = 0, k = NODE_HEADER_SIZE >>> 2, v = values; i < n; i++, k += 2, v += 2) {
+    for (let i = from, k = (NODE_HEADER_SIZE >>> 2) + 2 * from, v = values + 2 * from; i < to; i++, k += 2, v += 2) {
       const lo = words[v];
       const data = words[v + 1] * 256 + (lo >>> 24);
       let time = lo & 0xffffff;

@@ -9,6 +9,7 @@ import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, SubtreeSummary, walkBTree } from '../pdata/btree/walk.js';
 import { U64 } from '../pdata/le.js';
 import { DEVICE_DETAILS_SIZE } from './device-details.js';
+import { MAX_TIME } from './mapping.js';
 import { DeviceDetailsEntry, DeviceRoot, TOP_LEVEL_VALUE_SIZE, deviceRootsOf, walkDeviceTree } from './mapping-tree.js';
 
 export interface PoolWalkFindings {
@@ -17,6 +18,17 @@ export interface PoolWalkFindings {
   deviceDamage(devId: number, err: BTreeError): void;
   /** A mapping to a data block at or past nr_data_blocks (not counted). */
   beyondDataDevice(devId: number, thinBlock: U64, dataBlock: number, leaf: number): void;
+  /**
+   * A mapping whose time is later than the pool's: the kernel would take the block for the
+   * device's own, though a snapshot may share it, and write over it.
+   */
+  newerThanPool(devId: number, thinBlock: U64, time: number, leaf: number): void;
+}
+
+/** What a pool's superblock bounds its mappings by. */
+export interface PoolLimits {
+  nrDataBlocks: number;
+  time: number;
 }
 
 export interface PoolWalkCounts {
@@ -43,7 +55,7 @@ export class PoolWalker {
   /** `shared(block)`: whether the space map counts the block more than once (when in doubt, true). */
   constructor(
     private readonly io: BlockReader,
-    private readonly nrDataBlocks: number,
+    readonly limits: PoolLimits,
     private readonly counts: PoolWalkCounts,
     private readonly shared: (block: number) => boolean,
   ) {
@@ -90,7 +102,7 @@ export class PoolWalker {
     }, { memo: this.memos.top });
 
     const damaged = new Set<number>();
-    const nrDataBlocks = this.nrDataBlocks;
+    const { nrDataBlocks, time: poolTime } = this.limits;
     const walkOpts = { memoize: this.shared };
     for (const { devId, root } of newRoots) {
       const tree = walkDeviceTree(io, root, {
@@ -101,7 +113,9 @@ export class PoolWalker {
           let first = 0;
           let len = 0;
           for (let i = 0, v = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries; i < node.nrEntries; i++, v += 2) {
-            const dataBlock = words[v + 1] * 256 + (words[v] >>> 24);
+            const lo = words[v];
+            if ((lo & MAX_TIME) > poolTime) findings.newerThanPool(devId, node.key(i), lo & MAX_TIME, node.block);
+            const dataBlock = words[v + 1] * 256 + (lo >>> 24);
             if (len > 0 && dataBlock === first + len && dataBlock < nrDataBlocks) {
               len++;
               continue;
@@ -135,7 +149,9 @@ export class PoolWalker {
 
 /**
  * What is inconsistent between a pool's device lists: a device in one tree and not the other,
- * or mapped_blocks that disagree with the device's tree (not judged for damaged trees).
+ * mapped_blocks that disagree with the device's tree (not judged for damaged trees), or a
+ * device created or snapshotted later than the pool's time (its blocks would be taken for its
+ * own, as with a mapping newer than the pool).
  */
 export function deviceListDefects(
   details: Map<number, DeviceDetailsEntry>,
@@ -149,8 +165,11 @@ export function deviceListDefects(
     mapped.add(devId);
     if (!details.has(devId)) defects.push(`thin device ${devId} has a mapping tree but no entry in the device details tree`);
   }
-  for (const devId of details.keys()) {
+  for (const [devId, d] of details) {
     if (!mapped.has(devId)) defects.push(`thin device ${devId} is in the device details tree but has no mapping tree`);
+    for (const [what, time] of [['creation', d.creationTime], ['snapshot', d.snapshottedTime]] as const) {
+      if (time > walker.limits.time) defects.push(`thin device ${devId} has ${what} time ${time}, later than the pool's time ${walker.limits.time}`);
+    }
   }
   for (const { devId, root } of roots) {
     const d = details.get(devId);

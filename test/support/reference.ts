@@ -3,7 +3,9 @@
 import { execFileSync, spawnSync, SpawnSyncReturns } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
+import { expect } from 'vitest';
 
 const SEARCH = ['/usr/sbin', '/sbin', '/usr/bin', '/usr/local/sbin'];
 
@@ -34,7 +36,8 @@ export function runReference(name: string, args: string[], input?: string): RunR
   return result(spawnSync(referenceTool(name), args, { encoding: 'utf8', input, maxBuffer: 1 << 30 }));
 }
 
-const ROOT = path.resolve(__dirname, '..', '..');
+// import.meta.url rather than __dirname: the fuzz runner loads these helpers outside vitest, as ESM.
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 /** The upstream 1.x tools (Rust, 1.1.0), unpacked by scripts/ensure-references.mjs. */
 export function upstreamTool(name: string): string {
@@ -48,10 +51,15 @@ export function runUpstream(name: string, args: string[], input?: string): RunRe
   return result(spawnSync(upstreamTool(name), args, { encoding: 'utf8', input, maxBuffer: 1 << 30 }));
 }
 
+/** One of our executables in bin/ (they run the built dist/). */
+export function ourTool(name: string): string {
+  return path.join(ROOT, 'bin', name);
+}
+
 /** Runs one of our tools from bin/ (the built dist/), as a user would. */
 export function runOurs(name: string, args: string[], input?: string): RunResult {
   return result(
-    spawnSync(process.execPath, [path.join(ROOT, 'bin', name), ...args], {
+    spawnSync(process.execPath, [ourTool(name), ...args], {
       encoding: 'utf8',
       input,
       maxBuffer: 1 << 30,
@@ -110,4 +118,33 @@ export function scratchFiles(prefix: string) {
 export function unpackKernelImage(name: string, dest: string): string {
   fs.writeFileSync(dest, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, `${name}.bin.gz`))));
   return dest;
+}
+
+/**
+ * Runs a tool's library entry point with its output going to a file, as the command line would
+ * run it: exit status 1 for a handled error (a TypeError or RangeError is a bug and is rethrown).
+ */
+export function runLibrary(outFile: string, run: (stdoutFd: number) => void): { status: number; stdout: string } {
+  const fd = fs.openSync(outFile, 'w');
+  let status = 0;
+  try {
+    run(fd);
+  } catch (e) {
+    if (e instanceof TypeError || e instanceof RangeError) throw e;
+    status = 1;
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { status, stdout: fs.readFileSync(outFile, 'latin1') };
+}
+
+/** Our command and the reference's exit alike and print the same; a failure is one line on stderr. */
+export function expectSameAsReference(tool: string, argsList: string[][]): void {
+  for (const args of argsList) {
+    const ref = runReference(tool, args);
+    const ours = runOurs(tool, args);
+    expect(ours.status, `${tool} ${args.join(' ')}: ${ours.stderr}`).toBe(ref.status);
+    expect(ours.stdout).toBe(ref.stdout);
+    if (ref.status !== 0) expect(ours.stderr).toMatch(new RegExp(`^${tool}: [^\\n]*\\n$`));
+  }
 }
