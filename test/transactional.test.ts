@@ -161,6 +161,10 @@ describe('transaction manager', () => {
     expect(block.data[100]).toBe(0xab);
     block.data.fill(0xcd, 16);
     tm.unlock(block);
+    // The copy may take over the original's buffer; the original still reads as committed.
+    const original = tm.read(orig, TEST_BLOCK);
+    expect(original.data[100]).toBe(0xab);
+    tm.unlock(original);
     expect(sm.count(orig)).toBe(0);
     expect(sm.count(block.location)).toBe(1);
     tm.preCommit();
@@ -171,14 +175,16 @@ describe('transaction manager', () => {
   it('changes a block made in this transaction where it is, until the commit', () => {
     const { tm } = setup();
     const blk = tm.newBlock(TEST_BLOCK);
+    // A block object is the block manager's again once unlocked: keep its number, not the object.
+    const location = blk.location;
     tm.unlock(blk);
-    const again = tm.shadow(blk.location, TEST_BLOCK);
-    expect(again.block.location).toBe(blk.location);
+    const again = tm.shadow(location, TEST_BLOCK);
+    expect(again.block.location).toBe(location);
     tm.unlock(again.block);
     tm.preCommit();
     tm.commit(0, Buffer.alloc(BLOCK_SIZE), TEST_BLOCK);
-    const after = tm.shadow(blk.location, TEST_BLOCK);
-    expect(after.block.location).not.toBe(blk.location);
+    const after = tm.shadow(location, TEST_BLOCK);
+    expect(after.block.location).not.toBe(location);
     tm.unlock(after.block);
   });
 

@@ -77,9 +77,15 @@ export class TransactionManager {
     const copyAt = this.sm.newBlock();
     this.sm.dec(location);
     const orig = this.bm.read(location, v);
-    const block = this.bm.zero(copyAt, v, false);
-    orig.data.copy(block.data);
-    this.bm.unlock(orig);
+    let block: Block;
+    if (!incChildren && orig.pins === 1 && !orig.dirty) {
+      // Nothing else reads the original in this transaction: its buffer becomes the copy's.
+      block = this.bm.relocate(orig, copyAt);
+    } else {
+      block = this.bm.zero(copyAt, v, false);
+      orig.data.copy(block.data);
+      this.bm.unlock(orig);
+    }
     this.shadows.add(copyAt);
     this.exclusive.add(copyAt);
     return { block, incChildren };
