@@ -155,8 +155,8 @@ describe('transaction manager', () => {
     tm.preCommit();
     tm.commit(0, Buffer.alloc(BLOCK_SIZE), TEST_BLOCK);
     const orig = blk.location;
-    const { block, incChildren } = tm.shadow(orig, TEST_BLOCK);
-    expect(incChildren).toBe(false);
+    const block = tm.shadow(orig, TEST_BLOCK);
+    expect(tm.shadowedShared).toBe(false);
     expect(block.location).not.toBe(orig);
     expect(block.data[100]).toBe(0xab);
     block.data.fill(0xcd, 16);
@@ -179,13 +179,13 @@ describe('transaction manager', () => {
     const location = blk.location;
     tm.unlock(blk);
     const again = tm.shadow(location, TEST_BLOCK);
-    expect(again.block.location).toBe(location);
-    tm.unlock(again.block);
+    expect(again.location).toBe(location);
+    tm.unlock(again);
     tm.preCommit();
     tm.commit(0, Buffer.alloc(BLOCK_SIZE), TEST_BLOCK);
     const after = tm.shadow(location, TEST_BLOCK);
-    expect(after.block.location).not.toBe(location);
-    tm.unlock(after.block);
+    expect(after.location).not.toBe(location);
+    tm.unlock(after);
   });
 
   it('copies a shared block and says its children need one more reference', () => {
@@ -193,8 +193,8 @@ describe('transaction manager', () => {
     const blk = tm.newBlock(TEST_BLOCK);
     tm.unlock(blk);
     tm.inc(blk.location);
-    const { block, incChildren } = tm.shadow(blk.location, TEST_BLOCK);
-    expect(incChildren).toBe(true);
+    const block = tm.shadow(blk.location, TEST_BLOCK);
+    expect(tm.shadowedShared).toBe(true);
     expect(block.location).not.toBe(blk.location);
     expect(sm.count(blk.location)).toBe(1);
     tm.unlock(block);
