@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { countMappings } from './support/dump-mappings.js';
 import { KERNEL_IMAGES, runOurs, runReference, tempDir, unpackKernelImage } from './support/reference.js';
 
 const IMAGES = KERNEL_IMAGES;
@@ -12,12 +13,6 @@ const names = fs.existsSync(IMAGES)
   : [];
 
 let dir: string;
-
-function countMappings(xml: string): number {
-  let n = 0;
-  for (const m of xml.matchAll(/<(single_mapping)|<range_mapping[^>]* length="(\d+)"/g)) n += m[1] ? 1 : Number(m[2]);
-  return n;
-}
 
 /** An output as large as the input (a repair never needs more than the original held). */
 function outputFor(input: string, tag: string): string {

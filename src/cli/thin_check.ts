@@ -44,6 +44,12 @@ void runTool(NAME, (argv) => {
       .map((other): [string, string] => ['--clear-needs-check-flag', other]),
   ]);
 
+  // As in 0.9.0, the later of --super-block-only and --skip-mappings says how far the check goes.
+  if (flags.superBlockOnly && flags.skipMappings) {
+    if (argv.lastIndexOf('--skip-mappings') > argv.lastIndexOf('--super-block-only')) flags.superBlockOnly = false;
+    else flags.skipMappings = false;
+  }
+
   const quiet = !!flags.quiet;
   let bar: Progress | undefined;
   const stopBar = (): void => {

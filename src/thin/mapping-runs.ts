@@ -26,12 +26,12 @@ export class MappingRuns {
     private readonly filter?: MappingFilter,
   ) {}
 
-  leaf(node: BTreeNode): void {
+  /** The leaf's entries `from` to `to` (all by default). */
+  leaf(node: BTreeNode, from = 0, to = node.nrEntries): void {
     const buf = node.buf;
-    const n = node.nrEntries;
     const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
     const filter = this.filter;
-    for (let i = 0; i < n; i++) {
+    for (let i = from; i < to; i++) {
       const k = NODE_HEADER_SIZE + 8 * i;
       const v = values + 8 * i;
       const lo = buf.readUInt32LE(v);

@@ -9,7 +9,7 @@ import { BTreeNode } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64 } from '../pdata/le.js';
 import { DEVICE_DETAILS_SIZE } from './device-details.js';
-import { mappingDataBlock } from './mapping.js';
+import { mappingDataBlock, mappingTime } from './mapping.js';
 import { DeviceDetailsEntry, DeviceRoot, TOP_LEVEL_VALUE_SIZE, deviceRootsOf, walkDeviceTree } from './mapping-tree.js';
 
 export interface PoolWalkFindings {
@@ -18,6 +18,17 @@ export interface PoolWalkFindings {
   deviceDamage(devId: number, err: BTreeError): void;
   /** A mapping to a data block at or past nr_data_blocks (not counted). */
   beyondDataDevice(devId: number, thinBlock: U64, dataBlock: number, leaf: number): void;
+  /**
+   * A mapping whose time is later than the pool's: the kernel would take the block for the
+   * device's own, though a snapshot may share it, and write over it.
+   */
+  newerThanPool(devId: number, thinBlock: U64, time: number, leaf: number): void;
+}
+
+/** What a pool's superblock bounds its mappings by. */
+export interface PoolLimits {
+  nrDataBlocks: number;
+  time: number;
 }
 
 export interface PoolWalkCounts {
@@ -32,7 +43,7 @@ export class PoolWalker {
 
   constructor(
     private readonly io: BlockReader,
-    private readonly nrDataBlocks: number,
+    readonly limits: PoolLimits,
     private readonly counts: PoolWalkCounts,
   ) {}
 
@@ -57,15 +68,18 @@ export class PoolWalker {
     }, { memo: this.memos.top });
 
     const damaged = new Set<number>();
-    const nrDataBlocks = this.nrDataBlocks;
+    const { nrDataBlocks, time: poolTime } = this.limits;
     for (const { devId, root } of newRoots) {
       walkDeviceTree(io, root, {
         leaf(node: BTreeNode) {
           const buf = node.buf;
           for (let i = 0; i < node.nrEntries; i++) {
-            const dataBlock = mappingDataBlock(buf, node.valueOffset(i));
+            const off = node.valueOffset(i);
+            const dataBlock = mappingDataBlock(buf, off);
             if (dataBlock >= nrDataBlocks) findings.beyondDataDevice(devId, node.key(i), dataBlock, node.block);
             else counts.dataRef(dataBlock);
+            const time = mappingTime(buf, off);
+            if (time > poolTime) findings.newerThanPool(devId, node.key(i), time, node.block);
           }
         },
         nodeRef: metadataRef,
@@ -86,7 +100,9 @@ export class PoolWalker {
 
 /**
  * What is inconsistent between a pool's device lists: a device in one tree and not the other,
- * or mapped_blocks that disagree with the device's tree (not judged for damaged trees).
+ * mapped_blocks that disagree with the device's tree (not judged for damaged trees), or a
+ * device created or snapshotted later than the pool's time (its blocks would be taken for its
+ * own, as with a mapping newer than the pool).
  */
 export function deviceListDefects(
   details: Map<number, DeviceDetailsEntry>,
@@ -100,8 +116,11 @@ export function deviceListDefects(
     mapped.add(devId);
     if (!details.has(devId)) defects.push(`thin device ${devId} has a mapping tree but no entry in the device details tree`);
   }
-  for (const devId of details.keys()) {
+  for (const [devId, d] of details) {
     if (!mapped.has(devId)) defects.push(`thin device ${devId} is in the device details tree but has no mapping tree`);
+    for (const [what, time] of [['creation', d.creationTime], ['snapshot', d.snapshottedTime]] as const) {
+      if (time > walker.limits.time) defects.push(`thin device ${devId} has ${what} time ${time}, later than the pool's time ${walker.limits.time}`);
+    }
   }
   for (const { devId, root } of roots) {
     const d = details.get(devId);

@@ -5,7 +5,9 @@
 // survive, and mapped_blocks is the count actually recovered.
 //
 // A damaged value never stops it: entries whose keys are out of order or out of range are
-// dropped (the rest of their node is kept), mappings past the data device are dropped, and
+// dropped (the rest of their node is kept), except a leaf's sorted mappings that its parent no
+// longer leads to, which are kept where no other mapping claims their thin blocks (a swapped or
+// misplaced leaf); mappings past the data device are dropped, and
 // values no kernel writes are corrected to the safe side, each with a note:
 // - a mapping newer than the pool's time gets time 0, so the kernel treats the block as shared
 //   and copies it before any write (never overwriting a snapshot's data);
@@ -14,9 +16,10 @@
 // - device ids the kernel cannot create (2^24 and above) are dropped.
 // Each device is walked twice (count, then emit), so nothing grows with the mappings.
 import { BlockReader } from '../io/block-io.js';
-import { BTreeNode } from '../pdata/btree/node.js';
+import { BTreeNode, nodeDefect } from '../pdata/btree/node.js';
 import { BTreeError, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { U64, U64_MAX, u64Add } from '../pdata/le.js';
+import { bitmapsFor } from '../pdata/space-map/common.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides } from './events.js';
 import { MAX_DATA_BLOCK, mappingDataBlock, mappingTime } from './mapping.js';
@@ -56,6 +59,17 @@ interface Device {
   details: DeviceDetails | null;
   /** Set once the counting walk found mappings to emit, and how to filter them. */
   filter?: MappingFilter;
+  /** Mappings outside the keys their parents give them, kept: emitted where their keys belong. */
+  displaced?: Displaced[];
+}
+
+/** Entries `from` to `to` of a leaf that its parent's keys don't lead to (see BTreeVisitor.displaced). */
+interface Displaced {
+  block: number;
+  from: number;
+  to: number;
+  minKey: U64;
+  maxKey: U64;
 }
 
 /** Salvage keeps what it can of every node (see WalkOptions.salvage). */
@@ -112,12 +126,20 @@ class Salvager {
       dropped: (block, count, reason) => warn(`mapping tree: ${count} entries of block ${block} dropped: ${reason}`),
     }, SALVAGE_WALK);
     if (!summary) return null;
+    // Device roots are metadata blocks; a device's own mappings (data block << 24 | time) read
+    // as roots lie far past the device, so a leaf of those is not the top level.
+    const beyond = [...devices.values()].filter((b) => b >= this.io.nrBlocks).length;
+    if (beyond * 2 > devices.size) {
+      warn(`mapping tree at block ${root}: ${beyond} of its ${devices.size} device roots lie beyond the metadata device; not the top level`);
+      return null;
+    }
     return { root, devices, stats: { mappings: 0, newest: 0 } };
   }
 
   private readDetails(root: number, quiet: boolean): Map<number, DeviceDetails> | null {
     const warn = this.note(quiet);
     const details = new Map<number, DeviceDetails>();
+    let damaged = false;
     const summary = walkBTree(this.io, root, DEVICE_DETAILS_SIZE, {
       leaf: (node: BTreeNode) => {
         for (let i = 0; i < node.nrEntries; i++) {
@@ -127,10 +149,16 @@ class Salvager {
         }
       },
       error: (err: BTreeError) => {
+        damaged = true;
         if (err.block !== root) warn(`device details: devices ${err.keys} lost: ${err.message}`);
       },
       dropped: (block, count, reason) => warn(`device details: ${count} entries of block ${block} dropped: ${reason}`),
     }, SALVAGE_WALK);
+    // A root that leads to nothing readable (another tree's node, say) is no details tree.
+    if (summary && details.size === 0 && damaged) {
+      warn(`device details at block ${root}: no device's details can be read there`);
+      return null;
+    }
     return summary ? details : null;
   }
 
@@ -206,6 +234,14 @@ class Salvager {
       devices.set(devId, dev);
     }
     const ordered = [...devices.values()].sort((a, b) => a.devId - b.devId);
+    for (const dev of ordered) {
+      const defect = dev.root === null ? null : this.mappingRootDefect(dev.root);
+      if (defect) {
+        // Lost like a device the top level doesn't list: its tree may be found elsewhere.
+        this.warn(`device ${dev.devId}: mapping tree root (block ${dev.root}) unreadable: ${defect}`);
+        dev.root = null;
+      }
+    }
     const lost = ordered.filter((d) => d.root === null && d.details && d.details.mappedBlocks > 0);
     if (lost.length > 0) this.adoptOrphans(lost);
 
@@ -228,23 +264,30 @@ class Salvager {
         continue;
       }
       let count = 0;
-      const summary = walkBTree(io, dev.root, MAPPING_VALUE_SIZE, {
-        leaf: (node) => {
-          for (let i = 0; i < node.nrEntries; i++) {
-            const off = node.valueOffset(i);
-            const dataBlock = mappingDataBlock(node.buf, off);
-            if (dataBlock >= limit) dropped++;
-            else {
-              count++;
-              if (dataBlock > highest) highest = dataBlock;
-              if (mappingTime(node.buf, off) > poolTime) retimed++;
-            }
+      const countLeaf = (node: BTreeNode, from = 0, to = node.nrEntries): void => {
+        for (let i = from; i < to; i++) {
+          const off = node.valueOffset(i);
+          const dataBlock = mappingDataBlock(node.buf, off);
+          if (dataBlock >= limit) dropped++;
+          else {
+            count++;
+            if (dataBlock > highest) highest = dataBlock;
+            if (mappingTime(node.buf, off) > poolTime) retimed++;
           }
-        },
+        }
+      };
+      const displaced: Displaced[] = [];
+      const summary = walkBTree(io, dev.root, MAPPING_VALUE_SIZE, {
+        leaf: (node) => countLeaf(node),
         error: (err) => this.warn(`device ${dev.devId}: mappings ${err.keys} lost: ${err.message}`),
         dropped: (block, n, reason) => this.warn(`device ${dev.devId}: ${n} mappings of leaf block ${block} dropped: ${reason}`),
+        displaced: (node, from, to) => displaced.push({ block: node.block, from, to, minKey: node.key(from), maxKey: node.key(to - 1) }),
       }, SALVAGE_WALK);
       if (!summary) dev.root = null;
+      if (summary && displaced.length > 0) {
+        dev.displaced = this.placeDisplaced(dev, displaced);
+        for (const d of dev.displaced) countLeaf(new BTreeNode(d.block, io.read(d.block)), d.from, d.to);
+      }
       counted.set(dev.devId, count);
       if (dev.root !== null && count > 0) dev.filter = filter;
     }
@@ -274,7 +317,7 @@ class Salvager {
           // shared and copy it before writing, which is slower but never overwrites a snapshot's data.
           { devId: dev.devId, mappedBlocks: mapped, transaction: pool.transaction, creationTime: 0, snapTime: pool.time };
       visitor.deviceBegin(info);
-      if (dev.filter) emitMappings(io, dev.root!, dev.filter, visitor);
+      if (dev.filter) emitMappings(io, dev.root!, dev.filter, visitor, dev.displaced ?? []);
       visitor.deviceEnd();
     }
     visitor.superblockEnd();
@@ -288,11 +331,54 @@ class Salvager {
     };
   }
 
+  /**
+   * Which displaced mappings of a device to keep: those whose thin blocks no mapping in place
+   * and no other displaced leaf claims (a leaf swapped with its neighbour, or reached through a
+   * damaged parent key, holds mappings nothing else has). In key order.
+   */
+  private placeDisplaced(dev: Device, found: Displaced[]): Displaced[] {
+    const note = (d: Displaced, verdict: string) => this.warn(
+      `device ${dev.devId}: ${d.to - d.from} mappings of leaf block ${d.block} lie outside the keys its parent gives it; ${verdict}`);
+    const kept: Displaced[] = [];
+    for (const d of [...found].sort((a, b) => (a.minKey < b.minKey ? -1 : a.minKey > b.minKey ? 1 : 0))) {
+      if (kept.length > 0 && d.minKey <= kept[kept.length - 1].maxKey) note(d, 'dropped, as other displaced mappings claim those thin blocks');
+      else kept.push(d);
+    }
+    // A mapping in place inside a displaced leaf's key range means the two disagree: keep the one in place.
+    const clash = new Set<Displaced>();
+    walkBTree(this.io, dev.root!, MAPPING_VALUE_SIZE, {
+      leaf: (node) => {
+        for (let i = 0; i < node.nrEntries; i++) {
+          const key = node.key(i);
+          let lo = 0;
+          let hi = kept.length;
+          while (lo < hi) {
+            const mid = (lo + hi) >>> 1;
+            if (kept[mid].minKey <= key) lo = mid + 1;
+            else hi = mid;
+          }
+          if (lo > 0 && key <= kept[lo - 1].maxKey) clash.add(kept[lo - 1]);
+        }
+      },
+      error: () => {},
+    }, SALVAGE_WALK);
+    for (const d of clash) note(d, 'dropped, as mappings in place claim some of those thin blocks');
+    const placed = kept.filter((d) => !clash.has(d));
+    for (const d of placed) note(d, 'kept, as no other mapping claims those thin blocks');
+    return placed;
+  }
+
   /** A device time no later than the pool's (a later one is corrected, with a note). */
   private notAfter(poolTime: number, time: number, what: string): number {
     if (time <= poolTime) return time;
     this.warn(`${what} ${time} is later than the pool's time ${poolTime}; set to ${poolTime}`);
     return poolTime;
+  }
+
+  /** Why a device's root block can't be the root of a mapping tree, or null. */
+  private mappingRootDefect(root: number): string | null {
+    if (root >= this.io.nrBlocks) return `block ${root} is beyond the end of the metadata device`;
+    return nodeDefect(new BTreeNode(root, this.io.read(root)), root, MAPPING_VALUE_SIZE);
   }
 
   /**
@@ -310,6 +396,7 @@ class Salvager {
       if (!wanted.has(mappings)) continue;
       byCount.set(mappings, [...(byCount.get(mappings) ?? []), root]);
     }
+    const unmatched: Device[] = [];
     for (const dev of lost) {
       const roots = byCount.get(dev.details!.mappedBlocks) ?? [];
       if (roots.length === 1) {
@@ -317,7 +404,37 @@ class Salvager {
         this.warn(`device ${dev.devId}: mapping tree found again at block ${roots[0]} (its ${dev.details!.mappedBlocks} mappings match)`);
       } else if (roots.length > 1) {
         this.warn(`device ${dev.devId}: ${roots.length} unattached trees hold ${dev.details!.mappedBlocks} mappings; none adopted`);
+      } else {
+        unmatched.push(dev);
       }
+    }
+    if (unmatched.length > 0) this.adoptFromOlderTopLevels(unmatched);
+  }
+
+  /**
+   * A lost device's tree as an older top level (a previous commit's, still on the device) lists
+   * it, when that tree holds exactly the mappings the device's details record and no other
+   * version of it does: the details and the tree are then of one commit.
+   */
+  private adoptFromOlderTopLevels(lost: Device[]): void {
+    const scan = this.blocks();
+    const found = new Map<number, Set<number>>();
+    for (const topRoot of candidateRoots(this.io, scan, BlockKind.TopLeaf)) {
+      const top = this.readTopLevel(topRoot, true);
+      if (!top) continue;
+      for (const dev of lost) {
+        const root = top.devices.get(dev.devId);
+        if (root === undefined || this.mappingRootDefect(root)) continue;
+        if (subtreeStats(this.io, scan, root, this.statsMemo).mappings !== dev.details!.mappedBlocks) continue;
+        if (!found.has(dev.devId)) found.set(dev.devId, new Set());
+        found.get(dev.devId)!.add(root);
+      }
+    }
+    for (const dev of lost) {
+      const roots = [...(found.get(dev.devId) ?? [])];
+      if (roots.length !== 1) continue;
+      dev.root = roots[0];
+      this.warn(`device ${dev.devId}: mapping tree found at block ${roots[0]} through an older top level (its ${dev.details!.mappedBlocks} mappings match)`);
     }
   }
 
@@ -331,8 +448,8 @@ class Salvager {
         transaction: o.transactionId ?? sb.transactionId,
         flags: sb.flags & ~NEEDS_CHECK_FLAG,
         version: 2,
-        dataBlockSize: o.dataBlockSize ?? sb.dataBlockSize,
-        nrDataBlocks: o.nrDataBlocks ?? dataSpaceMapRoot(sb).nrBlocks,
+        dataBlockSize: o.dataBlockSize ?? this.soundDataBlockSize(sb.dataBlockSize),
+        nrDataBlocks: o.nrDataBlocks ?? this.plausibleNrDataBlocks(dataSpaceMapRoot(sb).nrBlocks),
       };
     }
     const copy = this.superblockCopy();
@@ -367,6 +484,32 @@ class Salvager {
     };
   }
 
+  /**
+   * The superblock's nr_data_blocks, unless the data space map of that many blocks could not fit
+   * in this metadata device (so the kernel never wrote it): then the mappings decide (undefined).
+   */
+  private plausibleNrDataBlocks(nrDataBlocks: U64): U64 | undefined {
+    const bitmaps = bitmapsFor(Number(nrDataBlocks));
+    if (bitmaps < this.io.nrBlocks) return nrDataBlocks;
+    this.warn(`the superblock's nr_data_blocks ${nrDataBlocks} is damaged: its space map would need ${bitmaps} bitmaps, ` +
+      `more than the ${this.io.nrBlocks} blocks of this metadata`);
+    return undefined;
+  }
+
+  /**
+   * The superblock's data block size, when it is one a pool can have; else a metadata snapshot
+   * copy's. A guess would put every block's data at the wrong offset, so without either the
+   * user must say.
+   */
+  private soundDataBlockSize(sectors: number): number {
+    if (validDataBlockSize(sectors)) return sectors;
+    const problem = `the superblock's data block size ${sectors} sectors is not one a pool can have`;
+    const copy = this.superblockCopy();
+    if (!copy) throw new SalvageError(`${problem}: the data block size needs to be provided with --data-block-size`);
+    this.warn(`${problem}; taken as ${copy.dataBlockSize}, a metadata snapshot's copy's`);
+    return copy.dataBlockSize;
+  }
+
   /** A metadata snapshot's copy of the superblock: the pool's settings from an earlier commit. */
   private superblockCopy(): Superblock | null {
     let best: Superblock | null = null;
@@ -379,10 +522,37 @@ class Salvager {
   }
 }
 
-/** Emits one device's readable mappings (as the counting walk saw them) as runs. */
-function emitMappings(io: BlockReader, root: number, filter: MappingFilter, visitor: MetadataVisitor): void {
+/**
+ * Emits one device's readable mappings (as the counting walk saw them) as runs, with the
+ * displaced ones it kept merged in where their keys belong (between the mappings in place).
+ */
+function emitMappings(io: BlockReader, root: number, filter: MappingFilter, visitor: MetadataVisitor, displaced: Displaced[]): void {
   const runs = new MappingRuns(visitor, filter);
-  walkBTree(io, root, MAPPING_VALUE_SIZE, { leaf: (node) => runs.leaf(node), error: () => {} }, SALVAGE_WALK);
+  let next = 0;
+  /** The displaced leaves below `key` (all that are left, without one). */
+  const displacedBelow = (key?: U64): void => {
+    for (; next < displaced.length && (key === undefined || displaced[next].minKey < key); next++) {
+      const d = displaced[next];
+      runs.leaf(new BTreeNode(d.block, io.read(d.block)), d.from, d.to);
+    }
+  };
+  walkBTree(io, root, MAPPING_VALUE_SIZE, {
+    leaf: (node) => {
+      let from = 0;
+      // No mapping in place lies inside a displaced leaf's range: each goes in whole before the first above it.
+      while (next < displaced.length && from < node.nrEntries) {
+        let i = from;
+        while (i < node.nrEntries && node.key(i) < displaced[next].minKey) i++;
+        if (i === node.nrEntries) break;
+        runs.leaf(node, from, i);
+        displacedBelow(node.key(i));
+        from = i;
+      }
+      runs.leaf(node, from);
+    },
+    error: () => {},
+  }, SALVAGE_WALK);
+  displacedBelow();
   runs.flush();
 }
 

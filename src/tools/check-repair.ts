@@ -25,7 +25,7 @@ import { openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
 import { SpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
 import { NoSpaceError } from '../pdata/transaction-manager.js';
 import { readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
-import { PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
+import { PoolLimits, PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
 import { SpaceMapTransaction } from '../thin/space-map-transaction.js';
 import {
   NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
@@ -107,7 +107,7 @@ function planRepair(io: BlockReader): Plan {
   const sb = readSuperblock(io);
   const msm = metadataSpaceMapRoot(sb);
   const dsm = dataSpaceMapRoot(sb);
-  const refs = new TreeReferences(io, spaceMapSize(msm), spaceMapSize(dsm));
+  const refs = new TreeReferences(io, spaceMapSize(msm), { nrDataBlocks: spaceMapSize(dsm), time: sb.time });
   refs.ref(SUPERBLOCK_LOCATION);
   refs.walkPool(sb, 'the live metadata');
   if (sb.heldRoot !== 0) {
@@ -182,8 +182,8 @@ class TreeReferences {
   readonly data = new RefCounts();
   private readonly walker: PoolWalker;
 
-  constructor(private readonly io: BlockReader, private readonly nrMetadataBlocks: number, private readonly nrDataBlocks: number) {
-    this.walker = new PoolWalker(io, nrDataBlocks, {
+  constructor(private readonly io: BlockReader, private readonly nrMetadataBlocks: number, private readonly limits: PoolLimits) {
+    this.walker = new PoolWalker(io, limits, {
       metadataRef: (b) => this.ref(b),
       dataRef: (b) => this.data.inc(b),
     });
@@ -208,7 +208,9 @@ class TreeReferences {
       topLevelDamage: damaged("the mapping tree's top level"),
       deviceDamage: (devId, err) => damaged(`thin device ${devId}'s mapping tree`)(err),
       beyondDataDevice: (devId, thinBlock, dataBlock) =>
-        refuse(`${where}: thin device ${devId} maps thin block ${thinBlock} to data block ${dataBlock}, beyond the data device (${this.nrDataBlocks} blocks)`),
+        refuse(`${where}: thin device ${devId} maps thin block ${thinBlock} to data block ${dataBlock}, beyond the data device (${this.limits.nrDataBlocks} blocks)`),
+      newerThanPool: (devId, thinBlock, time) =>
+        refuse(`${where}: thin device ${devId} maps thin block ${thinBlock} at time ${time}, later than the pool's time ${this.limits.time}`),
     });
     // The whole device lists (the walk above skipped leaves shared with earlier trees).
     const details = new Map(readDeviceDetails(this.io, sb.deviceDetailsRoot, damaged('the device details tree')).map((d) => [d.devId, d]));

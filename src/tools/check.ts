@@ -13,7 +13,7 @@ import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
 import { MAX_METADATA_BLOCKS, openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
 import { SpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
 import { DeviceDetailsEntry, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
-import { PoolWalkFindings, PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
+import { PoolLimits, PoolWalkFindings, PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
 import { SpaceMapTransaction } from '../thin/space-map-transaction.js';
 import {
   NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION, Superblock, SuperblockError, dataSpaceMapRoot, metadataSpaceMapRoot,
@@ -208,7 +208,8 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
   });
   if (opts.skipMappings) {
     // Without the walk there are no counts to judge mapped_blocks by, only the device sets.
-    for (const defect of deviceListDefects(details, roots, new PoolWalker(io, 0, NO_COUNTS), new Set())) rep.error(1, defect);
+    const walker = new PoolWalker(io, { nrDataBlocks: 0, time: sb.time }, NO_COUNTS);
+    for (const defect of deviceListDefects(details, roots, walker, new Set())) rep.error(1, defect);
     return result(sb);
   }
 
@@ -218,7 +219,7 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
   const dataCounts = live ? new RefCounts() : undefined;
   let lastProgress = 0;
   const nrDataBlocks = spaceMapSize(dataSpaceMapRoot(sb));
-  const walker = new PoolWalker(io, nrDataBlocks, {
+  const walker = new PoolWalker(io, { nrDataBlocks, time: sb.time }, {
     metadataRef(block) {
       if (!metaCounts) return;
       metaCounts.inc(block);
@@ -232,7 +233,7 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
 
   metaCounts?.inc(SUPERBLOCK_LOCATION);
   // Damage in the two small trees was reported by the full reads above.
-  const findings = mappingFindings(rep, '', false, nrDataBlocks);
+  const findings = mappingFindings(rep, '', false, walker.limits);
   const damaged = walker.walkPool(mappingRoot, detailsRoot, findings);
   findings.finish();
   for (const defect of deviceListDefects(details, roots, walker, damaged)) rep.error(1, defect);
@@ -242,7 +243,7 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
   rep.stage('checking space map counts');
   if (sb.heldRoot !== 0) {
     metaCounts!.inc(sb.heldRoot);
-    checkHeldSnapshot(io, rep, walker, sb.heldRoot, nrDataBlocks);
+    checkHeldSnapshot(io, rep, walker, sb.heldRoot);
     if (rep.fatal > 0) return result(sb);
   }
   checkSpaceMaps(io, rep, sb, metaCounts!, dataCounts!);
@@ -261,8 +262,15 @@ function detailsById(entries: DeviceDetailsEntry[]): Map<number, DeviceDetailsEn
  * `topTrees` reports damage in the details tree and the top level too (for the live metadata,
  * the full reads report those).
  */
-function mappingFindings(rep: Reporter, where: string, topTrees: boolean, nrDataBlocks: number): PoolWalkFindings & { finish(): void } {
+function mappingFindings(rep: Reporter, where: string, topTrees: boolean, limits: PoolLimits): PoolWalkFindings & { finish(): void } {
   const beyond = new Map<number, number>();
+  const newer = new Map<number, number>();
+  /** The first few of a device's bad mappings of one kind are listed, the rest counted. */
+  const listed = (seen: Map<number, number>, devId: number, message: () => string): void => {
+    const n = (seen.get(devId) ?? 0) + 1;
+    seen.set(devId, n);
+    if (n <= MAX_LISTED_BAD_MAPPINGS) rep.error(1, message());
+  };
   const ignore = (): void => {};
   return {
     detailsDamage: topTrees ? (err) => {
@@ -278,18 +286,18 @@ function mappingFindings(rep: Reporter, where: string, topTrees: boolean, nrData
       rep.detail(2, err.message);
     },
     beyondDataDevice(devId, thinBlock, dataBlock, leaf) {
-      const n = (beyond.get(devId) ?? 0) + 1;
-      beyond.set(devId, n);
-      if (n <= MAX_LISTED_BAD_MAPPINGS) {
-        rep.error(1, `${where}thin device ${devId} maps thin block ${thinBlock} to data block ${dataBlock}, ` +
-          `beyond the end of the data device (${nrDataBlocks} blocks) (leaf block ${leaf})`);
-      }
+      listed(beyond, devId, () => `${where}thin device ${devId} maps thin block ${thinBlock} to data block ${dataBlock}, ` +
+        `beyond the end of the data device (${limits.nrDataBlocks} blocks) (leaf block ${leaf})`);
     },
-    /** The unlisted mappings beyond the data device, one line a device. */
+    newerThanPool(devId, thinBlock, time, leaf) {
+      listed(newer, devId, () => `${where}thin device ${devId} maps thin block ${thinBlock} at time ${time}, ` +
+        `later than the pool's time ${limits.time} (leaf block ${leaf})`);
+    },
+    /** The unlisted bad mappings, one line a device and kind. */
     finish() {
-      for (const [devId, n] of beyond) {
-        if (n > MAX_LISTED_BAD_MAPPINGS) {
-          rep.error(1, `${where}thin device ${devId} has ${n - MAX_LISTED_BAD_MAPPINGS} more mappings beyond the end of the data device`);
+      for (const [seen, what] of [[beyond, 'beyond the end of the data device'], [newer, "later than the pool's time"]] as const) {
+        for (const [devId, n] of seen) {
+          if (n > MAX_LISTED_BAD_MAPPINGS) rep.error(1, `${where}thin device ${devId} has ${n - MAX_LISTED_BAD_MAPPINGS} more mappings ${what}`);
         }
       }
     },
@@ -297,7 +305,7 @@ function mappingFindings(rep: Reporter, where: string, topTrees: boolean, nrData
 }
 
 /** The held metadata snapshot: its superblock copy and the trees it keeps alive. */
-function checkHeldSnapshot(io: BlockReader, rep: Reporter, walker: PoolWalker, heldRoot: number, nrDataBlocks: number): void {
+function checkHeldSnapshot(io: BlockReader, rep: Reporter, walker: PoolWalker, heldRoot: number): void {
   const where = `metadata snapshot (block ${heldRoot}): `;
   let snap: Superblock;
   try {
@@ -308,7 +316,7 @@ function checkHeldSnapshot(io: BlockReader, rep: Reporter, walker: PoolWalker, h
     rep.detail(2, e.message);
     return;
   }
-  const findings = mappingFindings(rep, where, true, nrDataBlocks);
+  const findings = mappingFindings(rep, where, true, walker.limits);
   const damaged = walker.walkPool(snap.dataMappingRoot, snap.deviceDetailsRoot, findings);
   findings.finish();
   if (rep.fatal > 0) return;

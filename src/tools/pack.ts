@@ -144,8 +144,9 @@ export function unpackMetadata(input: string, output: string, opts: { force?: bo
         const lenBuf = readAt(inFd, 8, pos);
         if (lenBuf.length < 8) throw new PackFormatError(`${input}: truncated at byte ${pos}`);
         const len = Number(lenBuf.readBigUInt64LE());
+        // A damaged length can claim more than the file holds: refuse it before reading that much.
+        if (len > inSize - pos - 8) throw new PackFormatError(`${input}: chunk at byte ${pos} is truncated (${len} bytes claimed)`);
         const z = readAt(inFd, len, pos + 8);
-        if (z.length < len) throw new PackFormatError(`${input}: chunk at byte ${pos} is truncated`);
         let data: Buffer;
         try {
           data = inflateSync(z);

@@ -198,3 +198,109 @@ export function setNrEntries(file: string, block: number, n: number): void {
   sealBlock(buf, BTREE_CSUM_XOR);
   writeBlock(file, block, buf);
 }
+
+/**
+ * Points a space map's index entry for `bitmap` at `block` (re-sealed): the metadata space map's
+ * index block, or the leaf of the data space map's index tree that holds the entry.
+ */
+export function pointBitmapAt(file: string, kind: 'metadata' | 'data', bitmap: number, block: number): void {
+  const at = withReader(file, (io) => {
+    const sb = readSuperblock(io);
+    if (kind === 'metadata') {
+      return { block: metadataSpaceMapRoot(sb).bitmapRoot, off: INDEX_HEADER_SIZE + bitmap * 16, salt: INDEX_CSUM_XOR };
+    }
+    let found: { block: number; off: number; salt: number } | undefined;
+    walkBTree(io, dataSpaceMapRoot(sb).bitmapRoot, 16, {
+      leaf(node: BTreeNode) {
+        for (let i = 0; i < node.nrEntries; i++) {
+          if (node.key(i) === bitmap) found = { block: node.block, off: node.valueOffset(i), salt: BTREE_CSUM_XOR };
+        }
+      },
+      error: fail,
+    });
+    if (!found) throw new Error(`damage: no index entry for data bitmap ${bitmap}`);
+    return found;
+  });
+  const buf = readBlock(file, at.block);
+  writeU64(buf, at.off, block);
+  sealBlock(buf, at.salt);
+  writeBlock(file, at.block, buf);
+}
+
+/** Sets a u64 field of the superblock (at its byte offset) and re-seals it. */
+export function setSuperblockU64(file: string, offset: number, value: bigint): void {
+  const sb = readBlock(file, 0);
+  sb.writeBigUInt64LE(value, offset);
+  sealBlock(sb, SUPERBLOCK_CSUM_XOR);
+  writeBlock(file, 0, sb);
+}
+
+/**
+ * Swaps two B-tree nodes and makes each say it lives where it now is (re-sealed): the nodes are
+ * sound, only their parents lead to the wrong one.
+ */
+export function swapNodes(file: string, a: number, b: number): void {
+  const bufA = readBlock(file, a);
+  const bufB = readBlock(file, b);
+  writeU64(bufA, 8, b);
+  writeU64(bufB, 8, a);
+  sealBlock(bufA, BTREE_CSUM_XOR);
+  sealBlock(bufB, BTREE_CSUM_XOR);
+  writeBlock(file, b, bufA);
+  writeBlock(file, a, bufB);
+}
+
+/** Sets key `i` of a B-tree node (re-sealed); returns the old key. */
+export function setNodeKey(file: string, block: number, i: number, key: number): number {
+  const buf = readBlock(file, block);
+  const old = readBlockNr(buf, 32 + 8 * i);
+  writeU64(buf, 32 + 8 * i, key);
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(file, block, buf);
+  return old;
+}
+
+/** Gives the first mapping of a leaf the time `time` (re-sealed); returns its thin block. */
+export function setFirstMappingTime(file: string, leaf: number, time: number): number {
+  const buf = readBlock(file, leaf);
+  const node = new BTreeNode(leaf, buf);
+  const off = node.valueOffset(0);
+  writeMapping(buf, off, mappingDataBlock(buf, off), time);
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(file, leaf, buf);
+  return Number(node.key(0));
+}
+
+/** Sets a device's creation or snapshot time in the details tree (re-sealed). */
+export function setDeviceTime(file: string, devId: number, which: 'creation' | 'snapshot', time: number): void {
+  const at = withReader(file, (io) => {
+    let found: { block: number; off: number } | undefined;
+    walkBTree(io, readSuperblock(io).deviceDetailsRoot, DEVICE_DETAILS_SIZE, {
+      leaf(node: BTreeNode) {
+        for (let i = 0; i < node.nrEntries; i++) if (node.key(i) === devId) found = { block: node.block, off: node.valueOffset(i) };
+      },
+      error: fail,
+    });
+    if (!found) throw new Error(`damage: no details for device ${devId}`);
+    return found;
+  });
+  const buf = readBlock(file, at.block);
+  buf.writeUInt32LE(time, at.off + (which === 'creation' ? 16 : 20));
+  sealBlock(buf, BTREE_CSUM_XOR);
+  writeBlock(file, at.block, buf);
+}
+
+/** Sets a u32 field of the superblock (at its byte offset) and re-seals it. */
+export function setSuperblockU32(file: string, offset: number, value: number): void {
+  const sb = readBlock(file, 0);
+  sb.writeUInt32LE(value, offset);
+  sealBlock(sb, SUPERBLOCK_CSUM_XOR);
+  writeBlock(file, 0, sb);
+}
+
+/** Swaps two blocks as they are: each now says it lives where the other does. */
+export function swapBlocks(file: string, a: number, b: number): void {
+  const bufA = readBlock(file, a);
+  writeBlock(file, a, readBlock(file, b));
+  writeBlock(file, b, bufA);
+}

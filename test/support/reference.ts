@@ -3,6 +3,7 @@
 import { execFileSync, spawnSync, SpawnSyncReturns } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
 
 const SEARCH = ['/usr/sbin', '/sbin', '/usr/bin', '/usr/local/sbin'];
@@ -34,7 +35,8 @@ export function runReference(name: string, args: string[], input?: string): RunR
   return result(spawnSync(referenceTool(name), args, { encoding: 'utf8', input, maxBuffer: 1 << 30 }));
 }
 
-const ROOT = path.resolve(__dirname, '..', '..');
+// import.meta.url rather than __dirname: the fuzz runner loads these helpers outside vitest, as ESM.
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 /** The upstream 1.x tools (Rust, 1.1.0), unpacked by scripts/ensure-references.mjs. */
 export function upstreamTool(name: string): string {
@@ -48,10 +50,15 @@ export function runUpstream(name: string, args: string[], input?: string): RunRe
   return result(spawnSync(upstreamTool(name), args, { encoding: 'utf8', input, maxBuffer: 1 << 30 }));
 }
 
+/** One of our executables in bin/ (they run the built dist/). */
+export function ourTool(name: string): string {
+  return path.join(ROOT, 'bin', name);
+}
+
 /** Runs one of our tools from bin/ (the built dist/), as a user would. */
 export function runOurs(name: string, args: string[], input?: string): RunResult {
   return result(
-    spawnSync(process.execPath, [path.join(ROOT, 'bin', name), ...args], {
+    spawnSync(process.execPath, [ourTool(name), ...args], {
       encoding: 'utf8',
       input,
       maxBuffer: 1 << 30,

@@ -38,6 +38,12 @@ export interface BTreeVisitor {
   internal?(node: BTreeNode): string | null;
   /** Salvage walks only: entries of a node dropped for keys out of order or out of range. */
   dropped?(block: number, count: number, reason: string): void;
+  /**
+   * Salvage walks only: entries `from` to `to` (a prefix or a suffix) of a leaf whose keys rise
+   * but lie outside the range its parent gives it, so a damaged parent may have led here: offered
+   * to the visitor (instead of `dropped`), which may place them itself. The walk leaves them out.
+   */
+  displaced?(node: BTreeNode, from: number, to: number): void;
 }
 
 /** What a walked subtree spans, remembered so a second parent can be checked without a re-walk. */
@@ -163,7 +169,15 @@ export function walkBTree(
     if (opts.salvage) {
       const kept = soundEntries(node, lowKey, highKey);
       if (kept) {
-        visitor.dropped?.(node.block, node.nrEntries - kept.length, 'keys out of order or outside the parent node\'s range');
+        if (visitor.displaced && node.isLeaf && keysRise(node)) {
+          // Rising keys: those out of range are the ones below it and the ones above it.
+          const first = kept.length ? kept[0] : countBelow(node, lowKey);
+          const end = kept.length ? kept[kept.length - 1] + 1 : first;
+          if (first > 0) visitor.displaced(node, 0, first);
+          if (end < node.nrEntries) visitor.displaced(node, end, node.nrEntries);
+        } else {
+          visitor.dropped?.(node.block, node.nrEntries - kept.length, 'keys out of order or outside the parent node\'s range');
+        }
         node = compacted(node, kept);
       }
     }
@@ -240,6 +254,18 @@ function soundEntries(node: BTreeNode, lowKey: U64, highKey: U64): number[] | nu
   const kept: number[] = [];
   for (let i = tails.length > 0 ? tails[tails.length - 1] : -1; i >= 0; i = prev[i]) kept.push(i);
   return kept.reverse();
+}
+
+function keysRise(node: BTreeNode): boolean {
+  for (let i = 1; i < node.nrEntries; i++) if (!node.keyAbovePrevious(i)) return false;
+  return true;
+}
+
+/** How many of a leaf's (rising) keys lie below `key`. */
+function countBelow(node: BTreeNode, key: U64): number {
+  let i = 0;
+  while (i < node.nrEntries && node.key(i) < key) i++;
+  return i;
 }
 
 /** A copy of `node` holding only entries `kept` (in order), for a salvage to walk on. */

@@ -44,6 +44,11 @@ export class SpaceMapError extends Error {
   }
 }
 
+/** The defect of an index entry that puts a bitmap at block 0, where the superblock lives. */
+export function bitmapAtSuperblock(bitmap: number): string {
+  return `index entry for bitmap ${bitmap} points at block 0 (the superblock)`;
+}
+
 /** Why a bitmap block can't be trusted, or null. */
 export function bitmapDefect(buf: Buffer, location: number): string | null {
   if (buf.readUInt32LE(0) !== blockChecksum(buf, BITMAP_CSUM_XOR)) return 'bad checksum in space map bitmap';
@@ -183,7 +188,7 @@ export class SpaceMapReader {
       const n = Math.min(ENTRIES_PER_BITMAP, this.nrBlocks - firstBlock);
       if (n <= 0) break;
       const loc = this.index[i].blocknr;
-      // Block 0 is the superblock: readDiskIndex marks a missing entry (already reported) so.
+      // Block 0 is the superblock: the index readers mark an unreadable entry (already reported) so.
       if (loc === 0) continue;
       sink.nodeRef?.(loc);
       try {

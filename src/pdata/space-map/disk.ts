@@ -3,12 +3,15 @@ import { BlockReader } from '../../io/block-io.js';
 import { BTreeNode } from '../btree/node.js';
 import { walkBTree } from '../btree/walk.js';
 import { SpaceMapRoot, spaceMapSize } from './root.js';
-import { INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink, bitmapsFor, decodeIndexEntry } from './common.js';
+import {
+  INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink, bitmapAtSuperblock, bitmapsFor, decodeIndexEntry,
+} from './common.js';
 
 /**
  * Reads every index entry of a data space map, in bitmap order. Missing entries (a damaged
  * index node, or gaps in the keys) are reported to `sink`; the result then holds only what
- * could be read, with `blocknr` 0 marking the holes so callers keep positions aligned.
+ * could be read, with `blocknr` 0 marking the holes so callers keep positions aligned (an entry
+ * that points at block 0, the superblock, is reported and left as such a hole).
  */
 export function readDiskIndex(io: BlockReader, root: SpaceMapRoot, sink: SpaceMapSink): IndexEntry[] {
   const expected = bitmapsFor(spaceMapSize(root));
@@ -23,7 +26,9 @@ export function readDiskIndex(io: BlockReader, root: SpaceMapRoot, sink: SpaceMa
           continue;
         }
         for (; next < key; next++) entries.push({ blocknr: 0, nrFree: 0, noneFreeBefore: 0 });
-        entries.push(decodeIndexEntry(node.buf, node.valueOffset(i)));
+        const e = decodeIndexEntry(node.buf, node.valueOffset(i));
+        if (e.blocknr === 0) sink.error(new SpaceMapError(node.block, bitmapAtSuperblock(key)));
+        entries.push(e);
         next = key + 1;
       }
     },

@@ -5,7 +5,7 @@ import { readBlockNr } from '../le.js';
 import { SpaceMapRoot, spaceMapSize } from './root.js';
 import {
   ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink,
-  bitmapsFor, decodeIndexEntry,
+  bitmapAtSuperblock, bitmapsFor, decodeIndexEntry,
 } from './common.js';
 
 export const INDEX_HEADER_SIZE = 16;
@@ -15,7 +15,8 @@ export const MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP;
 
 /**
  * Reads the index block of a metadata space map: the entries of the bitmaps `root.nrBlocks`
- * needs. Throws SpaceMapError when the index block itself is unusable.
+ * needs. Throws SpaceMapError when the index block itself is unusable; an entry that points at
+ * block 0 is reported to `sink` (thrown without one) and kept, 0 marking it unreadable.
  */
 export function readMetadataIndex(io: BlockReader, root: SpaceMapRoot, sink?: SpaceMapSink): IndexEntry[] {
   const loc = root.bitmapRoot;
@@ -34,7 +35,13 @@ export function readMetadataIndex(io: BlockReader, root: SpaceMapRoot, sink?: Sp
   if (blocknr !== loc) throw new SpaceMapError(loc, `metadata space map index says it is block ${blocknr}`);
   const entries: IndexEntry[] = [];
   for (let i = 0; i < bitmapsFor(spaceMapSize(root)); i++) {
-    entries.push(decodeIndexEntry(buf, INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE));
+    const e = decodeIndexEntry(buf, INDEX_HEADER_SIZE + i * INDEX_ENTRY_SIZE);
+    if (e.blocknr === 0) {
+      const err = new SpaceMapError(loc, bitmapAtSuperblock(i));
+      if (!sink) throw err;
+      sink.error(err);
+    }
+    entries.push(e);
   }
   return entries;
 }
