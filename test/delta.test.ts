@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deviceNodes, flipBit, superblockOf } from './support/damage.js';
 import { Pool, devIdsOf, generatedPools, kernelPools } from './support/pools.js';
-import { runOurs, runReference, sha256, tempDir, upstreamTool } from './support/reference.js';
+import { runLibrary, runOurs, runReference, sha256, tempDir, upstreamTool } from './support/reference.js';
 import { spawnSync } from 'node:child_process';
 import { deltaDevices } from '../src/tools/delta.js';
 
@@ -23,18 +23,7 @@ beforeAll(() => {
 
 /** Our thin_delta in this process (the bulk of the comparisons; spawning node for each is slow). */
 function ourDelta(img: string, a: number, b: number, verbose: boolean, snap: boolean): { status: number; stdout: string } {
-  const out = path.join(dir, 'delta.out');
-  const fd = fs.openSync(out, 'w');
-  let status = 0;
-  try {
-    deltaDevices(img, { left: { devId: a }, right: { devId: b }, verbose, metadataSnap: snap || undefined, stdoutFd: fd });
-  } catch (e) {
-    if (e instanceof TypeError || e instanceof RangeError) throw e;
-    status = 1;
-  } finally {
-    fs.closeSync(fd);
-  }
-  return { status, stdout: fs.readFileSync(out, 'latin1') };
+  return runLibrary(path.join(dir, 'delta.out'), (fd) => deltaDevices(img, { left: { devId: a }, right: { devId: b }, verbose, metadataSnap: snap || undefined, stdoutFd: fd }));
 }
 
 /** Library and reference agree on one pair. */

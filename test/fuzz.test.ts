@@ -15,7 +15,8 @@ import { runReference, tempDir, unpackKernelImage } from './support/reference.js
 const ROOT = path.resolve(__dirname, '..');
 /** Every (family, mutation) pair comes round once per this many cases. */
 const ROUND = FAMILIES.length * BINARY_MUTATIONS.length;
-const CI_CASES = Number(process.env.FUZZ_CI_CASES ?? ROUND);
+// Two rounds: "a few hundred" cases, each pair twice with different draws.
+const CI_CASES = Number(process.env.FUZZ_CI_CASES ?? 2 * ROUND);
 const CI_SEED = Number(process.env.FUZZ_CI_SEED ?? 1);
 
 let dir: string;

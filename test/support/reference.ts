@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
+import { expect } from 'vitest';
 
 const SEARCH = ['/usr/sbin', '/sbin', '/usr/bin', '/usr/local/sbin'];
 
@@ -117,4 +118,33 @@ export function scratchFiles(prefix: string) {
 export function unpackKernelImage(name: string, dest: string): string {
   fs.writeFileSync(dest, gunzipSync(fs.readFileSync(path.join(KERNEL_IMAGES, `${name}.bin.gz`))));
   return dest;
+}
+
+/**
+ * Runs a tool's library entry point with its output going to a file, as the command line would
+ * run it: exit status 1 for a handled error (a TypeError or RangeError is a bug and is rethrown).
+ */
+export function runLibrary(outFile: string, run: (stdoutFd: number) => void): { status: number; stdout: string } {
+  const fd = fs.openSync(outFile, 'w');
+  let status = 0;
+  try {
+    run(fd);
+  } catch (e) {
+    if (e instanceof TypeError || e instanceof RangeError) throw e;
+    status = 1;
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { status, stdout: fs.readFileSync(outFile, 'latin1') };
+}
+
+/** Our command and the reference's exit alike and print the same; a failure is one line on stderr. */
+export function expectSameAsReference(tool: string, argsList: string[][]): void {
+  for (const args of argsList) {
+    const ref = runReference(tool, args);
+    const ours = runOurs(tool, args);
+    expect(ours.status, `${tool} ${args.join(' ')}: ${ours.stderr}`).toBe(ref.status);
+    expect(ours.stdout).toBe(ref.stdout);
+    if (ref.status !== 0) expect(ours.stderr).toMatch(new RegExp(`^${tool}: [^\\n]*\\n$`));
+  }
 }
