@@ -531,8 +531,9 @@ class Replay {
     const copyFrom = mapping?.dataBlock;
     const dataBlock = this.allocate(copyFrom !== undefined);
     this.prepareData(dataBlock, block, begin, end, copyFrom);
-    const old = copyFrom !== undefined ? this.model.content(devId, block) : [{ begin: 0, end: this.sectorsPerBlock, line: whole || this.zero ? ZEROES : UNKNOWN }];
-    this.insert(devId, block, dataBlock, whole ? this.line : overlay(old, begin, end, this.line, this.sectorsPerBlock));
+    if (whole) return this.insert(devId, block, dataBlock, this.line);
+    const old = copyFrom !== undefined ? this.model.content(devId, block) : [{ begin: 0, end: this.sectorsPerBlock, line: this.zero ? ZEROES : UNKNOWN }];
+    this.insert(devId, block, dataBlock, overlay(old, begin, end, this.line, this.sectorsPerBlock));
   }
 
   /** Step 2: a new data block, the one the model says the kernel's cursor gives. */

@@ -284,7 +284,11 @@ class Salvager {
         dropped: (block, n, reason) => this.warn(`device ${dev.devId}: ${n} mappings of leaf block ${block} dropped: ${reason}`),
         displaced: (node, from, to) => displaced.push({ block: node.block, from, to, minKey: node.key(from), maxKey: node.key(to - 1) }),
       }, SALVAGE_WALK);
-      if (!summary) dev.root = null;
+      if (!summary) {
+        // The root itself failed: none of its mappings is emitted, so none may be counted.
+        dev.root = null;
+        count = 0;
+      }
       if (summary && displaced.length > 0) {
         dev.displaced = this.placeDisplaced(dev, displaced);
         for (const d of dev.displaced) countLeaf(new BTreeNode(d.block, io.read(d.block)), d.from, d.to);

@@ -199,7 +199,12 @@ export function walkBTree(
       const child = walk(node.valueBlock(i), node.key(i), childHigh, depth + 1);
       if (!child) continue;
       if (height === -1) height = child.height;
-      else if (child.height !== height) return fail('leaves at different depths');
+      else if (child.height !== height) {
+        // A salvage keeps the leaves already taken: their keys lie in the ranges their parents
+        // give, so they stay in key order, and the writer builds a balanced tree from them.
+        if (!opts.salvage) return fail('leaves at different depths');
+        height = Math.max(height, child.height);
+      }
       entries += child.entries ?? 0;
       if (!child.empty) {
         // Children come in key order: the first non-empty one holds the minimum.
