@@ -213,6 +213,21 @@ describe('thin_repair searches past a details root that leads to no details', ()
   });
 });
 
+describe('thin_ls on a damaged mapping tree', () => {
+  // Found by a long run: with the default fields thin_ls read only the details tree, so a pool
+  // whose mapping tree top level was unreadable listed as if sound (1.x refuses it).
+  test('an unreadable top level fails the listing whatever the fields', () => {
+    const file = kernelImage('tmeta_with_deleted_snapshot');
+    damage.flipBit(file, damage.superblockOf(file).dataMappingRoot);
+    for (const args of [[file], ['-o', 'DEV,MAPPED', file]]) {
+      const ours = runOurs('thin_ls', args);
+      expect(runUpstream('thin_ls', args).status, args.join(' ')).not.toBe(0);
+      expect(ours.status, args.join(' ')).toBe(1);
+      expect(ours.stderr).toMatch(/^thin_ls: [^\n]*block \d+[^\n]*\n$/);
+    }
+  });
+});
+
 describe('thin_metadata_unpack of a damaged pack', () => {
   test('a chunk length past the end of the pack is refused in one line, not allocated', () => {
     const meta = kernelImage('tmeta_with_deleted_snapshot');
