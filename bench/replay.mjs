@@ -2,7 +2,8 @@
 // sequential and random write traces, metadata-only and with a data file.
 //
 //   node bench/replay.mjs [--smoke] [--blocks N] [--data-blocks N] [--commit-every N] [--no-sync]
-//                         [--runs random,sequential,random-data,sequential-data] [--dir DIR] [--keep] [--json FILE]
+//                         [--runs random,sequential,random-data,sequential-data] [--repeat N]
+//                         [--dir DIR] [--keep] [--json FILE]
 //
 // The traces: one thin device; N single-block writes to distinct random virtual blocks (random),
 // or writes of 1000 consecutive blocks (sequential); a commit every --commit-every writes (1000).
@@ -10,7 +11,9 @@
 // runs default to 100k blocks. Peak RSS is GNU time's (ru_maxrss). --no-sync passes thin_replay's
 // --no-sync (commits not synced: what the CPU costs, without the disk's flush latency). The CPU
 // pressure Linux reports (/proc/pressure/cpu, "some" over the last 60 s) is printed per run: on a
-// shared machine it says how much of the wall time was spent waiting for a CPU. See docs/benchmarks.md.
+// shared machine it says how much of the wall time was spent waiting for a CPU. --repeat N replays
+// each trace N times and adds a line of medians (a loaded machine's times vary by half between
+// runs). See docs/benchmarks.md.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -23,7 +26,7 @@ const TIME = '/usr/bin/time';
 const RUNS = ['random', 'sequential', 'random-data', 'sequential-data'];
 
 function parseArgs(argv) {
-  const o = { blocks: 1_000_000, dataBlocks: 100_000, commitEvery: 1000, runs: RUNS, dir: undefined, keep: false, json: undefined, sync: true };
+  const o = { blocks: 1_000_000, dataBlocks: 100_000, commitEvery: 1000, runs: RUNS, dir: undefined, keep: false, json: undefined, sync: true, repeat: 1 };
   let smoke = false;
   const given = new Set();
   for (let i = 0; i < argv.length; i++) {
@@ -41,6 +44,7 @@ function parseArgs(argv) {
     else if (a === '--data-blocks') { o.dataBlocks = count(value()); given.add('data'); }
     else if (a === '--commit-every') o.commitEvery = count(value());
     else if (a === '--no-sync') o.sync = false;
+    else if (a === '--repeat') o.repeat = count(value());
     else if (a === '--runs') {
       o.runs = value().split(',');
       for (const r of o.runs) if (!RUNS.includes(r)) throw new Error(`--runs: unknown run '${r}'`);
@@ -48,7 +52,7 @@ function parseArgs(argv) {
     else if (a === '--keep') o.keep = true;
     else if (a === '--json') o.json = value();
     else if (a === '-h' || a === '--help') {
-      console.log('usage: node bench/replay.mjs [--smoke] [--blocks N] [--data-blocks N] [--commit-every N] [--no-sync] [--runs LIST] [--dir DIR] [--keep] [--json FILE]');
+      console.log('usage: node bench/replay.mjs [--smoke] [--blocks N] [--data-blocks N] [--commit-every N] [--no-sync] [--runs LIST] [--repeat N] [--dir DIR] [--keep] [--json FILE]');
       process.exit(0);
     } else throw new Error(`unknown option '${a}'`);
   }
@@ -120,6 +124,20 @@ function run(trace, metadata, data, sync) {
   };
 }
 
+function median(values) {
+  const v = values.filter((x) => x !== undefined).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  return v.length % 2 ? v[v.length >> 1] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+}
+
+function print(row, tag) {
+  const cpu = row.cpu === undefined ? '?' : row.cpu.toFixed(1);
+  console.log(`${(row.run + tag).padEnd(22)} ${String(row.blocks).padStart(8)} blocks  ${row.seconds.toFixed(1).padStart(6)} s ` +
+    `(cpu ${cpu} s)  ${String(Math.round(row.blocksPerSecond)).padStart(7)} blocks/s  ${String(Math.round(row.commitsPerSecond)).padStart(5)} commits/s  ` +
+    `peak ${row.peakMiB ?? '?'} MiB  ${row.verification}${row.status === 0 ? '' : ` (exit ${row.status})`}` +
+    `${row.cpuPressure === undefined ? '' : `  cpu pressure ${Math.round(row.cpuPressure)}%`}`);
+}
+
 function main() {
   const o = parseArgs(process.argv.slice(2));
   if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'thin_replay.js'))) throw new Error('build first: npx tsc -p .');
@@ -132,30 +150,37 @@ function main() {
       const kind = name.replace('-data', '');
       const blocks = withData ? o.dataBlocks : o.blocks;
       const trace = writeTrace(path.join(dir, `${kind}-${blocks}.trace`), kind, blocks, o.commitEvery);
-      const r = run(trace, path.join(dir, 'metadata'), withData ? path.join(dir, 'data') : undefined, o.sync);
-      const pressure = cpuPressure();
-      const s = r.summary;
-      const row = {
-        run: name,
-        blocks,
-        commits: s.commits,
-        seconds: r.wall,
-        user: r.user,
-        system: r.system,
-        blocksPerSecond: Math.round(s.dataBlocks.allocated / r.wall),
-        commitsPerSecond: Math.round(s.commits / r.wall),
-        peakMiB: r.peakMiB,
-        cpuPressure: pressure,
-        verification: s.verification,
-        status: r.status,
-      };
-      results.push(row);
-      const cpu = r.user === undefined ? '?' : (r.user + r.system).toFixed(1);
-      console.log(`${name.padEnd(16)} ${String(blocks).padStart(8)} blocks  ${r.wall.toFixed(1).padStart(6)} s ` +
-        `(cpu ${cpu} s)  ${String(row.blocksPerSecond).padStart(7)} blocks/s  ${String(row.commitsPerSecond).padStart(5)} commits/s  ` +
-        `peak ${row.peakMiB ?? '?'} MiB  ${s.verification}${r.status === 0 ? '' : ` (exit ${r.status})`}` +
-        `${pressure === undefined ? '' : `  cpu pressure ${pressure}%`}`);
-      for (const f of ['metadata', 'data']) fs.rmSync(path.join(dir, f), { force: true });
+      const rows = [];
+      for (let rep = 0; rep < o.repeat; rep++) {
+        const r = run(trace, path.join(dir, 'metadata'), withData ? path.join(dir, 'data') : undefined, o.sync);
+        const s = r.summary;
+        const row = {
+          run: name,
+          blocks,
+          commits: s.commits,
+          seconds: r.wall,
+          cpu: r.user === undefined ? undefined : r.user + r.system,
+          user: r.user,
+          system: r.system,
+          blocksPerSecond: Math.round(s.dataBlocks.allocated / r.wall),
+          commitsPerSecond: Math.round(s.commits / r.wall),
+          peakMiB: r.peakMiB,
+          cpuPressure: cpuPressure(),
+          verification: s.verification,
+          status: r.status,
+        };
+        rows.push(row);
+        results.push(row);
+        print(row, '');
+        for (const f of ['metadata', 'data']) fs.rmSync(path.join(dir, f), { force: true });
+      }
+      if (rows.length > 1) {
+        const m = { ...rows[0] };
+        for (const k of ['seconds', 'cpu', 'blocksPerSecond', 'commitsPerSecond', 'peakMiB', 'cpuPressure']) m[k] = median(rows.map((r) => r[k]));
+        m.verification = rows.every((r) => r.verification === 'passed') ? 'passed' : 'failed';
+        m.status = rows.find((r) => r.status !== 0)?.status ?? 0;
+        print(m, ' median');
+      }
     }
     console.log(`load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}, ${os.cpus().length} CPUs`);
     if (o.json) fs.writeFileSync(o.json, JSON.stringify({ options: o, results, loadavg: os.loadavg() }, null, 2));

@@ -78,8 +78,7 @@ function countsOnDisk(file: string, root: SpaceMapRoot, kind: 'metadata' | 'data
   const nrBlocks = spaceMapSize(root);
   const out = new Uint32Array(nrBlocks);
   sm.forEachBitmap(sink, (first, counts) => out.set(counts.subarray(0, Math.min(counts.length, nrBlocks - first)), first));
-  const overflow = sm.readOverflowCounts(sink);
-  for (let i = 0; i < overflow.size; i++) out[overflow.blockAt(i)] = overflow.countAt(i);
+  for (const o = sm.overflowEntries(sink); o.block !== Infinity; o.next()) out[o.block] = o.count;
   io.close();
   return out;
 }

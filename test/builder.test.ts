@@ -136,12 +136,61 @@ describe('BTreeBuilder', () => {
     expect(t.entries[n - 1]).toEqual([(n - 1) * 2 ** 32, n - 1]);
   });
 
-  it('calls valueRef once per value of each leaf it writes', () => {
+  it('calls refValues with every value of each leaf it writes', () => {
     const seen: number[] = [];
-    const b = new BTreeBuilder(alloc, { valueSize: 8, valueRef: (vals, off) => seen.push(readBlockNr(vals, off)) });
+    const b = new BTreeBuilder(alloc, { valueSize: 8, refValues: (vals, n) => { for (let i = 0; i < n; i++) seen.push(readBlockNr(vals, 8 * i)); } });
     pushRange(b, 0, 5000);
     b.complete();
     expect(seen.sort((x, y) => x - y)).toEqual(Array.from({ length: 5000 }, (_, i) => i + 7));
+  });
+});
+
+describe('BTreeBuilder.pushRun', () => {
+  /** Values k + 7 as u64 words, as pushRange writes them. */
+  const keyPlus7 = (first: number) => ({
+    fill(words: Uint32Array, at: number, offset: number, n: number) {
+      for (let i = 0; i < n; i++) {
+        const v = first + offset + i + 7;
+        words[at + 2 * i] = v % 2 ** 32;
+        words[at + 2 * i + 1] = Math.floor(v / 2 ** 32);
+      }
+    },
+  });
+
+  it('writes the same blocks as pushing the entries one by one', () => {
+    // Runs of every length around node boundaries, keys crossing 2^32.
+    const runs: [number, number][] = [];
+    let key = 2 ** 32 - 1000;
+    for (const len of [1, 1, 2, MAX8 - 1, 1, MAX8, MAX8 + 1, 2 * MAX8, 3, 3 * MAX8 + 5, 1, 700]) {
+      runs.push([key, len]);
+      key += len + (len % 3);
+    }
+    const build = (byRun: boolean): Buffer => {
+      const f = path.join(dir, `run-${byRun}.bin`);
+      fs.writeFileSync(f, '');
+      fs.truncateSync(f, 16 * 1024 * 1024);
+      const w = new BlockWriter(f);
+      const a = new BlockAllocator(w);
+      const refs: number[] = [];
+      const b = new BTreeBuilder(a, { valueSize: 8, refValues: (v, n) => { for (let i = 0; i < n; i++) refs.push(readBlockNr(v, 8 * i)); } });
+      for (const [first, len] of runs) {
+        if (byRun) b.pushRun(first, len, keyPlus7(first));
+        else pushRange(b, first, len);
+      }
+      expect(b.complete()).toBeGreaterThan(0);
+      a.flush();
+      w.close();
+      expect(refs.length).toBe(runs.reduce((s, [, len]) => s + len, 0));
+      return fs.readFileSync(f);
+    };
+    expect(build(true).equals(build(false))).toBe(true);
+  });
+
+  it('refuses a run that does not rise above the keys before it', () => {
+    const b = new BTreeBuilder(alloc, { valueSize: 8 });
+    b.pushRun(10, 5, keyPlus7(10));
+    expect(() => b.pushRun(14, 2, keyPlus7(14))).toThrow(KeyOrderError);
+    expect(() => b.push(12, value)).toThrow(KeyOrderError);
   });
 });
 
@@ -149,7 +198,7 @@ describe('shared leaves', () => {
   /** Leaves built once, as a <def>. */
   function def(from: number, n: number): { leaves: NodeSummary[]; refs: number[] } {
     const refs: number[] = [];
-    const b = new BTreeBuilder(alloc, { valueSize: 8, valueRef: (v, o) => refs.push(readBlockNr(v, o)) }, true);
+    const b = new BTreeBuilder(alloc, { valueSize: 8, refValues: (v, n) => { for (let i = 0; i < n; i++) refs.push(readBlockNr(v, 8 * i)); } }, true);
     pushRange(b, from, n);
     return { leaves: b.completeLeaves(), refs };
   }

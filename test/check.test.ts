@@ -252,6 +252,37 @@ describe('options', () => {
     expect(sha256(bad)).toBe(before);
   });
 
+  it('counts a node shared by snapshots once per parent, whatever the space map says of it', () => {
+    // The kernel's image: snapshots share subtrees, which its space map counts once per parent.
+    // Say one shared node is referenced once: only that count differs (the walk reaches the
+    // node twice, but its children and data blocks are still referenced once each).
+    const f = path.join(dir, 'kernel-shared.bin');
+    unpackKernelImage('tmeta', f);
+    expect(runOurs('thin_check', [f]).status).toBe(0);
+    const io = new BlockReader(f);
+    const devIds = readDeviceRoots(io, readSuperblock(io).dataMappingRoot, () => {}).map((d) => d.devId);
+    io.close();
+    const seen = new Map<number, number>();
+    for (const devId of devIds) {
+      const n = damage.deviceNodes(f, devId);
+      for (const b of [n.root, ...n.internals, ...n.leaves]) seen.set(b, (seen.get(b) ?? 0) + 1);
+    }
+    let tried = 0;
+    for (const [block, users] of seen) {
+      if (users < 2) continue;
+      const copy = copyOf('kernel-shared-miscounted', f);
+      if (damage.setMetadataCount(copy, block, 1) !== 2) continue;
+      tried++;
+      const r = runOurs('thin_check', [copy]);
+      expect(r.status).toBe(1);
+      expect(runReference('thin_check', [copy]).status).toBe(1);
+      const differences = r.stderr.split('\n').filter((l) => /differ/.test(l));
+      expect(differences).toEqual([`  reference counts differ for metadata block ${block}: expected 2, but the space map says 1`]);
+      if (tried === 3) break;
+    }
+    expect(tried).toBeGreaterThan(0);
+  });
+
   it('-m checks the held metadata snapshot', () => {
     const f = path.join(dir, 'held.bin');
     unpackKernelImage('tmeta_device_id_reuse_with_corrupted_thins', f);

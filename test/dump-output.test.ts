@@ -3,6 +3,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ascii } from '../src/formats/ascii.js';
 import { FdSink, withNumbers } from '../src/formats/output.js';
 import { rng } from './support/generate.js';
 import { tempDir } from './support/reference.js';
@@ -37,11 +38,28 @@ describe('FdSink', () => {
     expect(through((s) => pieces.forEach((p) => s.write(p)))).toBe(pieces.join(''));
   });
 
-  it('gives a plain sink numbers through String()', () => {
+  it('copies encoded pieces (every length, four bytes at a time) in order with the rest, across chunk boundaries', () => {
+    const rand = rng(6);
+    const texts = Array.from({ length: 40 }, (_, i) => `<${'ab"='.repeat(i).slice(0, i)}>`);
+    const encoded = texts.map(ascii);
+    const expected: string[] = [];
+    const out = through((s) => {
+      for (let i = 0; i < 60000; i++) {
+        const k = Math.floor(rand() * texts.length);
+        s.bytes(encoded[k]);
+        s.number(i);
+        expected.push(texts[k], String(i));
+      }
+    });
+    expect(out).toBe(expected.join(''));
+  });
+
+  it('gives a plain sink numbers through String() and encoded pieces as text', () => {
     let text = '';
     const sink = withNumbers({ write: (t) => (text += t) });
     sink.number(2 ** 45 + 3);
     sink.write('!');
-    expect(text).toBe(`${2 ** 45 + 3}!`);
+    sink.bytes(ascii('" time="'));
+    expect(text).toBe(`${2 ** 45 + 3}!" time="`);
   });
 });

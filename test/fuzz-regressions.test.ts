@@ -5,9 +5,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, describe, expect, test } from 'vitest';
+import { BTreeNode } from '../src/pdata/btree/node.js';
 import * as damage from './support/damage.js';
 import { countMappings } from './support/dump-mappings.js';
-import { ourTool, runOurs, runReference, scratchFiles, unpackKernelImage } from './support/reference.js';
+import { ourTool, runOurs, runReference, runUpstream, scratchFiles, unpackKernelImage } from './support/reference.js';
 
 const TESTDATA = path.resolve(__dirname, '..', 'testdata');
 const scratch = scratchFiles('fuzz-regressions-');
@@ -18,14 +19,16 @@ function kernelImage(name: string): string {
 }
 
 /** Mapped blocks in the reference thin_repair's output and ours (both counted by the reference dump). */
-function recovered(file: string): { ours: number; reference: number } {
-  const count = (tool: typeof runOurs, name: string) => {
+function recovered(file: string): { ours: number; reference: number; oursFile: string } {
+  const repair = (tool: typeof runOurs, name: string) => {
     const out = scratch.emptyOutput(16 << 20, name);
     expect(tool('thin_repair', ['-i', file, '-o', out]).status).toBe(0);
     expect(runReference('thin_check', [out]).status).toBe(0);
-    return countMappings(runReference('thin_dump', [out]).stdout);
+    return out;
   };
-  return { ours: count(runOurs, 'ours.bin'), reference: count(runReference, 'theirs.bin') };
+  const count = (out: string) => countMappings(runReference('thin_dump', [out]).stdout);
+  const oursFile = repair(runOurs, 'ours.bin');
+  return { ours: count(oursFile), reference: count(repair(runReference, 'theirs.bin')), oursFile };
 }
 
 describe('thin_check fails what our thin_restore refuses', () => {
@@ -152,6 +155,28 @@ describe('thin_repair recovers at least what the reference recovers', () => {
     expect(r.ours).toBe(all);
   });
 
+  test('a subtree replaced by one of its own leaves (leaves at different depths) keeps every leaf still reachable', () => {
+    // Found as repair output our check and 1.x's failed (0.9.0's passed it): the count walk had
+    // counted the device's leaves before the depth mismatch at its root, the emitting walk dropped
+    // them all, so the device kept its mapped_blocks with no mappings.
+    const file = kernelImage('tmeta_with_shared_internals_and_leaves');
+    const dev2 = (f: string) => countMappings(runReference('thin_dump', ['--dev-id', '2', f]).stdout);
+    const source = dev2(file);
+    const { root } = damage.deviceNodes(file, 2);
+    const subtree = new BTreeNode(0, damage.readBlock(file, new BTreeNode(root, damage.readBlock(file, root)).valueBlock(0)));
+    expect(subtree.isLeaf).toBe(false);
+    // The subtree's first leaf takes its place; the others are no longer reachable.
+    let unreachable = 0;
+    for (let i = 1; i < subtree.nrEntries; i++) unreachable += new BTreeNode(0, damage.readBlock(file, subtree.valueBlock(i))).nrEntries;
+    damage.pointChildAt(file, root, 0, subtree.valueBlock(0));
+    const r = recovered(file);
+    expect(r.ours).toBeGreaterThanOrEqual(r.reference);
+    const ours = r.oursFile;
+    expect(runOurs('thin_check', [ours]).status).toBe(0);
+    expect(runUpstream('thin_check', [ours]).status).toBe(0);
+    expect(dev2(ours)).toBe(source - unreachable);
+  });
+
   test('a top level that holds a device\'s mappings instead (swapped with a device root) is searched past, not read as thousands of devices', () => {
     const file = kernelImage('tmeta_with_shared_internals_and_leaves');
     const source = runReference('thin_dump', [file]).stdout;
@@ -185,6 +210,21 @@ describe('thin_repair searches past a details root that leads to no details', ()
     damage.swapBlocks(file, damage.superblockOf(file).deviceDetailsRoot, root);
     const r = recovered(file);
     expect(r.ours).toBeGreaterThanOrEqual(r.reference);
+  });
+});
+
+describe('thin_ls on a damaged mapping tree', () => {
+  // Found by a long run: with the default fields thin_ls read only the details tree, so a pool
+  // whose mapping tree top level was unreadable listed as if sound (1.x refuses it).
+  test('an unreadable top level fails the listing whatever the fields', () => {
+    const file = kernelImage('tmeta_with_deleted_snapshot');
+    damage.flipBit(file, damage.superblockOf(file).dataMappingRoot);
+    for (const args of [[file], ['-o', 'DEV,MAPPED', file]]) {
+      const ours = runOurs('thin_ls', args);
+      expect(runUpstream('thin_ls', args).status, args.join(' ')).not.toBe(0);
+      expect(ours.status, args.join(' ')).toBe(1);
+      expect(ours.stderr).toMatch(/^thin_ls: [^\n]*block \d+[^\n]*\n$/);
+    }
   });
 });
 

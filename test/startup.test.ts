@@ -62,9 +62,10 @@ describe('the build', () => {
     expect(fs.existsSync(bundle), `${bundle} is missing: run \`npm run build\``).toBe(true);
     expect(fs.statSync(bundle).mtimeMs >= fs.statSync(modules).mtimeMs, 'the bundle is older than dist/cli: run `npm run build`')
       .toBe(true);
-    // Compiled in a fresh Node as bin/start.cjs compiles it: a rejected cache only costs time,
-    // so nothing else would notice.
-    const probe = `const vm = require('node:vm'), fs = require('node:fs'), { wrap } = require('node:module');
+    // Compiled in a fresh Node as bin/start.cjs compiles it (its V8 flags first): a rejected cache
+    // only costs time, so nothing else would notice.
+    const probe = `require(${JSON.stringify(path.join(ROOT, 'bin', 'start.cjs'))}).tuneV8();
+      const vm = require('node:vm'), fs = require('node:fs'), { wrap } = require('node:module');
       const s = new vm.Script(wrap(fs.readFileSync(process.argv[1], 'utf8')), { filename: process.argv[1],
         cachedData: fs.readFileSync(process.argv[1] + '.cache'), importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER });
       process.stdout.write(String(s.cachedDataRejected));`;

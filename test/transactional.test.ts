@@ -155,12 +155,16 @@ describe('transaction manager', () => {
     tm.preCommit();
     tm.commit(0, Buffer.alloc(BLOCK_SIZE), TEST_BLOCK);
     const orig = blk.location;
-    const { block, incChildren } = tm.shadow(orig, TEST_BLOCK);
-    expect(incChildren).toBe(false);
+    const block = tm.shadow(orig, TEST_BLOCK);
+    expect(tm.shadowedShared).toBe(false);
     expect(block.location).not.toBe(orig);
     expect(block.data[100]).toBe(0xab);
     block.data.fill(0xcd, 16);
     tm.unlock(block);
+    // The copy may take over the original's buffer; the original still reads as committed.
+    const original = tm.read(orig, TEST_BLOCK);
+    expect(original.data[100]).toBe(0xab);
+    tm.unlock(original);
     expect(sm.count(orig)).toBe(0);
     expect(sm.count(block.location)).toBe(1);
     tm.preCommit();
@@ -171,15 +175,17 @@ describe('transaction manager', () => {
   it('changes a block made in this transaction where it is, until the commit', () => {
     const { tm } = setup();
     const blk = tm.newBlock(TEST_BLOCK);
+    // A block object is the block manager's again once unlocked: keep its number, not the object.
+    const location = blk.location;
     tm.unlock(blk);
-    const again = tm.shadow(blk.location, TEST_BLOCK);
-    expect(again.block.location).toBe(blk.location);
-    tm.unlock(again.block);
+    const again = tm.shadow(location, TEST_BLOCK);
+    expect(again.location).toBe(location);
+    tm.unlock(again);
     tm.preCommit();
     tm.commit(0, Buffer.alloc(BLOCK_SIZE), TEST_BLOCK);
-    const after = tm.shadow(blk.location, TEST_BLOCK);
-    expect(after.block.location).not.toBe(blk.location);
-    tm.unlock(after.block);
+    const after = tm.shadow(location, TEST_BLOCK);
+    expect(after.location).not.toBe(location);
+    tm.unlock(after);
   });
 
   it('copies a shared block and says its children need one more reference', () => {
@@ -187,8 +193,8 @@ describe('transaction manager', () => {
     const blk = tm.newBlock(TEST_BLOCK);
     tm.unlock(blk);
     tm.inc(blk.location);
-    const { block, incChildren } = tm.shadow(blk.location, TEST_BLOCK);
-    expect(incChildren).toBe(true);
+    const block = tm.shadow(blk.location, TEST_BLOCK);
+    expect(tm.shadowedShared).toBe(true);
     expect(block.location).not.toBe(blk.location);
     expect(sm.count(blk.location)).toBe(1);
     tm.unlock(block);

@@ -123,6 +123,30 @@ describe('readMetadataXml: valid input', () => {
     });
   }
 
+  it('reads thin_dump\'s own layout (its fast path) as it reads the same elements written otherwise', async () => {
+    // The reference dump, and the same with each mapping's spaces turned into tabs and newlines,
+    // which only the general path reads; chunk sizes that cut tags anywhere.
+    const opts = { seed: 4, hugeOffset: true, mappingsPerOrigin: 3000 };
+    const xmlIn = path.join(dir, 'in-fast.xml');
+    const meta = path.join(dir, 'meta-fast.bin');
+    fs.writeFileSync(xmlIn, generateXml(opts));
+    referenceRestore(xmlIn, meta);
+    const dump = runReference('thin_dump', [meta]).stdout;
+    const respaced = dump.replace(/(<(?:single|range)_mapping)( [^\n]*)\/>/g, (_, tag: string, attrs: string) => `${tag}${attrs.replace(/ /g, '\t\n')}\n/>`);
+    expect(respaced).not.toBe(dump);
+    const oracle = linesOracle(dump).runs;
+    expect(oracle.length).toBeGreaterThan(1000);
+    for (const chunk of [1, 7, 61, 4096]) {
+      const fast = (await events(dump, chunk)).filter((e) => e.startsWith('map '));
+      const general = (await events(respaced, chunk)).filter((e) => e.startsWith('map '));
+      expect(fast).toEqual(oracle);
+      expect(general).toEqual(oracle);
+    }
+    // A number past the fast path's 15 digits is still read exactly.
+    const big = dump.replace(/origin_(block|begin)="(\d+)"/, (_, w: string) => `origin_${w}="18446744073709551000"`);
+    expect((await events(big)).find((e) => e.startsWith('map '))).toMatch(/^map 18446744073709551000 /);
+  });
+
   it('reads the kernel images stored reference dumps, and -m dumps only with --nr-data-blocks', async () => {
     const ki = KERNEL_IMAGES;
     const stored = fs.readdirSync(ki).filter((f) => /\.thin_dump(_m)?\.out(\.gz)?$/.test(f));

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { explainIoError } from '../io/block-io.js';
 import { U64 } from '../pdata/le.js';
+import { Ascii, putAscii } from './ascii.js';
 
 const CHUNK_BYTES = 1 << 20;
 /** Pieces shorter than this are copied char by char; that beats a native call for each. */
@@ -17,12 +18,40 @@ export interface TextSink {
   write(text: string): void;
   /** Writes a non-negative integer (a U64) in decimal; sinks without it get `write(String(n))`. */
   number?(n: U64): void;
+  /** Writes text encoded once (`ascii`), for the pieces a writer repeats on every line. */
+  bytes?(a: Ascii): void;
 }
 
-/** A sink with `number`, adapting one that lacks it. */
+/** A sink with `number` and `bytes`, adapting one that lacks them. */
 export function withNumbers(sink: TextSink): Required<TextSink> {
-  if (sink.number) return sink as Required<TextSink>;
-  return { write: (t) => sink.write(t), number: (n) => sink.write(String(n)) };
+  if (sink.number && sink.bytes) return sink as Required<TextSink>;
+  return {
+    write: (t) => sink.write(t),
+    number: (n) => sink.write(String(n)),
+    bytes: (a) => sink.write(a.text),
+  };
+}
+
+/** "00" .. "99" as little-endian u16s: numbers are written two digits at a store. */
+const DIGIT_PAIRS = Uint16Array.from({ length: 100 }, (_, i) => (0x30 + ((i / 10) | 0)) | ((0x30 + (i % 10)) << 8));
+
+/** Decimal digits of a non-negative int32. */
+function digitCount(v: number): number {
+  if (v < 100000) return v < 100 ? (v < 10 ? 1 : 2) : v < 1000 ? 3 : v < 10000 ? 4 : 5;
+  return v < 10000000 ? (v < 1000000 ? 6 : 7) : v < 100000000 ? 8 : v < 1000000000 ? 9 : 10;
+}
+
+/** Writes the digits of `v` (a non-negative int32) so that they end just before `end`. */
+function putDigits(view: DataView, buf: Uint8Array, v: number, end: number): void {
+  let p = end;
+  while (v >= 100) {
+    const q = (v / 100) | 0;
+    p -= 2;
+    view.setUint16(p, DIGIT_PAIRS[v - q * 100], true);
+    v = q;
+  }
+  if (v >= 10) view.setUint16(p - 2, DIGIT_PAIRS[v], true);
+  else buf[p - 1] = 0x30 + v;
 }
 
 /** The reader went away (a closed pipe, as in `thin_dump meta | head`). */
@@ -51,6 +80,7 @@ function writeAll(fd: number, buf: Buffer): void {
 /** Collects text into a large buffer and writes it to `fd` with blocking writes. */
 export class FdSink implements Required<TextSink> {
   private readonly buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  private readonly view = new DataView(this.buf.buffer, this.buf.byteOffset, CHUNK_BYTES);
   private pos = 0;
 
   constructor(readonly fd: number) {}
@@ -78,28 +108,33 @@ export class FdSink implements Required<TextSink> {
     // A bigint is past 2^53: rare enough for a string.
     if (typeof n !== 'number') return this.write(String(n));
     if (this.pos + NUMBER_ROOM > CHUNK_BYTES) this.flush();
-    const buf = this.buf;
-    let digits = 1;
-    for (let t = n; t >= 10; t = Math.floor(t / 10)) digits++;
-    let p = this.pos + digits;
-    this.pos = p;
     if (n <= 0x7fffffff) {
-      let v = n | 0;
-      while (v >= 10) {
-        const q = (v / 10) | 0;
-        buf[--p] = 48 + v - q * 10;
-        v = q;
-      }
-      buf[--p] = 48 + v;
-    } else {
-      let v = n;
-      while (v >= 10) {
-        const q = Math.floor(v / 10);
-        buf[--p] = 48 + (v - q * 10);
-        v = q;
-      }
-      buf[--p] = 48 + v;
+      const digits = digitCount(n);
+      putDigits(this.view, this.buf, n, this.pos + digits);
+      this.pos += digits;
+      return;
     }
+    // Below 2^53: up to 7 digits above the last 9.
+    const high = Math.floor(n / 1e9);
+    let low = n - high * 1e9;
+    const digits = digitCount(high);
+    putDigits(this.view, this.buf, high, this.pos + digits);
+    let p = this.pos + digits + 9;
+    this.pos = p;
+    for (let i = 0; i < 9; i++) {
+      const q = (low / 10) | 0;
+      this.buf[--p] = 48 + low - q * 10;
+      low = q;
+    }
+  }
+
+  bytes(a: Ascii): void {
+    if (this.pos + a.length > CHUNK_BYTES) {
+      this.flush();
+      if (a.length > CHUNK_BYTES) return this.write(a.text);
+    }
+    putAscii(this.view, this.buf, this.pos, a);
+    this.pos += a.length;
   }
 
   /** Writes out everything buffered so far (also what a failed dump printed before its error). */

@@ -20,6 +20,7 @@
 import * as fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError, OpenedFile, openFile } from '../io/block-io.js';
+import { Ascii, ascii, asciiAt } from './ascii.js';
 import { U64, U64_MAX, parseU64 } from '../pdata/le.js';
 import { MetadataVisitor, PoolInfo } from '../thin/events.js';
 import { MAX_DATA_BLOCK, MAX_TIME } from '../thin/mapping.js';
@@ -174,6 +175,16 @@ const ELEMENTS: ElementSpec[] = [
 
 const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
+/**
+ * A mapping exactly as thin_dump prints it, after its '<': literal pieces, a number's digits
+ * between each two. Nearly every line of a dump is one of these two, so they are matched first,
+ * the literal bytes four at a time, without looking attributes up; anything else goes the
+ * general way.
+ */
+const SINGLE_TEMPLATE = ['single_mapping origin_block="', '" data_block="', '" time="', '"/>'].map(ascii);
+const RANGE_TEMPLATE = ['range_mapping origin_begin="', '" data_begin="', '" length="', '" time="', '"/>'].map(ascii);
+const LOWER_S = 0x73, LOWER_R = 0x72;
+
 class Parser {
   /** Line of the byte being scanned. */
   private line = 1;
@@ -196,6 +207,10 @@ class Parser {
   private readonly bigs: U64[] = [];
   private bigMask = 0;
   private seen = 0;
+  /** The numbers of a mapping read by `fastMapping`. */
+  private readonly fastNums = new Float64Array(4);
+  /** The buffer being fed, for reading four bytes at once. */
+  private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
 
   constructor(
     private readonly source: string,
@@ -210,6 +225,9 @@ class Parser {
   feed(buf: Buffer, final: boolean): number {
     let pos = 0;
     this.final = final;
+    if (this.view.buffer !== buf.buffer || this.view.byteOffset !== buf.byteOffset || this.view.byteLength !== buf.length) {
+      this.view = new DataView(buf.buffer, buf.byteOffset, buf.length);
+    }
     if (this.offset === 0 && !final && buf.length < 3) return 0; // wait to see whether a BOM starts it
     if (this.offset === 0 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf) pos = this.declarationAt = 3;
     try {
@@ -284,7 +302,51 @@ class Parser {
     }
     if (c1 === QM) return this.declaration(buf, start);
     if (c1 === SLASH) return this.endTag(buf, start);
+    if (c1 === LOWER_S || c1 === LOWER_R) {
+      const end = this.fastMapping(buf, start, c1 === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE);
+      if (end >= 0) return end;
+    }
     return this.startTag(buf, start);
+  }
+
+  /**
+   * A mapping in thin_dump's own layout inside a <device> or <def>, every number plain and in
+   * range: emitted, and the position after it returned. Anything else (other spacing or order,
+   * a bad value, the tag cut off by the chunk's end) returns -1, for `startTag` to read the
+   * general way and word any error.
+   */
+  private fastMapping(buf: Buffer, start: number, tmpl: Ascii[]): number {
+    const open = this.stack.length;
+    const parent = open > 0 ? this.stack[open - 1] : -1;
+    if (parent !== DEVICE && parent !== DEF) return -1;
+    const len = buf.length;
+    const view = this.view;
+    const nums = this.fastNums;
+    let p = start + 1;
+    for (let k = 0; ; k++) {
+      const lit = tmpl[k];
+      if (p + lit.length > len || !asciiAt(view, buf, p, lit)) return -1;
+      p += lit.length;
+      if (k === tmpl.length - 1) break;
+      const digits = p;
+      let v = 0;
+      for (; p < len; p++) {
+        const d = buf[p] - 0x30;
+        if (d < 0 || d > 9) break;
+        v = v * 10 + d;
+      }
+      if (p === digits || p - digits > EXACT_DIGITS) return -1;
+      nums[k] = v;
+    }
+    if (nums[1] > MAX_DATA_BLOCK) return -1;
+    if (tmpl === SINGLE_TEMPLATE) {
+      if (nums[2] > MAX_TIME) return -1;
+      this.visitor.mapRun(nums[0], nums[1], 1, nums[2]);
+    } else {
+      if (nums[2] < 1 || nums[3] > MAX_TIME) return -1;
+      this.visitor.mapRun(nums[0], nums[1], nums[2], nums[3]);
+    }
+    return p;
   }
 
   /** Skips comment text up to and including "-->"; returns how far it got. */

@@ -2,14 +2,25 @@
 // two spaces of indent per level, attributes in a fixed order, mappings as self-closing tags.
 import { U64 } from '../pdata/le.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../thin/events.js';
+import { ascii } from './ascii.js';
 import { TextSink, withNumbers } from './output.js';
 
 /** Indents by nesting depth rather than by element, so nested forms (<def>) indent correctly. */
 const INDENT = ['', '  ', '    ', '      ', '        '];
 
+/** The pieces of every mapping line after the first number, encoded once. */
+const DATA_BLOCK = ascii('" data_block="');
+const DATA_BEGIN = ascii('" data_begin="');
+const LENGTH = ascii('" length="');
+const TIME = ascii('" time="');
+const LINE_END = ascii('"/>\n');
+
 export class XmlWriter implements MetadataVisitor {
   private depth = 0;
   private pad = '';
+  /** Indent and tag of the mapping lines at the current depth, encoded. */
+  private singleStart = ascii('<single_mapping origin_block="');
+  private rangeStart = ascii('<range_mapping origin_begin="');
   private readonly out: Required<TextSink>;
 
   constructor(sink: TextSink) {
@@ -17,13 +28,18 @@ export class XmlWriter implements MetadataVisitor {
   }
 
   private open(): void {
-    this.depth++;
-    this.pad = INDENT[this.depth] ?? '  '.repeat(this.depth);
+    this.indent(this.depth + 1);
   }
 
   private close(): void {
-    this.depth--;
-    this.pad = INDENT[this.depth] ?? '  '.repeat(this.depth);
+    this.indent(this.depth - 1);
+  }
+
+  private indent(depth: number): void {
+    this.depth = depth;
+    this.pad = INDENT[depth] ?? '  '.repeat(depth);
+    this.singleStart = ascii(`${this.pad}<single_mapping origin_block="`);
+    this.rangeStart = ascii(`${this.pad}<range_mapping origin_begin="`);
   }
 
   superblockBegin(p: PoolInfo): void {
@@ -69,26 +85,25 @@ export class XmlWriter implements MetadataVisitor {
     this.out.write(`${this.pad}<ref name="${escapeAttr(name)}"/>\n`);
   }
 
-  // The hot path: pieces and digits go straight to the sink, no string is built per mapping.
+  // The hot path: encoded pieces and digits go straight to the sink, no string per mapping.
   mapRun(thinBegin: U64, dataBegin: number, length: number, time: number): void {
     const o = this.out;
-    o.write(this.pad);
     if (length === 1) {
-      o.write('<single_mapping origin_block="');
+      o.bytes(this.singleStart);
       o.number(thinBegin);
-      o.write('" data_block="');
+      o.bytes(DATA_BLOCK);
       o.number(dataBegin);
     } else {
-      o.write('<range_mapping origin_begin="');
+      o.bytes(this.rangeStart);
       o.number(thinBegin);
-      o.write('" data_begin="');
+      o.bytes(DATA_BEGIN);
       o.number(dataBegin);
-      o.write('" length="');
+      o.bytes(LENGTH);
       o.number(length);
     }
-    o.write('" time="');
+    o.bytes(TIME);
     o.number(time);
-    o.write('"/>\n');
+    o.bytes(LINE_END);
   }
 }
 

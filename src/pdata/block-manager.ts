@@ -136,6 +136,27 @@ export class BlockManager {
     return b;
   }
 
+  /**
+   * Moves `b` (clean, locked once, by the caller) to `location`, a free block about to take its
+   * copy: a shadow without copying. The caller's lock now holds `location`; the old location
+   * leaves the cache, and a later read of it loads it from the device, which still holds it.
+   */
+  relocate(b: Block, location: number): Block {
+    this.checkLocation(location);
+    if (b.pins !== 1 || b.dirty) throw new Error(`block manager: block ${b.location} cannot move while shared or dirty`);
+    const stale = this.cache.get(location);
+    if (stale) {
+      if (stale.pins > 0) throw new Error(`block manager: block ${location} is reused while locked`);
+      // Whatever it held is dead: the block was free.
+      this.drop(stale);
+    }
+    this.cache.delete(b.location);
+    b.location = location;
+    this.cache.set(location, b);
+    b.dirty = true;
+    return b;
+  }
+
   unlock(b: Block): void {
     if (b.pins <= 0) throw new Error(`block manager: block ${b.location} unlocked twice`);
     b.pins--;

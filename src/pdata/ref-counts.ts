@@ -30,6 +30,28 @@ export class RefCounts {
     } else this.big.set(b, this.big.get(b)! + 1);
   }
 
+  /** inc() of each of the `n` blocks from `b`, a page at a time. */
+  incRange(b: number, n: number): void {
+    const end = b + n;
+    while (b < end) {
+      const p = Math.floor(b / ENTRIES_PER_BITMAP);
+      const page = this.pages[p] ?? (this.pages[p] = new Uint8Array(ENTRIES_PER_BITMAP));
+      const base = p * ENTRIES_PER_BITMAP;
+      const stop = Math.min(end, base + ENTRIES_PER_BITMAP) - base;
+      for (let i = b - base; i < stop; i++) {
+        const c = page[i];
+        if (c < SPILLED - 1) page[i] = c + 1;
+        else this.inc(base + i);
+      }
+      b = base + stop;
+    }
+  }
+
+  /** dec() of each of the `n` blocks from `b`. */
+  decRange(b: number, n: number): void {
+    for (let i = 0; i < n; i++) this.dec(b + i);
+  }
+
   /** Drops one reference; a count already at zero stays there. */
   dec(b: number): void {
     const page = this.pages[Math.floor(b / ENTRIES_PER_BITMAP)];

@@ -21,12 +21,6 @@ export interface TransactionalSpaceMap {
 /** The space map has no block to give. */
 export class NoSpaceError extends Error {}
 
-export interface Shadow {
-  block: Block;
-  /** The original was shared: the copy's children (or values) each need one more reference. */
-  incChildren: boolean;
-}
-
 export class TransactionManager {
   private sm!: TransactionalSpaceMap;
   /** Blocks created or shadowed in this transaction: changed in place until the commit. */
@@ -66,23 +60,41 @@ export class TransactionManager {
   }
 
   /**
+   * Whether the original of the last shadow was shared: the copy's children (or values) then
+   * each need one more reference. (A field, not a result object: shadows are the hot path.)
+   */
+  shadowedShared = false;
+
+  /**
    * The block to change in place of `location`. A block already created or shadowed in this
    * transaction and held once is changed where it is; any other is copied to a new block, and
-   * the original loses the reference the caller's pointer gave it.
+   * the original loses the reference the caller's pointer gave it. See shadowedShared.
    */
-  shadow(location: number, v: BlockValidator): Shadow {
-    if (this.exclusive.has(location)) return { block: this.bm.write(location, v), incChildren: false };
+  shadow(location: number, v: BlockValidator): Block {
+    if (this.exclusive.has(location)) {
+      this.shadowedShared = false;
+      return this.bm.write(location, v);
+    }
     const incChildren = this.sm.isShared(location);
-    if (!incChildren && this.shadows.has(location)) return { block: this.bm.write(location, v), incChildren };
+    this.shadowedShared = incChildren;
+    if (!incChildren && this.shadows.has(location)) return this.bm.write(location, v);
     const copyAt = this.sm.newBlock();
     this.sm.dec(location);
     const orig = this.bm.read(location, v);
-    const block = this.bm.zero(copyAt, v, false);
-    orig.data.copy(block.data);
-    this.bm.unlock(orig);
+    let block: Block;
+    if (!incChildren && orig.pins === 1 && !orig.dirty) {
+      // Nothing else reads the original in this transaction: its buffer becomes the copy's.
+      block = this.bm.relocate(orig, copyAt);
+    } else {
+      block = this.bm.zero(copyAt, v, false);
+      orig.data.copy(block.data);
+      this.bm.unlock(orig);
+    }
     this.shadows.add(copyAt);
     this.exclusive.add(copyAt);
-    return { block, incChildren };
+    // The space map's changes above may have shadowed too.
+    this.shadowedShared = incChildren;
+    return block;
   }
 
   inc(location: number): void {

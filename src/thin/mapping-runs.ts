@@ -2,7 +2,7 @@
 // the shape every event stream carries them in (dump, salvage). Leaves are decoded straight
 // from their buffers; nothing is allocated per mapping.
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
-import { U64, readU64, u64Add } from '../pdata/le.js';
+import { U64, u64Add } from '../pdata/le.js';
 import { MetadataVisitor } from './events.js';
 
 const TWO_32 = 0x100000000;
@@ -28,30 +28,28 @@ export class MappingRuns {
 
   /** The leaf's entries `from` to `to` (all by default). */
   leaf(node: BTreeNode, from = 0, to = node.nrEntries): void {
-    const buf = node.buf;
-    const values = NODE_HEADER_SIZE + 8 * node.maxEntries;
+    const words = node.words;
+    const values = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries;
     const filter = this.filter;
-    for (let i = from; i < to; i++) {
-      const k = NODE_HEADER_SIZE + 8 * i;
-      const v = values + 8 * i;
-      const lo = buf.readUInt32LE(v);
-      const data = buf.readUInt32LE(v + 4) * 256 + (lo >>> 24);
+    for (let i = from, k = (NODE_HEADER_SIZE >>> 2) + 2 * from, v = values + 2 * from; i < to; i++, k += 2, v += 2) {
+      const lo = words[v];
+      const data = words[v + 1] * 256 + (lo >>> 24);
       let time = lo & 0xffffff;
       if (filter) {
         time = filter(data, time);
         if (time < 0) continue;
       }
-      const hi = buf.readUInt32LE(k + 4);
+      const hi = words[k + 1];
       if (hi < SAFE_HI && typeof this.thin === 'number') {
         // Exact: thin is below 2^53, so it can only equal a sum that is too.
-        const thin = hi * TWO_32 + buf.readUInt32LE(k);
+        const thin = hi * TWO_32 + words[k];
         if (this.len !== 0 && thin === this.thin + this.len && data === this.data + this.len && time === this.time) {
           this.len++;
           continue;
         }
         this.start(thin, data, time);
       } else {
-        this.add(readU64(buf, k), data, time);
+        this.add(node.key(i), data, time);
       }
     }
   }

@@ -2,7 +2,7 @@
 // thin block -> data block/time) and the device-details tree (dev_id -> details).
 import { BlockReader } from '../io/block-io.js';
 import { BTreeNode } from '../pdata/btree/node.js';
-import { BTreeError, BTreeVisitor, SubtreeMemo, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
+import { BTreeError, BTreeVisitor, SubtreeMemo, SubtreeSummary, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 
 /** dm-thin refuses device ids of 24 bits or more. */
@@ -83,6 +83,6 @@ export function walkDeviceTree(
   visitor: BTreeVisitor,
   memo?: SubtreeMemo,
   walkOpts: WalkOptions = {},
-): void {
-  walkBTree(io, root, MAPPING_VALUE_SIZE, visitor, { ...walkOpts, memo });
+): SubtreeSummary | null {
+  return walkBTree(io, root, MAPPING_VALUE_SIZE, visitor, { ...walkOpts, memo });
 }

@@ -5,11 +5,11 @@
 // mapping of each distinct leaf (a data block counts once per leaf that maps it, as the kernel
 // counts it). What it finds wrong goes to the caller, which reports or refuses.
 import { BlockReader } from '../io/block-io.js';
-import { BTreeNode } from '../pdata/btree/node.js';
-import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
+import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
+import { BTreeError, SubtreeMemo, SubtreeSummary, walkBTree } from '../pdata/btree/walk.js';
 import { U64 } from '../pdata/le.js';
 import { DEVICE_DETAILS_SIZE } from './device-details.js';
-import { mappingDataBlock, mappingTime } from './mapping.js';
+import { MAX_TIME } from './mapping.js';
 import { DeviceDetailsEntry, DeviceRoot, TOP_LEVEL_VALUE_SIZE, deviceRootsOf, walkDeviceTree } from './mapping-tree.js';
 
 export interface PoolWalkFindings {
@@ -34,67 +34,116 @@ export interface PoolLimits {
 export interface PoolWalkCounts {
   /** A reference to a metadata block (a node, from its parent or a root). */
   metadataRef(block: number): void;
-  /** A data block mapped by a leaf seen for the first time. */
-  dataRef(block: number): void;
+  /** `n` consecutive data blocks from `first`, mapped by a leaf seen for the first time. */
+  dataRefs(first: number, n: number): void;
 }
 
+/**
+ * Walks pools' trees and counts their references as the space maps must: a node references its
+ * children, a leaf its data blocks, once per node however many paths lead to it. References are
+ * counted when a node is first visited (a bit per metadata block says which were); subtrees the
+ * space map says are shared are remembered and not walked again; any other node reached twice
+ * (a cross-link the space map doesn't count) is walked again but counts nothing more. So memory
+ * holds the shared nodes only, not an entry per node of the pool.
+ */
 export class PoolWalker {
   private readonly memos = { details: new Map() as SubtreeMemo, top: new Map() as SubtreeMemo, mapping: new Map() as SubtreeMemo };
+  private readonly visited: Uint8Array;
+  /** What each device tree walked holds, by root. */
+  private readonly deviceTrees = new Map<number, SubtreeSummary | null>();
 
+  /** `shared(block)`: whether the space map counts the block more than once (when in doubt, true). */
   constructor(
     private readonly io: BlockReader,
     readonly limits: PoolLimits,
     private readonly counts: PoolWalkCounts,
-  ) {}
+    private readonly shared: (block: number) => boolean,
+  ) {
+    this.visited = new Uint8Array(Math.ceil(io.nrBlocks / 8));
+  }
+
+  /** True the first time a (readable, so in-range) node is visited. */
+  private firstVisit(block: number): boolean {
+    const bit = 1 << (block & 7);
+    const byte = block >>> 3;
+    if (this.visited[byte] & bit) return false;
+    this.visited[byte] |= bit;
+    return true;
+  }
 
   /**
-   * Walks the trees under one superblock's roots; nodes walked before (through an earlier call)
-   * are counted as referenced but not walked again. Returns the devices whose trees are damaged.
+   * Walks the trees under one superblock's roots (whose own references are counted here); nodes
+   * walked before, through an earlier call, are not walked or counted again. Returns the devices
+   * whose trees are damaged.
    */
   walkPool(mappingRoot: number, detailsRoot: number, findings: PoolWalkFindings): Set<number> {
     const { io, counts } = this;
-    const metadataRef = (b: number): void => counts.metadataRef(b);
+    counts.metadataRef(detailsRoot);
+    counts.metadataRef(mappingRoot);
+    const internal = (node: BTreeNode): null => {
+      if (this.firstVisit(node.block)) for (let i = 0; i < node.nrEntries; i++) counts.metadataRef(node.valueBlock(i));
+      return null;
+    };
     walkBTree(io, detailsRoot, DEVICE_DETAILS_SIZE, {
-      leaf: () => {},
-      nodeRef: metadataRef,
+      leaf: (node) => void this.firstVisit(node.block),
+      internal,
       error: (err) => findings.detailsDamage(err),
     }, { memo: this.memos.details });
 
     const newRoots: DeviceRoot[] = [];
     walkBTree(io, mappingRoot, TOP_LEVEL_VALUE_SIZE, {
-      leaf: (node) => newRoots.push(...deviceRootsOf(node)),
-      nodeRef: metadataRef,
+      leaf: (node) => {
+        const roots = deviceRootsOf(node);
+        if (this.firstVisit(node.block)) for (const { root } of roots) counts.metadataRef(root);
+        newRoots.push(...roots);
+      },
+      internal,
       error: (err) => findings.topLevelDamage(err),
     }, { memo: this.memos.top });
 
     const damaged = new Set<number>();
     const { nrDataBlocks, time: poolTime } = this.limits;
+    const walkOpts = { memoize: this.shared };
     for (const { devId, root } of newRoots) {
-      walkDeviceTree(io, root, {
-        leaf(node: BTreeNode) {
-          const buf = node.buf;
-          for (let i = 0; i < node.nrEntries; i++) {
-            const off = node.valueOffset(i);
-            const dataBlock = mappingDataBlock(buf, off);
+      const tree = walkDeviceTree(io, root, {
+        leaf: (node: BTreeNode) => {
+          if (!this.firstVisit(node.block)) return;
+          // Counted a run of consecutive data blocks at a time, decoded from the node's words.
+          const words = node.words;
+          let first = 0;
+          let len = 0;
+          for (let i = 0, v = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries; i < node.nrEntries; i++, v += 2) {
+            const lo = words[v];
+            if ((lo & MAX_TIME) > poolTime) findings.newerThanPool(devId, node.key(i), lo & MAX_TIME, node.block);
+            const dataBlock = words[v + 1] * 256 + (lo >>> 24);
+            if (len > 0 && dataBlock === first + len && dataBlock < nrDataBlocks) {
+              len++;
+              continue;
+            }
+            if (len > 0) counts.dataRefs(first, len);
+            len = 0;
             if (dataBlock >= nrDataBlocks) findings.beyondDataDevice(devId, node.key(i), dataBlock, node.block);
-            else counts.dataRef(dataBlock);
-            const time = mappingTime(buf, off);
-            if (time > poolTime) findings.newerThanPool(devId, node.key(i), time, node.block);
+            else {
+              first = dataBlock;
+              len = 1;
+            }
           }
+          if (len > 0) counts.dataRefs(first, len);
         },
-        nodeRef: metadataRef,
+        internal,
         error(err) {
           damaged.add(devId);
           findings.deviceDamage(devId, err);
         },
-      }, this.memos.mapping);
+      }, this.memos.mapping, walkOpts);
+      this.deviceTrees.set(root, tree);
     }
     return damaged;
   }
 
   /** Mappings a walked device tree holds (shared subtrees included), if its walk completed. */
   mappingsUnder(root: number): number | undefined {
-    return this.memos.mapping.get(root)?.entries;
+    return this.deviceTrees.get(root)?.entries;
   }
 }
 

@@ -108,6 +108,8 @@ export class Pool {
   private readonly scratch = Buffer.alloc(DEVICE_DETAILS_SIZE);
   /** A mapping value on its way in or out (one at a time: the pool is not reentrant). */
   private readonly mappingValue = Buffer.alloc(8);
+  /** The mapping tree's keys of that mapping: dev_id, thin block. */
+  private readonly mappingKeys: [number, U64] = [0, 0];
 
   private constructor(private readonly store: BlockStore, private readonly opts: PoolOpenOptions) {}
 
@@ -566,9 +568,16 @@ export class Pool {
     const d = this.device(devId);
     if (!d) throw new PoolError(`device ${devId} does not exist`);
     const value = this.mappingValue;
-    if (!this.mappingTree.lookup(this.root, [devId, thinBlock], value)) return null;
+    if (!this.mappingTree.lookup(this.root, this.keysOf(devId, thinBlock), value)) return null;
     const time = mappingTime(value, 0);
     return { dataBlock: mappingDataBlock(value, 0), time, shared: d.snapshottedTime > time };
+  }
+
+  private keysOf(devId: number, thinBlock: U64): [number, U64] {
+    const keys = this.mappingKeys;
+    keys[0] = devId;
+    keys[1] = thinBlock;
+    return keys;
   }
 
   /**
@@ -618,7 +627,7 @@ export class Pool {
     writeMapping(value, 0, dataBlock, this.time);
     let inserted: boolean;
     try {
-      const r = this.mappingTree.insert(this.root, [devId, thinBlock], value);
+      const r = this.mappingTree.insert(this.root, this.keysOf(devId, thinBlock), value);
       this.root = r.root;
       inserted = r.inserted;
     } catch (e) {

@@ -16,13 +16,13 @@
 // - device ids the kernel cannot create (2^24 and above) are dropped.
 // Each device is walked twice (count, then emit), so nothing grows with the mappings.
 import { BlockReader } from '../io/block-io.js';
-import { BTreeNode, nodeDefect } from '../pdata/btree/node.js';
+import { BTreeNode, NODE_HEADER_SIZE, nodeDefect } from '../pdata/btree/node.js';
 import { BTreeError, WalkOptions, walkBTree } from '../pdata/btree/walk.js';
 import { U64, U64_MAX, u64Add } from '../pdata/le.js';
 import { bitmapsFor } from '../pdata/space-map/common.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, decodeDeviceDetails } from './device-details.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo, SuperblockOverrides } from './events.js';
-import { MAX_DATA_BLOCK, mappingDataBlock, mappingTime } from './mapping.js';
+import { MAX_DATA_BLOCK, MAX_TIME } from './mapping.js';
 import { MappingFilter, MappingRuns } from './mapping-runs.js';
 import { MAPPING_VALUE_SIZE, MAX_DEV_ID, TOP_LEVEL_VALUE_SIZE, deviceRootsOf } from './mapping-tree.js';
 import {
@@ -265,14 +265,15 @@ class Salvager {
       }
       let count = 0;
       const countLeaf = (node: BTreeNode, from = 0, to = node.nrEntries): void => {
-        for (let i = from; i < to; i++) {
-          const off = node.valueOffset(i);
-          const dataBlock = mappingDataBlock(node.buf, off);
+        const words = node.words;
+        for (let i = from, v = (NODE_HEADER_SIZE >>> 2) + 2 * (node.maxEntries + from); i < to; i++, v += 2) {
+          const lo = words[v];
+          const dataBlock = words[v + 1] * 256 + (lo >>> 24);
           if (dataBlock >= limit) dropped++;
           else {
             count++;
             if (dataBlock > highest) highest = dataBlock;
-            if (mappingTime(node.buf, off) > poolTime) retimed++;
+            if ((lo & MAX_TIME) > poolTime) retimed++;
           }
         }
       };
@@ -283,7 +284,11 @@ class Salvager {
         dropped: (block, n, reason) => this.warn(`device ${dev.devId}: ${n} mappings of leaf block ${block} dropped: ${reason}`),
         displaced: (node, from, to) => displaced.push({ block: node.block, from, to, minKey: node.key(from), maxKey: node.key(to - 1) }),
       }, SALVAGE_WALK);
-      if (!summary) dev.root = null;
+      if (!summary) {
+        // The root itself failed: none of its mappings is emitted, so none may be counted.
+        dev.root = null;
+        count = 0;
+      }
       if (summary && displaced.length > 0) {
         dev.displaced = this.placeDisplaced(dev, displaced);
         for (const d of dev.displaced) countLeaf(new BTreeNode(d.block, io.read(d.block)), d.from, d.to);

@@ -28,6 +28,8 @@ interface Span {
 }
 
 const emptySpan = (): Span => ({ count: 0, first: -1, lastBegin: -1, end: 0 });
+/** One past the largest thin block. */
+const THIN_BLOCKS_END = U64_MAX + 1n;
 
 export class StreamValidator implements MetadataVisitor {
   private pool: PoolInfo | undefined;
@@ -37,6 +39,9 @@ export class StreamValidator implements MetadataVisitor {
   private dev: DeviceInfo | undefined;
   private defName: string | undefined;
   private span = emptySpan();
+  /** The pool's nr_data_blocks (at most 2^40, so a number) and time, for the per-mapping checks. */
+  private nrDataBlocks = 0;
+  private poolTime = 0;
 
   constructor(
     private readonly next: MetadataVisitor,
@@ -63,6 +68,8 @@ export class StreamValidator implements MetadataVisitor {
       throw new StreamError(`version ${pool.version} is not a metadata version the kernel reads (1 or 2)`);
     }
     this.pool = pool;
+    this.nrDataBlocks = Number(pool.nrDataBlocks);
+    this.poolTime = pool.time;
     this.next.superblockBegin(pool);
   }
 
@@ -103,15 +110,14 @@ export class StreamValidator implements MetadataVisitor {
   }
 
   mapRun(thinBegin: U64, dataBegin: number, length: number, time: number): void {
-    const pool = this.needPool('mapping');
+    this.needPool('mapping');
     if (!this.dev && this.defName === undefined) throw new StreamError('mapping outside a device or def');
     if (!(length >= 1)) throw new StreamError(`mapping of thin block ${thinBegin} has length ${length}`);
     const end = u64Add(thinBegin, length);
-    if (end > U64_MAX + 1n) {
+    if (typeof end !== 'number' && end > THIN_BLOCKS_END) {
       throw new StreamError(`thin blocks ${thinBegin} + length ${length} run past the largest thin block (2^64-1)`);
     }
-    // superblockBegin bounded it by 2^40.
-    const nrDataBlocks = Number(pool.nrDataBlocks);
+    const nrDataBlocks = this.nrDataBlocks;
     const dataLast = dataBegin + length - 1;
     if (dataLast >= nrDataBlocks) {
       const bad = Math.max(dataBegin, nrDataBlocks);
@@ -120,9 +126,9 @@ export class StreamValidator implements MetadataVisitor {
           `nr_data_blocks is ${nrDataBlocks}`,
       );
     }
-    if (time > pool.time) {
+    if (time > this.poolTime) {
       throw new StreamError(
-        `mapping of thin block ${thinBegin} has time ${time}, later than the superblock's time ${pool.time}`,
+        `mapping of thin block ${thinBegin} has time ${time}, later than the superblock's time ${this.poolTime}`,
       );
     }
     this.follow(thinBegin, end, length);

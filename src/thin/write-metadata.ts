@@ -7,7 +7,7 @@
 //
 // Memory: a builder holds a few nodes per tree level; per data block one byte of reference count.
 import { BLOCK_SIZE, BlockWriter, InputError } from '../io/block-io.js';
-import { BTreeBuilder, NodeSummary } from '../pdata/btree/builder.js';
+import { BTreeBuilder, NodeSummary, RunValues } from '../pdata/btree/builder.js';
 import { NODE_HEADER_SIZE, maxEntriesFor } from '../pdata/btree/node.js';
 import { BlockAllocator, OutputTooSmallError } from '../pdata/block-allocator.js';
 import { RefCounts } from '../pdata/ref-counts.js';
@@ -20,7 +20,7 @@ import { encodeSpaceMapRoot } from '../pdata/space-map/root.js';
 import { DEVICE_DETAILS_SIZE, DeviceDetails, encodeDeviceDetails } from './device-details.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from './events.js';
 import { MAPPING_VALUE_SIZE, TOP_LEVEL_VALUE_SIZE } from './mapping-tree.js';
-import { mappingDataBlock, writeMapping } from './mapping.js';
+import { forEachDataRun, mappingDataBlock, writeMapping, writeMappingRunWords } from './mapping.js';
 import { SUPERBLOCK_LOCATION, SUPERBLOCK_MAGIC, encodeSuperblock } from './superblock.js';
 
 /** Sectors per metadata block, as the superblock records it. */
@@ -60,6 +60,8 @@ export class MetadataWriter implements MetadataVisitor {
   /** The tree built for each def that a device was nothing but. */
   private readonly defRoots = new Map<string, number>();
   private readonly mapping = Buffer.alloc(MAPPING_VALUE_SIZE);
+  /** The run being pushed, as the builder's fast path asks for its values. */
+  private readonly run = new MappingRun();
   private finished = false;
 
   constructor(
@@ -154,14 +156,14 @@ export class MetadataWriter implements MetadataVisitor {
         `data block ${dataBegin + length - 1} is beyond the end of the pool (nr_data_blocks ${nrDataBlocks})`,
       );
     }
-    const value = this.mapping;
     if (typeof thinBegin === 'number' && Number.isSafeInteger(thinBegin + length)) {
-      for (let i = 0; i < length; i++) {
-        writeMapping(value, 0, dataBegin + i, time);
-        builder.push(thinBegin + i, value);
-      }
+      this.run.dataBegin = dataBegin;
+      this.run.time = time;
+      builder.pushRun(thinBegin, length, this.run);
       return;
     }
+    // Thin blocks at or past 2^53: exact u64 keys, one at a time.
+    const value = this.mapping;
     for (let i = 0; i < length; i++) {
       writeMapping(value, 0, dataBegin + i, time);
       builder.push(u64Add(thinBegin, i), value);
@@ -178,7 +180,9 @@ export class MetadataWriter implements MetadataVisitor {
     const detailsValue = Buffer.alloc(DEVICE_DETAILS_SIZE);
     const topLevel = new BTreeBuilder(alloc, {
       valueSize: TOP_LEVEL_VALUE_SIZE,
-      valueRef: (values, off) => alloc.refCounts.inc(readBlockNr(values, off)),
+      refValues: (values, n) => {
+        for (let i = 0; i < n; i++) alloc.refCounts.inc(readBlockNr(values, i * TOP_LEVEL_VALUE_SIZE));
+      },
     });
     const rootValue = Buffer.alloc(TOP_LEVEL_VALUE_SIZE);
     for (const dev of this.devices) {
@@ -252,12 +256,14 @@ export class MetadataWriter implements MetadataVisitor {
   /** Builder of a device's tree (or a def's leaves): each leaf counts once per data block it maps. */
   private mappingBuilder(leavesOnly: boolean): BTreeBuilder {
     const counts = this.dataCounts!;
+    const incRange = (first: number, n: number): void => counts.incRange(first, n);
+    const decRange = (first: number, n: number): void => counts.decRange(first, n);
     return new BTreeBuilder(
       this.alloc,
       {
         valueSize: MAPPING_VALUE_SIZE,
-        valueRef: (values, off) => counts.inc(mappingDataBlock(values, off)),
-        valueUnref: (values, off) => counts.dec(mappingDataBlock(values, off)),
+        refValues: (values, n) => forEachDataRun(values, n, incRange),
+        unrefValues: (values, n) => forEachDataRun(values, n, decRange),
       },
       leavesOnly,
     );
@@ -291,6 +297,16 @@ export class MetadataWriter implements MetadataVisitor {
       );
     }
     return new OutputTooSmallError(this.out.path, have, needed);
+  }
+}
+
+/** A run of mappings' values for BTreeBuilder.pushRun. */
+class MappingRun implements RunValues {
+  dataBegin = 0;
+  time = 0;
+
+  fill(words: Uint32Array, at: number, offset: number, n: number): void {
+    writeMappingRunWords(words, at, this.dataBegin + offset, this.time, n);
   }
 }
 

@@ -19,9 +19,9 @@ import { BlockStore } from '../pdata/block-manager.js';
 import { BTreeError } from '../pdata/btree/walk.js';
 import { U64 } from '../pdata/le.js';
 import { RefCounts } from '../pdata/ref-counts.js';
-import { OverflowCounts, SpaceMapError, SpaceMapReader, SpaceMapSink } from '../pdata/space-map/common.js';
+import { SpaceMapError, SpaceMapReader, SpaceMapSink } from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
-import { openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
+import { openMetadataSpaceMap, sharedMetadataBlocks } from '../pdata/space-map/metadata.js';
 import { SpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
 import { NoSpaceError } from '../pdata/transaction-manager.js';
 import { readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
@@ -107,7 +107,7 @@ function planRepair(io: BlockReader): Plan {
   const sb = readSuperblock(io);
   const msm = metadataSpaceMapRoot(sb);
   const dsm = dataSpaceMapRoot(sb);
-  const refs = new TreeReferences(io, spaceMapSize(msm), { nrDataBlocks: spaceMapSize(dsm), time: sb.time });
+  const refs = new TreeReferences(io, spaceMapSize(msm), { nrDataBlocks: spaceMapSize(dsm), time: sb.time }, sharedMetadataBlocks(io, msm));
   refs.ref(SUPERBLOCK_LOCATION);
   refs.walkPool(sb, 'the live metadata');
   if (sb.heldRoot !== 0) {
@@ -129,13 +129,11 @@ function planRepair(io: BlockReader): Plan {
   });
   let metadataSm: SpaceMapReader;
   let dataSm: SpaceMapReader;
-  let metadataOverflow: OverflowCounts;
-  let dataOverflow: OverflowCounts;
   try {
     metadataSm = openMetadataSpaceMap(io, msm, damaged('metadata space map', true));
-    metadataOverflow = metadataSm.readOverflowCounts(damaged('metadata space map', true));
+    metadataSm.visitOverflowTree(damaged('metadata space map', true));
     dataSm = openDiskSpaceMap(io, dsm, damaged('data space map', true));
-    dataOverflow = dataSm.readOverflowCounts(damaged('data space map', true));
+    dataSm.visitOverflowTree(damaged('data space map', true));
   } catch (e) {
     if (e instanceof SpaceMapError) return refuse(`the metadata space map is damaged: ${e.message}; run thin_repair`);
     throw e;
@@ -144,26 +142,31 @@ function planRepair(io: BlockReader): Plan {
 
   return {
     superblock: sb, msm, dsm, metadataRefs: refs.metadata,
-    metadata: differences(metadataSm, metadataOverflow, refs.metadata, damaged('metadata space map', false)),
-    data: differences(dataSm, dataOverflow, refs.data, damaged('data space map', false)),
+    metadata: differences(metadataSm, refs.metadata, damaged('metadata space map', false)),
+    data: differences(dataSm, refs.data, damaged('data space map', false)),
   };
 }
 
-/** Where a space map's counts differ from the references. */
-function differences(sm: SpaceMapReader, overflow: OverflowCounts, refs: RefCounts, sink: SpaceMapSink): SpaceMapPlan {
+/** Where a space map's counts differ from the references (its bitmaps and ref-count tree read side by side). */
+function differences(sm: SpaceMapReader, refs: RefCounts, sink: SpaceMapSink): SpaceMapPlan {
   const changes: CountChange[] = [];
   let free = 0;
-  const seen = new Uint8Array(overflow.size);
+  const overflow = sm.overflowEntries(sink);
+  // Ref-count entries of blocks whose bitmap entry is not 3.
+  const strays: number[] = [];
+  const passOverflowBefore = (block: number): void => {
+    for (; overflow.block < block; overflow.next()) strays.push(overflow.block);
+  };
   sm.forEachBitmap(sink, (first, counts) => {
     for (let i = 0; i < counts.length; i++) {
       const block = first + i;
       let from = counts[i];
       if (from === 3) {
-        const at = overflow.indexOf(block);
-        if (at < 0) from = -1;
+        passOverflowBefore(block);
+        if (overflow.block !== block) from = -1;
         else {
-          seen[at] = 1;
-          from = overflow.countAt(at);
+          from = overflow.count;
+          overflow.next();
         }
       }
       const to = refs.get(block);
@@ -171,8 +174,7 @@ function differences(sm: SpaceMapReader, overflow: OverflowCounts, refs: RefCoun
       else if (to === 0) free++;
     }
   });
-  const strays: number[] = [];
-  for (let i = 0; i < overflow.size; i++) if (!seen[i]) strays.push(overflow.blockAt(i));
+  passOverflowBefore(Infinity);
   return { changes, strays, free };
 }
 
@@ -182,11 +184,16 @@ class TreeReferences {
   readonly data = new RefCounts();
   private readonly walker: PoolWalker;
 
-  constructor(private readonly io: BlockReader, private readonly nrMetadataBlocks: number, private readonly limits: PoolLimits) {
+  constructor(
+    private readonly io: BlockReader,
+    private readonly nrMetadataBlocks: number,
+    private readonly limits: PoolLimits,
+    shared: (block: number) => boolean,
+  ) {
     this.walker = new PoolWalker(io, limits, {
       metadataRef: (b) => this.ref(b),
-      dataRef: (b) => this.data.inc(b),
-    });
+      dataRefs: (first, n) => this.data.incRange(first, n),
+    }, shared);
   }
 
   ref(block: number): void {

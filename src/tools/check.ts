@@ -7,10 +7,10 @@ import { BTreeError } from '../pdata/btree/walk.js';
 import { U64 } from '../pdata/le.js';
 import { RefCounts } from '../pdata/ref-counts.js';
 import {
-  ENTRIES_PER_BITMAP, IndexEntry, OverflowCounts, SpaceMapError, SpaceMapReader, SpaceMapSink,
+  ENTRIES_PER_BITMAP, IndexEntry, SpaceMapError, SpaceMapReader, SpaceMapSink,
 } from '../pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../pdata/space-map/disk.js';
-import { MAX_METADATA_BLOCKS, openMetadataSpaceMap } from '../pdata/space-map/metadata.js';
+import { MAX_METADATA_BLOCKS, openMetadataSpaceMap, sharedMetadataBlocks } from '../pdata/space-map/metadata.js';
 import { SpaceMapRoot, spaceMapSize } from '../pdata/space-map/root.js';
 import { DeviceDetailsEntry, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
 import { PoolLimits, PoolWalkFindings, PoolWalker, deviceListDefects } from '../thin/pool-walk.js';
@@ -213,7 +213,7 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
   });
   if (opts.skipMappings) {
     // Without the walk there are no counts to judge mapped_blocks by, only the device sets.
-    const walker = new PoolWalker(io, { nrDataBlocks: 0, time: sb.time }, NO_COUNTS);
+    const walker = new PoolWalker(io, { nrDataBlocks: 0, time: sb.time }, NO_COUNTS, () => true);
     for (const defect of deviceListDefects(details, roots, walker, new Set())) rep.error(1, defect);
     return result(sb);
   }
@@ -233,8 +233,8 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
         opts.onProgress({ done: lastProgress, total: metadataAllocated });
       }
     },
-    dataRef: (block) => dataCounts?.inc(block),
-  });
+    dataRefs: (first, n) => dataCounts?.incRange(first, n),
+  }, sharedMetadataBlocks(io, msmRoot));
 
   metaCounts?.inc(SUPERBLOCK_LOCATION);
   // Damage in the two small trees was reported by the full reads above.
@@ -257,7 +257,7 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
   return result(sb);
 }
 
-const NO_COUNTS = { metadataRef() {}, dataRef() {} };
+const NO_COUNTS = { metadataRef() {}, dataRefs() {} };
 
 function detailsById(entries: DeviceDetailsEntry[]): Map<number, DeviceDetailsEntry> {
   return new Map(entries.map((d) => [d.devId, d]));
@@ -401,18 +401,25 @@ class DifferenceList {
   }
 }
 
-/** Compares one on-disk space map with the counts computed from the trees. */
+/**
+ * Compares one on-disk space map with the counts computed from the trees, reading its bitmaps and
+ * its ref-count tree side by side in block order.
+ */
 function compareSpaceMap(
   rep: Reporter,
   kind: 'metadata' | 'data',
   sm: SpaceMapReader,
-  overflow: OverflowCounts,
   expectedRange: (first: number, n: number) => Uint32Array,
   sink: SpaceMapSink,
 ): number {
   const diffs = new DifferenceList(rep, kind);
   let allocated = 0;
-  const overflowSeen = new Uint8Array(overflow.size);
+  const overflow = sm.overflowEntries(sink);
+  // Tree entries whose bitmap entry is not 3: only in damaged metadata, listed after the counts.
+  const unmatched: [number, number][] = [];
+  const passOverflowBefore = (block: number): void => {
+    for (; overflow.block < block; overflow.next()) unmatched.push([overflow.block, overflow.count]);
+  };
   sm.forEachBitmap(sink, (first, counts, bitmapBlock) => {
     const expectedCounts = expectedRange(first, counts.length);
     for (let i = 0; i < counts.length; i++) {
@@ -422,22 +429,21 @@ function compareSpaceMap(
       if (actual === expected && actual !== 3) continue;
       const block = first + i;
       if (actual === 3) {
-        const at = overflow.indexOf(block);
-        if (at < 0) {
+        passOverflowBefore(block);
+        if (overflow.block !== block) {
           rep.error(1, `${kind} block ${block}: its bitmap (block ${bitmapBlock}) says 3 or more references, but the ref-count tree has no entry for it`);
           continue;
         }
-        overflowSeen[at] = 1;
-        actual = overflow.countAt(at);
+        actual = overflow.count;
+        overflow.next();
       }
       if (expected !== actual) diffs.add(block, expected, actual);
     }
   });
   diffs.finish();
-  for (let i = 0; i < overflow.size; i++) {
-    if (!overflowSeen[i]) {
-      rep.error(1, `${kind} block ${overflow.blockAt(i)}: the ref-count tree holds a count of ${overflow.countAt(i)}, but its bitmap entry is not 3 (or the block is outside the space map)`);
-    }
+  passOverflowBefore(Infinity);
+  for (const [block, count] of unmatched) {
+    rep.error(1, `${kind} block ${block}: the ref-count tree holds a count of ${count}, but its bitmap entry is not 3 (or the block is outside the space map)`);
   }
   return allocated;
 }
@@ -463,9 +469,9 @@ function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCoun
     rep.detail(2, e.message);
     return;
   }
-  const metaOverflow = metadataSm.readOverflowCounts(sinkFor('metadata space map ref-count tree', true));
+  metadataSm.visitOverflowTree(sinkFor('metadata space map ref-count tree', true));
   const dataSm = openDiskSpaceMap(io, dsmRoot, sinkFor('data space map index', true));
-  const dataOverflow = dataSm.readOverflowCounts(sinkFor('data space map ref-count tree', true));
+  dataSm.visitOverflowTree(sinkFor('data space map ref-count tree', true));
   for (const e of [...metadataSm.index, ...dataSm.index] as IndexEntry[]) if (e.blocknr !== 0) metaCounts.inc(e.blocknr);
   if (rep.fatal > 0) return;
 
@@ -478,8 +484,8 @@ function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCoun
     counts.fillBitmap(first / ENTRIES_PER_BITMAP, out);
     return out;
   };
-  compareSpaceMap(rep, 'metadata', metadataSm, metaOverflow, expectedFrom(metaCounts.counts), sinkFor('metadata space map', false));
-  const dataAllocated = compareSpaceMap(rep, 'data', dataSm, dataOverflow, expectedFrom(dataCounts), sinkFor('data space map', false));
+  compareSpaceMap(rep, 'metadata', metadataSm, expectedFrom(metaCounts.counts), sinkFor('metadata space map', false));
+  const dataAllocated = compareSpaceMap(rep, 'data', dataSm, expectedFrom(dataCounts), sinkFor('data space map', false));
   if (rep.fatal > 0) return;
   // The metadata space map's nr_allocated is not compared: the 0.9.0 thin_restore/thin_repair
   // leave it one above its bitmaps, the kernel only reports it as free space, and the reference

@@ -142,11 +142,13 @@ export function listDevices(
   };
   const details = readDeviceDetails(io, sb.deviceDetailsRoot, fail);
   const devices: LsDevice[] = details.map((d) => ({ details: d, exclusive: 0, highest: null }));
+  // The mapping tree's top level is read whatever the fields: a listing of a pool whose devices
+  // cannot be reached is not one to print as if it were sound (1.x refuses it too).
+  const rootOf = new Map(readDeviceRoots(io, sb.dataMappingRoot, fail).map((r) => [r.devId, r.root]));
   const needExclusive = fields.some((f) => EXCLUSIVE_FIELDS.has(f));
   const needHighest = fields.some((f) => HIGHEST_FIELDS.has(f));
   if (!needExclusive && !needHighest) return devices;
 
-  const rootOf = new Map(readDeviceRoots(io, sb.dataMappingRoot, fail).map((r) => [r.devId, r.root]));
   const roots = details.map((d) => {
     const root = rootOf.get(d.devId);
     if (root === undefined) throw new LsError("couldn't find mapping tree root");

@@ -173,13 +173,20 @@ export function setFirstMapping(file: string, leaf: number, dataBlock: number): 
   return { thinBlock: Number(node.key(0)), oldDataBlock };
 }
 
-/** Makes child `i` of an internal node point back at the node itself (re-sealed): a cycle. */
-export function pointChildAtSelf(file: string, internal: number, i = 1): void {
+/** Makes child `i` of an internal node point at `child` (re-sealed); returns the old child. */
+export function pointChildAt(file: string, internal: number, i: number, child: number): number {
   const buf = readBlock(file, internal);
   const node = new BTreeNode(internal, buf);
-  writeU64(buf, node.valueOffset(i), internal);
+  const old = node.valueBlock(i);
+  writeU64(buf, node.valueOffset(i), child);
   sealBlock(buf, BTREE_CSUM_XOR);
   writeBlock(file, internal, buf);
+  return old;
+}
+
+/** Makes child `i` of an internal node point back at the node itself (re-sealed): a cycle. */
+export function pointChildAtSelf(file: string, internal: number, i = 1): void {
+  pointChildAt(file, internal, i, internal);
 }
 
 /** Sets or clears NEEDS_CHECK in the superblock (re-sealed). */

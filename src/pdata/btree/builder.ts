@@ -27,11 +27,25 @@ export class KeyOrderError extends Error {}
 export interface BuilderOptions {
   /** Bytes per leaf value. */
   valueSize: number;
-  /** Called for every value of a leaf this builder writes: the leaf holds a reference through it. */
-  valueRef?: (values: Buffer, off: number) => void;
-  /** Undoes `valueRef` for the values of a leaf that ends up unused. */
-  valueUnref?: (values: Buffer, off: number) => void;
+  /**
+   * Called with the `n` values (packed, `valueSize` bytes each) of every leaf this builder
+   * writes: the leaf holds a reference through each of them.
+   */
+  refValues?: (values: Buffer, n: number) => void;
+  /** Undoes `refValues` for the values of a leaf that ends up unused. */
+  unrefValues?: (values: Buffer, n: number) => void;
 }
+
+/**
+ * Fills the values of a run of entries (see BTreeBuilder.pushRun): `n` values, those of entries
+ * `offset` .. `offset + n - 1` of the run, as little-endian u32 words from `words[at]` on.
+ */
+export interface RunValues {
+  fill(words: Uint32Array, at: number, offset: number, n: number): void;
+}
+
+const TWO_32 = 0x100000000;
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /** Where a level sends the nodes it writes: the level above, or a list of leaves. */
 interface NodeSink {
@@ -46,6 +60,9 @@ class Level {
   /** Keys as they go on disk (u64 little-endian), so any u64 is kept exactly. */
   readonly keys: Buffer;
   readonly values: Buffer;
+  /** The same bytes as u32 words, for runs (`Buffer.alloc` gives each its own aligned memory). */
+  readonly keyWords: Uint32Array;
+  readonly valueWords: Uint32Array;
   len = 0;
   /** Nodes handed to the sink. */
   nodesOut = 0;
@@ -55,12 +72,42 @@ class Level {
     readonly isLeaf: boolean,
     readonly valueSize: number,
     private readonly sink: () => NodeSink,
-    private readonly valueRef?: (values: Buffer, off: number) => void,
+    private readonly refValues?: (values: Buffer, n: number) => void,
   ) {
     this.maxEntries = maxEntriesFor(valueSize);
     // Two nodes' worth are held back; a merge or rebalance can add up to one more node.
     this.keys = Buffer.alloc(3 * this.maxEntries * 8);
     this.values = Buffer.alloc(3 * this.maxEntries * valueSize);
+    this.keyWords = new Uint32Array(this.keys.buffer, this.keys.byteOffset, this.keys.length / 4);
+    this.valueWords = new Uint32Array(this.values.buffer, this.values.byteOffset, Math.floor(this.values.length / 4));
+  }
+
+  /**
+   * Appends `count` entries keyed `firstKey`, `firstKey + 1`, ... (all below 2^53), their values
+   * from `values`; as `push` would, a chunk at a time (little-endian hosts; every value size of
+   * the format is whole words).
+   */
+  pushRun(firstKey: number, count: number, values: RunValues): void {
+    const kw = this.keyWords;
+    const wordsPerValue = this.valueSize >>> 2;
+    const full = 2 * this.maxEntries;
+    let hi = Math.floor(firstKey / TWO_32);
+    let lo = firstKey - hi * TWO_32;
+    for (let done = 0; done < count; ) {
+      if (this.len >= full) this.emit(this.maxEntries);
+      const n = Math.min(count - done, full - this.len);
+      for (let w = 2 * this.len, end = w + 2 * n; w < end; w += 2) {
+        kw[w] = lo;
+        kw[w + 1] = hi;
+        if (++lo === TWO_32) {
+          lo = 0;
+          hi++;
+        }
+      }
+      values.fill(this.valueWords, this.len * wordsPerValue, done, n);
+      this.len += n;
+      done += n;
+    }
   }
 
   /** Appends an entry (keys are checked by the caller), first writing a node if two are held. */
@@ -84,7 +131,7 @@ class Level {
     const valuesOff = NODE_HEADER_SIZE + 8 * this.maxEntries;
     this.values.copy(buf, valuesOff, 0, n * vs);
     sealBlock(buf, BTREE_CSUM_XOR);
-    if (this.valueRef) for (let i = 0; i < n; i++) this.valueRef(this.values, i * vs);
+    this.refValues?.(this.values, n);
     if (!this.isLeaf) for (let i = 0; i < n; i++) this.alloc.refCounts.inc(readBlockNr(this.values, i * vs));
     const node: NodeSummary = {
       block,
@@ -185,7 +232,7 @@ export class BTreeBuilder {
       },
       removeLast: () => this.sinkOfLeaves().removeLast(),
     };
-    this.leaves = new Level(alloc, true, opts.valueSize, () => recordingSink, opts.valueRef);
+    this.leaves = new Level(alloc, true, opts.valueSize, () => recordingSink, opts.refValues);
     this.half = Math.floor(this.leaves.maxEntries / 2);
   }
 
@@ -196,6 +243,31 @@ export class BTreeBuilder {
     }
     this.lastKey = key;
     this.leaves.push(key, value, valueOff);
+  }
+
+  /**
+   * Adds `count` entries keyed `firstKey` .. `firstKey + count - 1`, above every key pushed
+   * before, with values filled by `values` straight into the node buffers (no per-entry call):
+   * the fast path of long streams of mappings. Keys must stay below 2^53.
+   */
+  pushRun(firstKey: number, count: number, values: RunValues): void {
+    if (firstKey <= this.lastKey) {
+      throw new KeyOrderError(`key ${firstKey} out of order: it follows key ${this.lastKey}`);
+    }
+    if (!Number.isSafeInteger(firstKey + count) || count < 1) throw new RangeError(`a run of ${count} keys from ${firstKey}`);
+    if (!LITTLE_ENDIAN) {
+      // Words in the host's order are not the disk's: one entry at a time, through `push`.
+      const words = new Uint32Array(this.valueSize >>> 2);
+      const value = Buffer.from(words.buffer);
+      for (let i = 0; i < count; i++) {
+        values.fill(words, 0, i, 1);
+        for (let w = 0; w < words.length; w++) value.writeUInt32LE(words[w], 4 * w);
+        this.push(firstKey + i, value);
+      }
+      return;
+    }
+    this.lastKey = firstKey + count - 1;
+    this.leaves.pushRun(firstKey, count, values);
   }
 
   /**
@@ -256,9 +328,7 @@ export class BTreeBuilder {
     this.sinkOfLeaves().removeLast();
     this.leaves.nodesOut--;
     // A leaf written here and never referenced is dropped: its values no longer count.
-    if (!last.shared && this.opts.valueUnref) {
-      for (let i = 0; i < last.node.nrEntries; i++) this.opts.valueUnref(values, i * this.valueSize);
-    }
+    if (!last.shared) this.opts.unrefValues?.(values, last.node.nrEntries);
     this.leaves.prepend(keys, values, last.node.nrEntries);
   }
 

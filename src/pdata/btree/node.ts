@@ -4,6 +4,7 @@ import { BTREE_CSUM_XOR, blockChecksum } from '../checksum.js';
 import { U64, readBlockNr, readU64 } from '../le.js';
 
 export const NODE_HEADER_SIZE = 32;
+const TWO_32 = 0x100000000;
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 export const INTERNAL_NODE = 1;
 export const LEAF_NODE = 2;
@@ -14,12 +15,20 @@ export function maxEntriesFor(valueSize: number): number {
   return fit - (fit % 3);
 }
 
+function wordsOf(b: Buffer): Uint32Array {
+  if (b.byteOffset % 4 === 0 && LITTLE_ENDIAN) return new Uint32Array(b.buffer, b.byteOffset, BLOCK_SIZE / 4);
+  const w = new Uint32Array(BLOCK_SIZE / 4);
+  for (let i = 0; i < w.length; i++) w[i] = b.readUInt32LE(4 * i);
+  return w;
+}
+
 /** A read-only view of one node; values are read straight from the block buffer. */
 export class BTreeNode {
   readonly flags: number;
   readonly nrEntries: number;
   readonly maxEntries: number;
   readonly valueSize: number;
+  private wordView: Uint32Array | undefined;
 
   constructor(readonly block: number, readonly buf: Buffer) {
     this.flags = buf.readUInt32LE(4);
@@ -30,14 +39,10 @@ export class BTreeNode {
 
   /**
    * The block as little-endian u32 words, for hot loops (keys i at words 8 + 2i, 9 + 2i). A view
-   * of the buffer where it is 4-byte aligned (block buffers are), a copy otherwise.
+   * of the buffer where it is 4-byte aligned (block buffers are), a copy otherwise; made once.
    */
   get words(): Uint32Array {
-    const b = this.buf;
-    if (b.byteOffset % 4 === 0 && LITTLE_ENDIAN) return new Uint32Array(b.buffer, b.byteOffset, BLOCK_SIZE / 4);
-    const w = new Uint32Array(BLOCK_SIZE / 4);
-    for (let i = 0; i < w.length; i++) w[i] = b.readUInt32LE(4 * i);
-    return w;
+    return (this.wordView ??= wordsOf(this.buf));
   }
 
   get isLeaf(): boolean {
@@ -57,15 +62,26 @@ export class BTreeNode {
    * 2^53: exact below it; a larger (corrupt) key stays larger than any real one.
    */
   keyNumber(i: number): number {
-    return readBlockNr(this.buf, NODE_HEADER_SIZE + 8 * i);
+    const w = this.words;
+    return w[9 + 2 * i] * TWO_32 + w[8 + 2 * i];
   }
 
-  /** Whether key i is above key i - 1, compared word by word (exact for any u64). */
-  keyAbovePrevious(i: number): boolean {
-    const off = NODE_HEADER_SIZE + 8 * i;
-    const hi = this.buf.readUInt32LE(off + 4);
-    const prevHi = this.buf.readUInt32LE(off - 4);
-    return hi > prevHi || (hi === prevHi && this.buf.readUInt32LE(off) > this.buf.readUInt32LE(off - 8));
+  /**
+   * The first key not above the one before it (compared word by word, exact for any u64), or -1
+   * when the keys rise strictly: the hot loop of every walk.
+   */
+  firstKeyOutOfOrder(): number {
+    const words = this.words;
+    let prevHi = -1;
+    let prevLo = -1;
+    for (let i = 0, w = NODE_HEADER_SIZE / 4; i < this.nrEntries; i++, w += 2) {
+      const lo = words[w];
+      const hi = words[w + 1];
+      if (hi < prevHi || (hi === prevHi && lo <= prevLo)) return i;
+      prevHi = hi;
+      prevLo = lo;
+    }
+    return -1;
   }
 
   /** Byte offset of value i inside the block. */
@@ -75,7 +91,14 @@ export class BTreeNode {
 
   /** A block-number value: a child in internal nodes, a device's root in the top level. */
   valueBlock(i: number): number {
-    return readBlockNr(this.buf, this.valueOffset(i));
+    const w = this.words;
+    const at = (this.valueOffset(i) >>> 2);
+    return w[at + 1] * TWO_32 + w[at];
+  }
+
+  /** A u32 value (a ref count): value i of a node whose values are 4 bytes. */
+  valueU32(i: number): number {
+    return this.words[(NODE_HEADER_SIZE >>> 2) + 2 * this.maxEntries + i];
   }
 }
 

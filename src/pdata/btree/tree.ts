@@ -182,13 +182,33 @@ function initLike(n: Buffer, like: Buffer): void {
   like.copy(n, 20, 20, 28);
 }
 
-/** Copies `count` entries (keys and values) from src[srcAt..] to dest[destAt..]; may overlap. */
+/**
+ * Copies `count` entries (keys and values) from src[srcAt..] to dest[destAt..]; may overlap.
+ * Word by word: keys, values and their offsets are all multiples of 4 bytes, and the entries
+ * moved are too few for Buffer.copy's set-up (a view per call) to pay.
+ */
 function moveEntries(dest: Buffer, destAt: number, src: Buffer, srcAt: number, count: number): void {
   if (count <= 0) return;
-  const vs = valueSizeOf(src);
-  src.copy(dest, NODE_HEADER_SIZE + 8 * destAt, NODE_HEADER_SIZE + 8 * srcAt, NODE_HEADER_SIZE + 8 * (srcAt + count));
-  const sv = valueOffset(src, srcAt);
-  src.copy(dest, valueOffset(dest, destAt), sv, sv + vs * count);
+  const sw = words(src);
+  const dw = words(dest);
+  const vw = sw[VALUE_SIZE_WORD] >>> 2;
+  const sk = KEYS_WORD + 2 * srcAt;
+  const dk = KEYS_WORD + 2 * destAt;
+  const sv = KEYS_WORD + 2 * sw[MAX_ENTRIES_WORD] + vw * srcAt;
+  const dv = KEYS_WORD + 2 * dw[MAX_ENTRIES_WORD] + vw * destAt;
+  if (sw === dw) {
+    dw.copyWithin(dk, sk, sk + 2 * count);
+    dw.copyWithin(dv, sv, sv + vw * count);
+    return;
+  }
+  for (let i = 0; i < 2 * count; i++) dw[dk + i] = sw[sk + i];
+  const nv = vw * count;
+  for (let i = 0; i < nv; i++) dw[dv + i] = sw[sv + i];
+}
+
+/** Copies `size` bytes, too few for Buffer.copy's set-up to pay. */
+function copyBytes(src: Buffer, srcAt: number, dest: Buffer, destAt: number, size: number): void {
+  for (let i = 0; i < size; i++) dest[destAt + i] = src[srcAt + i];
 }
 
 function insertAt(n: Buffer, index: number, key: U64, value: Buffer, valueAt = 0): void {
@@ -196,7 +216,7 @@ function insertAt(n: Buffer, index: number, key: U64, value: Buffer, valueAt = 0
   if (nr >= maxEntries(n) || index > nr) throw new Error(`btree: no room to insert at ${index} in a node of ${nr} entries`);
   moveEntries(n, index + 1, n, index, nr - index);
   setKey(n, index, key);
-  value.copy(n, valueOffset(n, index), valueAt, valueAt + valueSizeOf(n));
+  copyBytes(value, valueAt, n, valueOffset(n, index), valueSizeOf(n));
   setNrEntries(n, nr + 1);
 }
 
@@ -282,7 +302,9 @@ const mergeThreshold = (n: Buffer): number => Math.floor(maxEntries(n) / 3);
 
 /** The nodes being changed on the way down: the current one and its parent. */
 class ShadowSpine {
-  private readonly nodes: Block[] = [];
+  /** Null until the first step. */
+  private node: Block | null = null;
+  private parentNode: Block | null = null;
   root = -1;
 
   constructor(private readonly tree: BTree) {}
@@ -290,32 +312,36 @@ class ShadowSpine {
   /** Shadows `location` and makes it the current node, the previous one its parent. */
   step(location: number, vt: ValueType): void {
     const tm = this.tree.tm;
-    if (this.nodes.length === 2) tm.unlock(this.nodes.shift()!);
-    const { block, incChildren } = tm.shadow(location, BTREE_NODE);
-    if (incChildren) this.tree.incChildren(block.data, vt);
-    if (this.nodes.length === 0) this.root = block.location;
-    this.nodes.push(block);
+    if (this.parentNode) tm.unlock(this.parentNode);
+    const block = tm.shadow(location, BTREE_NODE);
+    if (tm.shadowedShared) this.tree.incChildren(block.data, vt);
+    if (!this.node) this.root = block.location;
+    this.parentNode = this.node;
+    this.node = block;
   }
 
   get current(): Block {
-    return this.nodes[this.nodes.length - 1];
+    return this.node!;
   }
 
   set current(b: Block) {
-    this.nodes[this.nodes.length - 1] = b;
+    this.node = b;
   }
 
   get hasParent(): boolean {
-    return this.nodes.length === 2;
+    return this.parentNode !== null;
   }
 
   get parent(): Block {
-    return this.nodes[0];
+    return this.parentNode!;
   }
 
   exit(): void {
-    for (const b of this.nodes) this.tree.tm.unlock(b);
-    this.nodes.length = 0;
+    const tm = this.tree.tm;
+    if (this.parentNode) tm.unlock(this.parentNode);
+    if (this.node) tm.unlock(this.node);
+    this.node = this.parentNode = null;
+    this.root = -1;
   }
 }
 
@@ -325,6 +351,8 @@ const SPACE_THRESHOLD = 8;
 export class BTree {
   /** Values of the upper levels: subtree roots, counted as metadata blocks. */
   private readonly subtreeType: ValueType;
+  /** Spines done with, for the next change (one per change in progress: changes may nest). */
+  private readonly spines: ShadowSpine[] = [];
 
   constructor(readonly tm: TransactionManager, readonly valueType: ValueType, readonly levels = 1) {
     this.subtreeType = {
@@ -378,8 +406,7 @@ export class BTree {
           return false;
         }
         if (leaf && last) {
-          const off = NODE_HEADER_SIZE + 8 * w[MAX_ENTRIES_WORD] + w[VALUE_SIZE_WORD] * i;
-          n.copy(out, outAt, off, off + this.valueType.size);
+          copyBytes(n, NODE_HEADER_SIZE + 8 * w[MAX_ENTRIES_WORD] + w[VALUE_SIZE_WORD] * i, out, outAt, this.valueType.size);
         } else {
           const at = KEYS_WORD + 2 * w[MAX_ENTRIES_WORD] + 2 * i;
           block = w[at + 1] * TWO_32 + w[at];
@@ -467,7 +494,7 @@ export class BTree {
    * reference is the caller's. Returns the new root and whether the key was new.
    */
   insert(root: number, keys: readonly U64[], value: Buffer, valueAt = 0): { root: number; inserted: boolean } {
-    const spine = new ShadowSpine(this);
+    const spine = this.spines.pop() ?? new ShadowSpine(this);
     try {
       let block = root;
       let index = -1;
@@ -492,12 +519,13 @@ export class BTree {
         const vt = this.valueType;
         const off = valueOffset(n, index);
         if (vt.dec && !(vt.equal && vt.equal(n, off, value, valueAt))) vt.dec(n, off, 1);
-        value.copy(n, off, valueAt, valueAt + vt.size);
+        copyBytes(value, valueAt, n, off, vt.size);
         inserted = false;
       }
       return { root: spine.root, inserted };
     } finally {
       spine.exit();
+      this.spines.push(spine);
     }
   }
 
@@ -612,8 +640,8 @@ export class BTree {
 
   /** Shadows the child at `index` of `parent` (a sibling about to change) and points at the copy. */
   private shadowChild(parent: Buffer, index: number, vt: ValueType): Block {
-    const { block, incChildren } = this.tm.shadow(childAt(parent, index), BTREE_NODE);
-    if (incChildren) this.incChildren(block.data, vt);
+    const block = this.tm.shadow(childAt(parent, index), BTREE_NODE);
+    if (this.tm.shadowedShared) this.incChildren(block.data, vt);
     setChild(parent, index, block.location);
     return block;
   }
@@ -695,7 +723,7 @@ export class BTree {
 
   /** Removes the entry under `keys` (which must exist), dropping its value's reference. */
   remove(root: number, keys: readonly U64[]): number {
-    const spine = new ShadowSpine(this);
+    const spine = this.spines.pop() ?? new ShadowSpine(this);
     try {
       let block = root;
       let index = -1;
@@ -716,6 +744,7 @@ export class BTree {
       return spine.root;
     } finally {
       spine.exit();
+      this.spines.push(spine);
     }
   }
 
@@ -747,7 +776,7 @@ export class BTree {
 
   /** Removes the entry at `key` if it is in [key, end); returns the key removed, or null. */
   private removeOne(root: number, key: U64, end: U64): { root: number; removed: U64 | null } {
-    const spine = new ShadowSpine(this);
+    const spine = this.spines.pop() ?? new ShadowSpine(this);
     try {
       const at = this.removeRaw(spine, this.valueType, root, key, -1, false);
       const n = spine.current.data;
@@ -764,6 +793,7 @@ export class BTree {
       return { root: spine.root, removed };
     } finally {
       spine.exit();
+      this.spines.push(spine);
     }
   }
 

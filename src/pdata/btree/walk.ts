@@ -62,6 +62,12 @@ export type SubtreeMemo = Map<number, SubtreeSummary | null>;
 export interface WalkOptions {
   /** Visit each shared subtree once across every walk given the same memo. */
   memo?: SubtreeMemo;
+  /**
+   * Which nodes the memo keeps (default: all). A node that may be reached again (a space-map
+   * count above 1) needs remembering; others are walked again should they be, which keeps the
+   * memo to the shared nodes instead of one entry per node of the pool.
+   */
+  memoize?: (block: number) => boolean;
   lowKey?: U64;
   /** Exclusive; default: past every u64. */
   highKey?: U64;
@@ -92,17 +98,8 @@ export function nodePlacementDefect(node: BTreeNode, lowKey: U64, highKey: U64, 
   if (!isRoot && n < minEntries && !allowUnderfull) {
     return `too few entries in btree_node: ${n}, expected at least ${minEntries} (max_entries = ${node.maxEntries})`;
   }
-  // The hot loop of every walk: each key's two words read once, compared with the previous key's.
-  const words = node.words;
-  let prevHi = -1;
-  let prevLo = -1;
-  for (let i = 0, w = NODE_HEADER_SIZE / 4; i < n; i++, w += 2) {
-    const lo = words[w];
-    const hi = words[w + 1];
-    if (hi < prevHi || (hi === prevHi && lo <= prevLo)) return `keys out of order: ${node.key(i)} after ${node.key(i - 1)}`;
-    prevHi = hi;
-    prevLo = lo;
-  }
+  const unordered = node.firstKeyOutOfOrder();
+  if (unordered >= 0) return `keys out of order: ${node.key(unordered)} after ${node.key(unordered - 1)}`;
   // Keys rise, so the first and last bound them all.
   if (n > 0) {
     const first = node.key(0);
@@ -153,7 +150,7 @@ export function walkBTree(
       return fail((e as Error).message);
     }
     const result = walkNode(node, lowKey, highKey, depth, fail);
-    memo?.set(block, result);
+    if (memo && (!opts.memoize || opts.memoize(block))) memo.set(block, result);
     return result;
   };
 
@@ -169,7 +166,7 @@ export function walkBTree(
     if (opts.salvage) {
       const kept = soundEntries(node, lowKey, highKey);
       if (kept) {
-        if (visitor.displaced && node.isLeaf && keysRise(node)) {
+        if (visitor.displaced && node.isLeaf && node.firstKeyOutOfOrder() < 0) {
           // Rising keys: those out of range are the ones below it and the ones above it.
           const first = kept.length ? kept[0] : countBelow(node, lowKey);
           const end = kept.length ? kept[kept.length - 1] + 1 : first;
@@ -202,7 +199,12 @@ export function walkBTree(
       const child = walk(node.valueBlock(i), node.key(i), childHigh, depth + 1);
       if (!child) continue;
       if (height === -1) height = child.height;
-      else if (child.height !== height) return fail('leaves at different depths');
+      else if (child.height !== height) {
+        // A salvage keeps the leaves already taken: their keys lie in the ranges their parents
+        // give, so they stay in key order, and the writer builds a balanced tree from them.
+        if (!opts.salvage) return fail('leaves at different depths');
+        height = Math.max(height, child.height);
+      }
       entries += child.entries ?? 0;
       if (!child.empty) {
         // Children come in key order: the first non-empty one holds the minimum.
@@ -229,12 +231,8 @@ function rangeEnd(highKey: U64): string {
  */
 function soundEntries(node: BTreeNode, lowKey: U64, highKey: U64): number[] | null {
   const n = node.nrEntries;
-  let sound = true;
-  for (let i = 0; i < n && sound; i++) {
-    const k = node.key(i);
-    if (k < lowKey || k >= highKey || (i > 0 && !node.keyAbovePrevious(i))) sound = false;
-  }
-  if (sound) return null;
+  // Keys rising strictly are bounded by the first and the last.
+  if (node.firstKeyOutOfOrder() < 0 && (n === 0 || (node.key(0) >= lowKey && node.key(n - 1) < highKey))) return null;
   // tails[len] = index of the smallest key ending a rising run of length len + 1.
   const tails: number[] = [];
   const prev = new Int32Array(n).fill(-1);
@@ -254,11 +252,6 @@ function soundEntries(node: BTreeNode, lowKey: U64, highKey: U64): number[] | nu
   const kept: number[] = [];
   for (let i = tails.length > 0 ? tails[tails.length - 1] : -1; i >= 0; i = prev[i]) kept.push(i);
   return kept.reverse();
-}
-
-function keysRise(node: BTreeNode): boolean {
-  for (let i = 1; i < node.nrEntries; i++) if (!node.keyAbovePrevious(i)) return false;
-  return true;
 }
 
 /** How many of a leaf's (rising) keys lie below `key`. */

@@ -3,6 +3,7 @@
 // reuse the layout constants and decoders here.
 import { BlockReader, BLOCK_SIZE } from '../../io/block-io.js';
 import { BTreeNode } from '../btree/node.js';
+import { LeafCursor } from '../btree/cursor.js';
 import { BTreeError, walkBTree } from '../btree/walk.js';
 import { BITMAP_CSUM_XOR, blockChecksum } from '../checksum.js';
 import { readBlockNr, writeU64 } from '../le.js';
@@ -101,8 +102,7 @@ export interface RefCountVisitor {
 export function walkRefCountTree(io: BlockReader, root: number, visitor: RefCountVisitor): void {
   walkBTree(io, root, REF_COUNT_VALUE_SIZE, {
     leaf(node: BTreeNode) {
-      const buf = node.buf;
-      for (let i = 0; i < node.nrEntries; i++) visitor.entry(node.keyNumber(i), buf.readUInt32LE(node.valueOffset(i)));
+      for (let i = 0; i < node.nrEntries; i++) visitor.entry(node.keyNumber(i), node.valueU32(i));
     },
     nodeRef: visitor.nodeRef,
     error: visitor.error,
@@ -110,48 +110,41 @@ export function walkRefCountTree(io: BlockReader, root: number, visitor: RefCoun
 }
 
 /**
- * A ref-count tree's entries, in block order, in typed arrays: 12 bytes an entry where a Map
- * took about 60 (a pool whose snapshots share most blocks has an entry for most of them).
+ * A ref-count tree's entries read in block order, a leaf at a time (memory: one block per level,
+ * whatever the number of entries). `block` is Infinity past the last entry.
  */
-export class OverflowCounts {
-  private blocks = new Float64Array(1024);
-  private counts = new Uint32Array(1024);
-  size = 0;
+export class OverflowCursor {
+  block = -1;
+  count = 0;
+  private readonly leaves: LeafCursor;
+  private leaf: BTreeNode | null = null;
+  private i = 0;
 
-  /** Appends an entry; the tree yields them in increasing block order. */
-  push(block: number, count: number): void {
-    if (this.size === this.blocks.length) {
-      const blocks = new Float64Array(this.size * 2);
-      blocks.set(this.blocks);
-      const counts = new Uint32Array(this.size * 2);
-      counts.set(this.counts);
-      this.blocks = blocks;
-      this.counts = counts;
+  /** Damage (which the tree's walk has reported already) ends the entries at it, told to `onError`. */
+  constructor(io: BlockReader, root: number, private readonly onError: (err: BTreeError) => void) {
+    this.leaves = new LeafCursor(io, root, REF_COUNT_VALUE_SIZE);
+    this.next();
+  }
+
+  /** Moves to the next entry. */
+  next(): void {
+    while (this.leaf === null || this.i >= this.leaf.nrEntries) {
+      try {
+        this.leaf = this.leaves.nextLeaf();
+      } catch (e) {
+        if (!(e instanceof BTreeError)) throw e;
+        this.onError(e);
+        this.leaf = null;
+      }
+      this.i = 0;
+      if (this.leaf === null) {
+        this.block = Infinity;
+        return;
+      }
     }
-    this.blocks[this.size] = block;
-    this.counts[this.size++] = count;
-  }
-
-  /** Position of `block`'s entry, or -1. */
-  indexOf(block: number): number {
-    let lo = 0;
-    let hi = this.size - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      const b = this.blocks[mid];
-      if (b === block) return mid;
-      if (b < block) lo = mid + 1;
-      else hi = mid - 1;
-    }
-    return -1;
-  }
-
-  blockAt(i: number): number {
-    return this.blocks[i];
-  }
-
-  countAt(i: number): number {
-    return this.counts[i];
+    this.block = this.leaf.keyNumber(this.i);
+    this.count = this.leaf.valueU32(this.i);
+    this.i++;
   }
 }
 
@@ -207,15 +200,14 @@ export class SpaceMapReader {
     }
   }
 
-  /** Counts of 3 and above, from the ref-count tree. */
-  readOverflowCounts(sink: SpaceMapSink): OverflowCounts {
-    const overflow = new OverflowCounts();
-    walkRefCountTree(this.io, this.refCountRoot, {
-      entry: (block, count) => overflow.push(block, count),
-      nodeRef: sink.nodeRef,
-      error: sink.error,
-    });
-    return overflow;
+  /** Walks the ref-count tree (counts of 3 and above) for its nodes and damage only. */
+  visitOverflowTree(sink: SpaceMapSink): void {
+    walkRefCountTree(this.io, this.refCountRoot, { entry: () => {}, nodeRef: sink.nodeRef, error: sink.error });
+  }
+
+  /** The ref-count tree's entries in block order (walk it with visitOverflowTree first). */
+  overflowEntries(sink: SpaceMapSink): OverflowCursor {
+    return new OverflowCursor(this.io, this.refCountRoot, sink.error);
   }
 
   /** Blocks with a zero count, counted from the bitmaps (not the root's nr_allocated). */

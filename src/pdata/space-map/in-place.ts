@@ -114,15 +114,12 @@ export class SpaceMapLL {
 
   /** Adds one to block `b`'s count. Returns +1 if it was free (now allocated), else 0. */
   inc(b: number): number {
-    return this.mutate(b, (old) => old + 1);
+    return this.mutate(b, 1, -1);
   }
 
   /** Drops one from block `b`'s count. Returns -1 if it is now free, else 0. */
   dec(b: number): number {
-    return this.mutate(b, (old) => {
-      if (old === 0) throw new Error(`space map: the count of block ${b} would drop below 0`);
-      return old - 1;
-    });
+    return this.mutate(b, -1, -1);
   }
 
   /**
@@ -131,7 +128,7 @@ export class SpaceMapLL {
    * overwrites): the old count is then taken as 3.
    */
   set(b: number, count: number): number {
-    return this.mutate(b, () => count, true);
+    return this.mutate(b, 0, count);
   }
 
   /** Removes block `b`'s ref-count entry if it has one (a stray, its bitmap not saying 3+). */
@@ -180,21 +177,24 @@ export class SpaceMapLL {
     return differed;
   }
 
-  private mutate(b: number, fn: (old: number) => number, repairing = false): number {
+  /** Moves block `b`'s count by `delta`, or sets it to `setTo` (a repair) when that is not -1. */
+  private mutate(b: number, delta: number, setTo: number): number {
     if (b >= this.nrBlocks || b < 0) throw new Error(`space map: block ${b} is outside the space map (${this.nrBlocks} blocks)`);
     const i = Math.floor(b / ENTRIES_PER_BITMAP);
     const bit = b % ENTRIES_PER_BITMAP;
     const ie = this.index.entry(i);
-    const { block } = this.tm.shadow(ie.blocknr, BITMAP_BLOCK);
+    const block = this.tm.shadow(ie.blocknr, BITMAP_BLOCK);
     ie.blocknr = block.location;
     let old = bitmapCount(block.data, bit);
     let hasEntry = old >= OVERFLOW_COUNT;
+    const repairing = setTo >= 0;
     if (hasEntry) {
       const big = repairing ? this.refCountEntry(b) : this.lookupBig(b);
       hasEntry = big >= 0;
       if (hasEntry) old = big;
     }
-    const count = fn(old);
+    if (old + delta < 0) throw new Error(`space map: the count of block ${b} would drop below 0`);
+    const count = repairing ? setTo : old + delta;
     setBitmapCount(block.data, bit, Math.min(count, OVERFLOW_COUNT));
     this.tm.unlock(block);
     if (count < OVERFLOW_COUNT) {
@@ -263,16 +263,16 @@ export class CommittedCounts {
  * once past the end; -1 if there is none. `skip` rules out blocks already promised elsewhere.
  */
 export function findCommonFree(ll: SpaceMapLL, old: CommittedCounts, begin: number, skip?: (b: number) => boolean): number {
-  const search = (from: number, to: number): number => {
-    let at = from;
-    for (;;) {
-      const b = ll.findFree(at, to);
-      if (b < 0) return -1;
-      if (old.wasFree(b) && !skip?.(b)) return b;
-      at = b + 1;
-    }
-  };
-  const b = search(begin, ll.nrBlocks);
-  return b >= 0 ? b : search(0, Math.min(begin, ll.nrBlocks));
+  const b = findCommonFreeIn(ll, old, begin, ll.nrBlocks, skip);
+  return b >= 0 ? b : findCommonFreeIn(ll, old, 0, Math.min(begin, ll.nrBlocks), skip);
+}
+
+function findCommonFreeIn(ll: SpaceMapLL, old: CommittedCounts, from: number, to: number, skip?: (b: number) => boolean): number {
+  for (let at = from; ; ) {
+    const b = ll.findFree(at, to);
+    if (b < 0) return -1;
+    if (old.wasFree(b) && !skip?.(b)) return b;
+    at = b + 1;
+  }
 }
 

@@ -55,6 +55,8 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
   private indexLocation = 0;
   private index!: MemoryIndex;
   private protect?: (b: number) => boolean;
+  /** Blocks free in the bitmaps that may not be handed out: promised already, or protected. */
+  private readonly unavailable = (b: number): boolean => this.promised(b) || (this.protect?.(b) ?? false);
 
   private constructor(private readonly tm: TransactionManager) {}
 
@@ -127,7 +129,7 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
       if (this.begin >= this.bootstrapLimit) throw new NoSpaceError('metadata device too small for its own space map');
       return this.begin++;
     }
-    const b = findCommonFree(this.ll, this.old, this.begin, (x) => this.promised(x) || (this.protect?.(x) ?? false));
+    const b = findCommonFree(this.ll, this.old, this.begin, this.unavailable);
     if (b < 0) throw new NoSpaceError('out of metadata space');
     this.begin = b + 1;
     if (this.depth > 0) {
@@ -211,7 +213,7 @@ export class MetadataSpaceMap implements TransactionalSpaceMap {
   /** Writes the index to a new block if it changed; the blocks free now become reusable. */
   commit(): void {
     if (this.index.changedSinceCommit) {
-      const { block } = this.tm.shadow(this.indexLocation, INDEX_BLOCK);
+      const block = this.tm.shadow(this.indexLocation, INDEX_BLOCK);
       this.indexLocation = block.location;
       // The shadow itself changed counts (the copy allocated, the original released): written too.
       const entries = this.index.entries;

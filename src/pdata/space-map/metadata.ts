@@ -50,3 +50,31 @@ export function readMetadataIndex(io: BlockReader, root: SpaceMapRoot, sink?: Sp
 export function openMetadataSpaceMap(io: BlockReader, root: SpaceMapRoot, sink?: SpaceMapSink): SpaceMapReader {
   return new SpaceMapReader(io, spaceMapSize(root), readMetadataIndex(io, root, sink), root.refCountRoot);
 }
+
+/**
+ * Which metadata blocks the space map counts more than once (nodes that trees share), as a
+ * predicate for walks that remember shared subtrees. Never throws: a block the space map can't
+ * tell about (damaged index or bitmap, or beyond it) counts as shared.
+ */
+export function sharedMetadataBlocks(io: BlockReader, root: SpaceMapRoot): (block: number) => boolean {
+  const nrBlocks = spaceMapSize(root);
+  let sm: SpaceMapReader;
+  try {
+    sm = openMetadataSpaceMap(io, root);
+  } catch {
+    return () => true;
+  }
+  // One bit a block: clear for a count of 0 or 1.
+  const shared = new Uint8Array(Math.ceil(nrBlocks / 8)).fill(0xff);
+  try {
+    sm.forEachBitmap({ error: () => {} }, (first, counts) => {
+      for (let i = 0; i < counts.length; i++) {
+        const b = first + i;
+        if (counts[i] < 2) shared[b >>> 3] &= ~(1 << (b & 7));
+      }
+    });
+  } catch {
+    // What was read stands; the rest stays shared.
+  }
+  return (block) => block >= nrBlocks || (shared[block >>> 3] & (1 << (block & 7))) !== 0;
+}
