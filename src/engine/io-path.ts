@@ -20,7 +20,7 @@
 import { Pool, PoolError, RemovedMapping } from '../thin/pool.js';
 import { SECTOR_BYTES, describeSector, fillContent } from './content.js';
 import { DataFile } from './data-file.js';
-import { BlockTable, Content, Model, UNKNOWN, ZEROES, overlay, segments } from './model.js';
+import { BlockTable, COMMIT_FIRST, Content, Model, UNKNOWN, ZEROES, overlay, segments } from './model.js';
 import { ExternalOrigin } from './origin.js';
 import { BioPrison, Cell, CellSpace, DeferredEntry, DeferredSet } from './prison.js';
 import { LineProblem, mismatch, refused } from './problem.js';
@@ -211,13 +211,93 @@ export class IoPath {
     try {
       t.run();
     } catch (e) {
-      let problem: LineProblem;
-      if (e instanceof LineProblem) problem = e;
-      else if (e instanceof PoolError) problem = this.host.poolFailure(e);
-      else throw e;
+      const problem = this.problemOf(e);
       if (t.bio) this.fail(t.bio, problem);
       else this.host.report(problem, t.line);
     }
+  }
+
+  /** What a step's failure reports (a pool failure is followed first); other errors are bugs and go on. */
+  private problemOf(e: unknown): LineProblem {
+    if (e instanceof LineProblem) return e;
+    if (e instanceof PoolError) return this.host.poolFailure(e);
+    throw e;
+  }
+
+  /**
+   * Runs `bio` to completion, as `submit` then `run` would. With nothing else in flight (no step
+   * queued, no device held) and the pool writable, its steps run straight through in the order
+   * the scheduler would run them, without cells, deferred sets or queued steps: those only order
+   * IO in flight at once, and a serial replay's cost was mostly theirs. Discards, and writes that
+   * could wait for data space, take the full path.
+   */
+  runSerial(bio: Bio): void {
+    const host = this.host;
+    if (bio.kind === 'discard' || this.head !== this.tasks.length || this.heldDevices.size > 0 || this.preFixOrdering || host.pool.mode !== 'write') {
+      this.submit(bio);
+      this.run();
+      return;
+    }
+    const line = host.line;
+    host.line = bio.line;
+    bio.state = 'running';
+    try {
+      if (!this.direct(bio)) {
+        this.submit(bio);
+        this.run();
+      }
+    } catch (e) {
+      this.fail(bio, this.problemOf(e));
+    } finally {
+      host.line = line;
+    }
+  }
+
+  /** `bio`'s steps in order (see runSerial); false, with nothing done to the pool, when it needs the full path. */
+  private direct(bio: Bio): boolean {
+    const model = this.host.model;
+    const mapping = this.lookup(bio);
+    if (mapping) {
+      const from = mapping.dataBlock;
+      if (!this.dataContent.has(from)) this.dataContent.set(from, model.contentOf(bio.dev, bio.block));
+      if (bio.kind === 'read' || !mapping.shared) {
+        this.dataIo(bio, from, true);
+        return true;
+      }
+      // breakSharing: a copy of the shared block, unless the write covers it all.
+      const predicted = model.nextAllocation();
+      if (predicted < 0) return false;
+      const to = this.allocate(bio, true, predicted)!;
+      const whole = bio.begin === 0 && bio.end === this.spb;
+      if (whole) this.writeData(bio, to);
+      else this.copyBlock(from, to);
+      this.insertDirect(bio, to, whole);
+      return true;
+    }
+    if (bio.kind === 'read') {
+      this.readUnmapped(bio);
+      return true;
+    }
+    // provision: a new block, zeroed or filled from the external origin unless the write covers it.
+    const predicted = model.nextAllocation();
+    if (predicted < 0) return false;
+    const to = this.allocate(bio, false, predicted)!;
+    const base = model.provisionContent(bio.dev, bio.block, this.host.zero);
+    const overwrite = bio.begin === 0 && bio.end === this.spb && (this.host.zero || base !== UNKNOWN);
+    if (overwrite) this.writeData(bio, to);
+    else if (base !== UNKNOWN) this.fillBlock(bio, to, base);
+    else this.dataContent.set(to, UNKNOWN);
+    this.insertDirect(bio, to, overwrite);
+    return true;
+  }
+
+  /** insert's direct form: the new mapping goes in, then the bio's own data unless written already. */
+  private insertDirect(bio: Bio, dataBlock: number, overwrite: boolean): void {
+    const pool = this.host.pool;
+    if (pool.mode !== 'write' && pool.mode !== 'out-of-data-space') refused(pool.modeError().message);
+    this.mapNewBlock(bio, dataBlock);
+    if (overwrite) this.complete(bio);
+    else this.dataIo(bio, dataBlock, true);
   }
 
   private queue(bio: Bio, run: () => void): void {
@@ -505,19 +585,24 @@ export class IoPath {
       bio.cells.splice(bio.cells.indexOf(m.cell), 1);
       refused(reason);
     }
-    try {
-      pool.insertMapping(bio.dev, bio.block, dataBlock);
-    } catch (e) {
-      // As the kernel leaves it when its pool turns read-only here: allocated, unmapped.
-      throw this.host.poolFailure(e);
-    }
-    this.host.model.map(bio.dev, bio.block, dataBlock, this.dataContent.get(dataBlock)!);
+    this.mapNewBlock(bio, dataBlock);
     if (m.overwrite) {
       this.releaseCells(bio);
       this.complete(bio);
     } else {
       this.issue(bio, dataBlock);
     }
+  }
+
+  /** The new block's mapping into the pool and the model, with what the steps put in the block. */
+  private mapNewBlock(bio: Bio, dataBlock: number): void {
+    try {
+      this.host.pool.insertMapping(bio.dev, bio.block, dataBlock);
+    } catch (e) {
+      // As the kernel leaves it when its pool turns read-only here: allocated, unmapped.
+      throw this.host.poolFailure(e);
+    }
+    this.host.model.map(bio.dev, bio.block, dataBlock, this.dataContent.get(dataBlock)!);
   }
 
   /** The worker's discard: lock the blocks, then unmap once the IO counted before it is done. */
@@ -604,11 +689,9 @@ export class IoPath {
   }
 
   private finish(bio: Bio): void {
-    this.releaseCells(bio);
-    for (const [set, entry] of [[this.allIo, bio.allIo], [this.sharedReads, bio.sharedRead]] as const) {
-      if (!entry) continue;
-      for (const w of set.dec(entry)) this.runWork(w);
-    }
+    if (bio.cells.length > 0) this.releaseCells(bio);
+    if (bio.allIo) for (const w of this.allIo.dec(bio.allIo)) this.runWork(w);
+    if (bio.sharedRead) for (const w of this.sharedReads.dec(bio.sharedRead)) this.runWork(w);
     bio.allIo = bio.sharedRead = null;
     bio.waitingIn = null;
     if (bio.entered) {
@@ -679,14 +762,14 @@ export class IoPath {
   }
 
   /** A new data block, the one the model says the kernel's cursor gives; null when there is none and the bio waits. */
-  private allocate(bio: Bio, copy: boolean): number | null {
+  private allocate(bio: Bio, copy: boolean, predicted?: number): number | null {
     const { pool, model } = this.host;
     const mode = pool.mode;
     if (mode !== 'write') {
       if (mode === 'out-of-data-space') return this.noSpace(bio, 'the pool is out of data space');
       refused(pool.modeError().message);
     }
-    const predicted = model.nextAllocation();
+    predicted ??= model.nextAllocation();
     const commits = pool.commits;
     let b: number;
     this.allocating = true;
@@ -694,9 +777,9 @@ export class IoPath {
       b = pool.allocDataBlock();
     } catch (e) {
       if (e instanceof PoolError && e.reason === 'no-data-space') {
-        if (!('outOfSpace' in predicted)) mismatch(`the pool is out of data space, but the model would allocate data block ${predicted.block}`);
+        if (predicted >= 0) mismatch(`the pool is out of data space, but the model would allocate data block ${predicted}`);
         const committed = pool.commits - commits;
-        const expected = predicted.outOfSpace === 'commit-first' ? 1 : 0;
+        const expected = predicted === COMMIT_FIRST ? 1 : 0;
         if (committed !== expected) mismatch(`running out of data space, the pool committed ${committed} times; the kernel commits ${expected}`);
         return this.noSpace(bio, e.message);
       }
@@ -709,8 +792,8 @@ export class IoPath {
       this.commitAfterAllocation = false;
       this.host.committed();
     }
-    if ('outOfSpace' in predicted) mismatch(`the pool allocated data block ${b}, but the model says it is out of data space (${predicted.outOfSpace})`);
-    if (predicted.block !== b) mismatch(`the pool allocated data block ${b}, but the kernel's cursor gives ${predicted.block}`);
+    if (predicted < 0) mismatch(`the pool allocated data block ${b}, but the model says it is out of data space (${predicted === COMMIT_FIRST ? 'commit-first' : 'freed-in-transaction'})`);
+    if (predicted !== b) mismatch(`the pool allocated data block ${b}, but the kernel's cursor gives ${predicted}`);
     this.host.data?.cancelPunch(b);
     return b;
   }

@@ -258,8 +258,12 @@ class DataUsers {
   }
 }
 
-/** What an allocation must return: a block, or out of space (after a commit when none is free at all). */
-export type Allocation = { block: number } | { outOfSpace: 'commit-first' | 'freed-in-transaction' };
+/**
+ * What an allocation must return, when it is not a block (>= 0): out of space, after a commit when
+ * none is free at all, or at once when the only free blocks were freed in this transaction.
+ */
+export const COMMIT_FIRST = -1;
+const FREED_IN_TRANSACTION = -2;
 
 export interface ModelStats {
   allocated: number;
@@ -324,12 +328,12 @@ export class Model {
   }
 
   /** The kernel's choice: the first block from the cursor on free now and at the last commit. */
-  nextAllocation(): Allocation {
-    if (this.nrDataBlocks - this.users.used === 0) return { outOfSpace: 'commit-first' };
-    for (const [from, to] of [[this.cursor, this.nrDataBlocks], [0, Math.min(this.cursor, this.nrDataBlocks)]]) {
-      for (let b = from; b < to; b++) if (this.free(b)) return { block: b };
-    }
-    return { outOfSpace: 'freed-in-transaction' };
+  nextAllocation(): number {
+    if (this.nrDataBlocks - this.users.used === 0) return COMMIT_FIRST;
+    for (let b = this.cursor; b < this.nrDataBlocks; b++) if (this.free(b)) return b;
+    const wrap = Math.min(this.cursor, this.nrDataBlocks);
+    for (let b = 0; b < wrap; b++) if (this.free(b)) return b;
+    return FREED_IN_TRANSACTION;
   }
 
   /** The pool handed out `b` (checked against nextAllocation by the caller). */

@@ -618,8 +618,7 @@ class Replay implements IoHost {
 
   /** Runs one bio to completion; its failure is counted for the operation's report. */
   private serialIo(bio: Bio): void {
-    this.io.submit(bio);
-    this.io.run();
+    this.io.runSerial(bio);
     if (bio.problem && this.blockProblems++ === 0) this.firstBlockProblem = bio.problem;
   }
 
