@@ -330,7 +330,8 @@ export class IoPath {
   /** Forgets what the IO just run touched (content is the model's again). */
   settle(): void {
     this.dataContent.clear();
-    for (const b of this.live) if (b.finished) this.live.delete(b);
+    // Serial IO leaves no bio here: no iterator per operation then.
+    if (this.live.size > 0) for (const b of this.live) if (b.finished) this.live.delete(b);
   }
 
   /** Unfinished bios are abandoned (after a deadlock): their locks go with them. */

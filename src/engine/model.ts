@@ -279,6 +279,67 @@ type Undo =
   | { kind: 'rename'; from: number; to: number }
   | { kind: 'pool'; time: number; transactionId: U64; held: Map<number, ModelDevice> | null; snapTimes: Array<[number, number]> };
 
+/** Undo records held as numbers, seven to a record (kind first): no object per write. */
+const UNDO_HOLD = 0;
+const UNDO_MAPPING = 1;
+/** Any other change (rare: devices, the pool's fields, mappings with mixed content): an object beside the numbers. */
+const UNDO_OBJECT = 2;
+const UNDO_FIELDS = 7;
+
+/** A transaction's changes, oldest first; a write's (its allocation and mapping) cost no objects. */
+class UndoLog {
+  private fields = new Float64Array(UNDO_FIELDS * 1024);
+  private records = 0;
+  private readonly objects: Undo[] = [];
+
+  push(u: Undo): void {
+    this.record(UNDO_OBJECT, this.objects.length, 0, 0, 0, 0, 0);
+    this.objects.push(u);
+  }
+
+  hold(block: number, delta: number): void {
+    this.record(UNDO_HOLD, block, delta, 0, 0, 0, 0);
+  }
+
+  /** A mapping's state before a change, without building its record as an object. */
+  mapping(devId: number, block: number, existed: boolean, line: number, data: number, time: number): void {
+    this.record(UNDO_MAPPING, devId, block, existed ? 1 : 0, line, data, time);
+  }
+
+  private record(kind: number, a: number, b: number, c: number, d: number, e: number, f: number): void {
+    if ((this.records + 1) * UNDO_FIELDS > this.fields.length) {
+      const grown = new Float64Array(this.fields.length * 2);
+      grown.set(this.fields);
+      this.fields = grown;
+    }
+    const o = this.records++ * UNDO_FIELDS;
+    const x = this.fields;
+    x[o] = kind;
+    x[o + 1] = a;
+    x[o + 2] = b;
+    x[o + 3] = c;
+    x[o + 4] = d;
+    x[o + 5] = e;
+    x[o + 6] = f;
+  }
+
+  /** The changes, newest first (a rollback: rare, so objects are fine here). */
+  *newestFirst(): Generator<Undo> {
+    const x = this.fields;
+    for (let r = this.records - 1; r >= 0; r--) {
+      const o = r * UNDO_FIELDS;
+      if (x[o] === UNDO_HOLD) yield { kind: 'hold', block: x[o + 1], delta: x[o + 2] };
+      else if (x[o] === UNDO_MAPPING) yield { kind: 'mapping', devId: x[o + 1], block: x[o + 2], existed: x[o + 3] === 1, line: x[o + 4], data: x[o + 5], time: x[o + 6] };
+      else yield this.objects[x[o + 1]];
+    }
+  }
+
+  clear(): void {
+    this.records = 0;
+    this.objects.length = 0;
+  }
+}
+
 export class Model {
   time = 0;
   transactionId: U64 = 0;
@@ -296,8 +357,8 @@ export class Model {
    */
   readonly unmappedAllocations = new Set<number>();
   readonly stats: ModelStats = { allocated: 0, copied: 0, freed: 0 };
-  /** This transaction's changes, newest last. */
-  private undo: Undo[] = [];
+  /** This transaction's changes. */
+  private readonly undo = new UndoLog();
   private undoing = false;
 
   /** `content`: keep who wrote each block, to check what reads return (a replay with data). */
@@ -341,7 +402,7 @@ export class Model {
     this.cursor = b + 1;
     this.hold(b, 1);
     this.unmappedAllocations.add(b);
-    this.undo.push({ kind: 'hold', block: b, delta: 1 });
+    this.undo.hold(b, 1);
     this.stats.allocated++;
     if (copy) this.stats.copied++;
   }
@@ -482,10 +543,12 @@ export class Model {
   private saveMapping(devId: number, d: ModelDevice, block: number, slot: number): void {
     if (this.undoing) return;
     if (slot < 0) {
-      this.undo.push({ kind: 'mapping', devId, block, existed: false, line: 0, data: 0, time: 0 });
+      this.undo.mapping(devId, block, false, 0, 0, 0);
     } else {
       const t = d.table;
-      this.undo.push({ kind: 'mapping', devId, block, existed: true, line: t.lineAt(slot), data: t.dataAt(slot), time: t.timeAt(slot), mixed: d.mixed.get(block) });
+      const mixed = d.mixed.size > 0 ? d.mixed.get(block) : undefined;
+      if (mixed) this.undo.push({ kind: 'mapping', devId, block, existed: true, line: t.lineAt(slot), data: t.dataAt(slot), time: t.timeAt(slot), mixed });
+      else this.undo.mapping(devId, block, true, t.lineAt(slot), t.dataAt(slot), t.timeAt(slot));
     }
   }
 
@@ -525,7 +588,7 @@ export class Model {
 
   commit(): void {
     this.usedAtCommit.clear();
-    this.undo = [];
+    this.undo.clear();
     for (const d of this.devices.values()) d.changed = false;
   }
 
@@ -536,8 +599,7 @@ export class Model {
   rollback(): void {
     this.undoing = true;
     try {
-      for (let i = this.undo.length - 1; i >= 0; i--) {
-        const u = this.undo[i];
+      for (const u of this.undo.newestFirst()) {
         switch (u.kind) {
           case 'hold':
             this.hold(u.block, -u.delta);

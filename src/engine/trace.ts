@@ -246,7 +246,10 @@ function parseFast(text: string): Op | null {
   } else {
     return null;
   }
-  const numbers = [0, 0, 1];
+  // dev, block and count (default 1), in locals: no array per line.
+  let dev = 0;
+  let block = 0;
+  let count = 1;
   let n = 0;
   while (n < 3) {
     const start = i;
@@ -258,13 +261,16 @@ function parseFast(text: string): Op | null {
     }
     // Up to 15 digits, so exact; a longer number or anything else goes the slow way.
     if (i === start || i - start > 15) return null;
-    numbers[n++] = v;
+    if (n === 0) dev = v;
+    else if (n === 1) block = v;
+    else count = v;
+    n++;
     if (i === text.length) break;
     if (text.charCodeAt(i) !== 32) return null;
     i++;
   }
-  if (i !== text.length || n < 2 || numbers[0] > MAX_DEV_ID || numbers[2] === 0) return null;
-  return { kind, dev: numbers[0], block: numbers[1], count: numbers[2] };
+  if (i !== text.length || n < 2 || dev > MAX_DEV_ID || count === 0) return null;
+  return { kind, dev, block, count };
 }
 
 const CHUNK = 1 << 16;
