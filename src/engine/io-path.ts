@@ -262,6 +262,8 @@ export class IoPath {
       if (!this.dataContent.has(from)) this.dataContent.set(from, model.contentOf(bio.dev, bio.block));
       if (bio.kind === 'read' || !mapping.shared) {
         this.dataIo(bio, from, true);
+        // The model has what the block holds now: forgotten here, so settle has nothing to clear.
+        this.dataContent.delete(from);
         return true;
       }
       // breakSharing: a copy of the shared block, unless the write covers it all.
@@ -272,6 +274,8 @@ export class IoPath {
       if (whole) this.writeData(bio, to);
       else this.copyBlock(from, to);
       this.insertDirect(bio, to, whole);
+      this.dataContent.delete(from);
+      this.dataContent.delete(to);
       return true;
     }
     if (bio.kind === 'read') {
@@ -288,6 +292,7 @@ export class IoPath {
     else if (base !== UNKNOWN) this.fillBlock(bio, to, base);
     else this.dataContent.set(to, UNKNOWN);
     this.insertDirect(bio, to, overwrite);
+    this.dataContent.delete(to);
     return true;
   }
 
@@ -329,8 +334,8 @@ export class IoPath {
 
   /** Forgets what the IO just run touched (content is the model's again). */
   settle(): void {
-    this.dataContent.clear();
-    // Serial IO leaves no bio here: no iterator per operation then.
+    // Serial IO leaves nothing here: no new table (clear makes one) nor iterator per operation then.
+    if (this.dataContent.size > 0) this.dataContent.clear();
     if (this.live.size > 0) for (const b of this.live) if (b.finished) this.live.delete(b);
   }
 

@@ -160,12 +160,15 @@ export class BlockTable {
     return local < 0 ? -1 : (shard << SHARD_SHIFT) | local;
   }
 
-  /** Sets `key`'s mapping; returns its slot. */
-  set(key: number, line: number, data: number, time: number): number {
+  /**
+   * Sets `key`'s mapping; returns its slot. `found`: what `find(key)` returned, the table unchanged
+   * since (saves probing again).
+   */
+  set(key: number, line: number, data: number, time: number, found?: number): number {
     const h = hashKey(key);
     const shardIndex = h >>> (32 - SHARD_BITS);
     const shard = this.shards[shardIndex];
-    let local = shard.find(key, h);
+    let local = found === undefined ? shard.find(key, h) : found < 0 ? -1 : found & LOCAL;
     if (local < 0) local = shard.place(key, h);
     if (shard.content) shard.line[local] = line;
     shard.setData(local, data);
@@ -525,7 +528,7 @@ export class Model {
     this.saveMapping(devId, d, block, slot);
     this.unmappedAllocations.delete(data);
     if (slot >= 0) this.hold(d.table.dataAt(slot), -1);
-    this.setContent(d, block, content, data, this.time);
+    this.setContent(d, block, content, data, this.time, slot);
     d.changed = true;
   }
 
@@ -560,7 +563,7 @@ export class Model {
     const d = this.devices.get(devId)!;
     const slot = d.table.find(block);
     const content = begin === 0 && end === this.sectorsPerBlock ? line : overlay(segments(this.contentOf(devId, block), this.sectorsPerBlock), begin, end, line, this.sectorsPerBlock);
-    this.setContent(d, block, content, d.table.dataAt(slot), d.table.timeAt(slot));
+    this.setContent(d, block, content, d.table.dataAt(slot), d.table.timeAt(slot), slot);
   }
 
   /** The content of a mapped block (UNKNOWN when the model keeps none). */
@@ -570,16 +573,17 @@ export class Model {
     return line === MIXED ? d.mixed.get(block)! : line;
   }
 
-  private setContent(d: ModelDevice, block: number, content: Content, data: number, time: number): void {
+  /** `slot`: the block's slot (or -1), found since the table last changed. */
+  private setContent(d: ModelDevice, block: number, content: Content, data: number, time: number, slot: number): void {
     if (!this.keepsContent) {
-      d.table.set(block, UNKNOWN, data, time);
+      d.table.set(block, UNKNOWN, data, time, slot);
       return;
     }
     let line: number;
     if (typeof content === 'number') line = content;
     else if (content.length === 1) line = content[0].line;
     else line = MIXED;
-    d.table.set(block, line, data, time);
+    d.table.set(block, line, data, time, slot);
     if (line === MIXED) d.mixed.set(block, content as Segment[]);
     else d.mixed.delete(block);
   }
