@@ -256,7 +256,11 @@ export class IoPath {
   /** `bio`'s steps in order (see runSerial); false, with nothing done to the pool, when it needs the full path. */
   private direct(bio: Bio): boolean {
     const model = this.host.model;
-    const mapping = this.lookup(bio);
+    const dev = model.device(bio.dev);
+    if (!dev) return false;
+    // A write to a block the model has unmapped skips the pool's lookup (the bulk of a replay's
+    // writes; a tree walk each): inserting its mapping says whether the pool had it unmapped too.
+    const mapping = bio.kind === 'write' && dev.table.find(bio.block) < 0 ? null : this.lookup(bio);
     if (mapping) {
       const from = mapping.dataBlock;
       if (!this.dataContent.has(from)) this.dataContent.set(from, model.contentOf(bio.dev, bio.block));
@@ -273,7 +277,7 @@ export class IoPath {
       const whole = bio.begin === 0 && bio.end === this.spb;
       if (whole) this.writeData(bio, to);
       else this.copyBlock(from, to);
-      this.insertDirect(bio, to, whole);
+      this.insertDirect(bio, to, whole, true);
       this.dataContent.delete(from);
       this.dataContent.delete(to);
       return true;
@@ -291,16 +295,16 @@ export class IoPath {
     if (overwrite) this.writeData(bio, to);
     else if (base !== UNKNOWN) this.fillBlock(bio, to, base);
     else this.dataContent.set(to, UNKNOWN);
-    this.insertDirect(bio, to, overwrite);
+    this.insertDirect(bio, to, overwrite, false);
     this.dataContent.delete(to);
     return true;
   }
 
   /** insert's direct form: the new mapping goes in, then the bio's own data unless written already. */
-  private insertDirect(bio: Bio, dataBlock: number, overwrite: boolean): void {
+  private insertDirect(bio: Bio, dataBlock: number, overwrite: boolean, wasMapped: boolean): void {
     const pool = this.host.pool;
     if (pool.mode !== 'write' && pool.mode !== 'out-of-data-space') refused(pool.modeError().message);
-    this.mapNewBlock(bio, dataBlock);
+    this.mapNewBlock(bio, dataBlock, wasMapped);
     if (overwrite) this.complete(bio);
     else this.dataIo(bio, dataBlock, true);
   }
@@ -600,13 +604,22 @@ export class IoPath {
     }
   }
 
-  /** The new block's mapping into the pool and the model, with what the steps put in the block. */
-  private mapNewBlock(bio: Bio, dataBlock: number): void {
+  /**
+   * The new block's mapping into the pool and the model, with what the steps put in the block.
+   * `wasMapped`: whether the model had the block mapped, when the pool's insertion must agree.
+   */
+  private mapNewBlock(bio: Bio, dataBlock: number, wasMapped?: boolean): void {
+    let inserted: boolean;
     try {
-      this.host.pool.insertMapping(bio.dev, bio.block, dataBlock);
+      inserted = this.host.pool.insertMapping(bio.dev, bio.block, dataBlock);
     } catch (e) {
+      // The pool's lookup was skipped (see direct): the device it lacks is the model's to explain.
+      if (wasMapped !== undefined && e instanceof PoolError && !this.host.pool.details(bio.dev)) mismatch(`the pool says ${e.message}, but the model has device ${bio.dev}`);
       // As the kernel leaves it when its pool turns read-only here: allocated, unmapped.
       throw this.host.poolFailure(e);
+    }
+    if (wasMapped !== undefined && inserted === wasMapped) {
+      mismatch(wasMapped ? `block ${bio.block} was unmapped in the pool, but the model maps it` : `block ${bio.block} was mapped in the pool, but the model has it unmapped`);
     }
     this.host.model.map(bio.dev, bio.block, dataBlock, this.dataContent.get(dataBlock)!);
   }

@@ -618,8 +618,11 @@ export class Pool {
     }
   }
 
-  /** Maps `thinBlock` of `devId` to `dataBlock` (whose reference the caller holds) at the pool's time. */
-  insertMapping(devId: number, thinBlock: U64, dataBlock: number): void {
+  /**
+   * Maps `thinBlock` of `devId` to `dataBlock` (whose reference the caller holds) at the pool's
+   * time; returns whether the block was unmapped before.
+   */
+  insertMapping(devId: number, thinBlock: U64, dataBlock: number): boolean {
     if (this.mode !== 'write' && this.mode !== 'out-of-data-space') throw this.modeError();
     const d = this.device(devId);
     if (!d) throw new PoolError(`device ${devId} does not exist`);
@@ -635,6 +638,7 @@ export class Pool {
     }
     d.changed = true;
     if (inserted) d.mappedBlocks = u64Add(d.mappedBlocks, 1);
+    return inserted;
   }
 
   /** Calls `fn` with each mapping of thin blocks [begin, end) of `devId`, in order (what a discard locks). */
