@@ -8,6 +8,7 @@
 // live in typed arrays, and the walk remembers which nodes it has seen.
 import { BlockReader } from '../io/block-io.js';
 import { openMetadataInput } from '../io/open.js';
+import { ascii } from '../formats/ascii.js';
 import { FdSink } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
@@ -50,6 +51,13 @@ function mergeRegions(regions: readonly Region[]): Region[] {
   return merged;
 }
 
+/** A region bound as a number: data blocks are below 2^40, so a bound past 2^53 is past them all. */
+const bound = (b: U64): number => (typeof b === 'number' ? b : Infinity);
+
+const TWO_32 = 0x100000000;
+/** High words of thin blocks below 2^53, which fit a number exactly. */
+const SAFE_HI = 0x200000;
+
 /** The reverse map in the making: one record per region of consecutive mappings. */
 class RmapRecords {
   count = 0;
@@ -60,13 +68,8 @@ class RmapRecords {
   thinBegin = new Float64Array(1024);
   readonly bigThin = new Map<number, bigint>();
 
-  /** Extends the last record when the mapping continues it, else starts one. */
-  add(devId: number, thin: U64, data: number): void {
-    const i = this.count - 1;
-    if (i >= 0 && this.devId[i] === devId && this.dataBegin[i] + this.length[i] === data && this.thinEnd(i) === thin) {
-      this.length[i]++;
-      return;
-    }
+  /** Starts a record (the caller found the mapping does not continue the last one). */
+  start(devId: number, thin: U64, data: number): void {
     if (this.count === this.dataBegin.length) this.grow();
     const j = this.count++;
     this.devId[j] = devId;
@@ -85,9 +88,11 @@ class RmapRecords {
     return Number.isNaN(t) ? this.bigThin.get(i)! : t;
   }
 
-  private thinEnd(i: number): U64 {
-    const t = this.thinBegin[i];
-    return !Number.isNaN(t) && t + this.length[i] <= Number.MAX_SAFE_INTEGER ? t + this.length[i] : u64Add(this.thin(i), this.length[i]);
+  /** Whether record `i` goes on with thin block `thin` (one past 2^53 is compared exactly). */
+  continuesAt(i: number, thin: U64): boolean {
+    const t = this.thinBegin[i] + this.length[i];
+    if (t <= Number.MAX_SAFE_INTEGER && typeof thin === 'number') return t === thin;
+    return u64Add(this.thin(i), this.length[i]) === thin;
   }
 
   private grow(): void {
@@ -100,25 +105,30 @@ class RmapRecords {
   }
 }
 
-/** The reverse map of `regions`, in the reference's order. Throws RmapError on damage. */
+/**
+ * The reverse map of `regions`, in the reference's order: record `order[k]` is the k-th to print,
+ * and `dataBegin[k]` its first data block. Throws RmapError on damage.
+ */
 export function reverseMap(
   io: BlockReader,
   regions: readonly Region[],
   onProgress?: (done: number, total: number) => void,
-): { records: RmapRecords; order: Int32Array } {
+): { records: RmapRecords; order: Int32Array; dataBegin: Float64Array } {
   const merged = mergeRegions(regions);
-  const lowest = merged[0].begin;
-  const highest = merged[merged.length - 1].end;
+  const begins = Float64Array.from(merged, (r) => bound(r.begin));
+  const ends = Float64Array.from(merged, (r) => bound(r.end));
+  const lowest = begins[0];
+  const highest = ends[ends.length - 1];
+  const single = merged.length === 1;
   const inRegions = (b: number): boolean => {
-    if (b < lowest || b >= highest) return false;
     let lo = 0;
-    let hi = merged.length;
+    let hi = ends.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (merged[mid].end <= b) lo = mid + 1;
+      if (ends[mid] <= b) lo = mid + 1;
       else hi = mid;
     }
-    return lo < merged.length && merged[lo].begin <= b;
+    return lo < ends.length && begins[lo] <= b;
   };
 
   const sb = readSuperblock(io);
@@ -137,11 +147,21 @@ export function reverseMap(
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
       leaf(node: BTreeNode) {
         const words = node.words;
-        for (let i = 0, w = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < node.nrEntries; i++, w += 2) {
-          const data = words[w + 1] * 256 + (words[w] >>> 24);
-          if (inRegions(data)) records.add(devId, readU64(node.buf, NODE_HEADER_SIZE + 8 * i), data);
+        const n = node.nrEntries;
+        for (let i = 0, k = NODE_HEADER_SIZE / 4, v = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < n; i++, k += 2, v += 2) {
+          const data = words[v + 1] * 256 + (words[v] >>> 24);
+          if (data < lowest || data >= highest || !(single || inRegions(data))) continue;
+          const hi = words[k + 1];
+          const thin = hi < SAFE_HI ? hi * TWO_32 + words[k] : readU64(node.buf, NODE_HEADER_SIZE + 8 * i);
+          // The mapping continues the last record (same device, next thin and data blocks), or starts one.
+          const last = records.count - 1;
+          if (last >= 0 && records.devId[last] === devId && records.dataBegin[last] + records.length[last] === data && records.continuesAt(last, thin)) {
+            records.length[last]++;
+          } else {
+            records.start(devId, thin, data);
+          }
         }
-        done += node.nrEntries;
+        done += n;
         onProgress?.(done, total);
       },
       error: fail,
@@ -149,9 +169,17 @@ export function reverseMap(
   }
   const order = new Int32Array(records.count);
   for (let i = 0; i < order.length; i++) order[i] = i;
-  stdSort(order, records.dataBegin);
-  return { records, order };
+  // Sorted in place along with the order: the records' first data blocks are not needed unsorted.
+  const dataBegin = records.dataBegin.subarray(0, records.count);
+  stdSort(order, dataBegin);
+  return { records, order, dataBegin };
 }
+
+const DATA = ascii('data ');
+const DOTS = ascii('..');
+const ARROW = ascii(' -> thin(');
+const CLOSE = ascii(') ');
+const NEWLINE = ascii('\n');
 
 /** Prints the reverse map of `regions` of the pool at `input`. */
 export function rmapPool(
@@ -163,23 +191,24 @@ export function rmapPool(
   if (regions.length === 0) throw new RmapError('No regions provided.');
   const io = openMetadataInput(input);
   try {
-    const { records, order } = reverseMap(io, regions, onProgress);
+    const { records, order, dataBegin } = reverseMap(io, regions, onProgress);
     const out = new FdSink(stdoutFd);
-    for (const i of order) {
-      const data = records.dataBegin[i];
+    for (let k = 0; k < order.length; k++) {
+      const i = order[k];
+      const data = dataBegin[k];
       const len = records.length[i];
       const thin = records.thin(i);
-      out.write('data ');
+      out.bytes(DATA);
       out.number(data);
-      out.write('..');
+      out.bytes(DOTS);
       out.number(data + len);
-      out.write(' -> thin(');
+      out.bytes(ARROW);
       out.number(records.devId[i]);
-      out.write(') ');
+      out.bytes(CLOSE);
       out.number(thin);
-      out.write('..');
-      out.number(u64Add(thin, len));
-      out.write('\n');
+      out.bytes(DOTS);
+      out.number(typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : u64Add(thin, len));
+      out.bytes(NEWLINE);
     }
     out.flush();
   } finally {
