@@ -78,6 +78,15 @@ class RangeBuilder {
     this.right = right;
   }
 
+  /**
+   * The `count` thin blocks after the last one added, up to `last`, continue its range (the
+   * caller checked they are consecutive, of its kind and, verbose, consecutive in data blocks).
+   */
+  extend(count: number, last: number): void {
+    this.len += count;
+    this.end = last < Number.MAX_SAFE_INTEGER ? last + 1 : u64Add(last, 1);
+  }
+
   flush(): void {
     if (this.len === 0) return;
     this.out.range(KINDS[this.kind], this.begin, this.len, this.left, this.right);
@@ -169,6 +178,26 @@ export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: nu
         const dl = lw[lv + 2 * li + 1] * 256 + (lw[lv + 2 * li] >>> 24);
         const dr = rw[rv + 2 * ri + 1] * 256 + (rw[rv + 2 * ri] >>> 24);
         ranges.add(kl, dl === dr ? SAME : DIFFERENT, dl, dr);
+        if (dl === dr) {
+          // What follows on both sides with the same thin blocks, consecutive, and the same data
+          // blocks (consecutive too, verbose) extends this range: compared word by word, added at once.
+          let lk = KEY_WORD + 2 * li;
+          let rk = KEY_WORD + 2 * ri;
+          let lval = lv + 2 * li;
+          let rval = rv + 2 * ri;
+          let run = 0;
+          for (const most = Math.min(ln - li, rn - ri) - 1; run < most; run++, lk += 2, rk += 2, lval += 2, rval += 2) {
+            const lo = lw[lk + 2];
+            if (lo !== lw[lk] + 1 || lw[lk + 3] !== lhi || rw[rk + 2] !== lo || rw[rk + 3] !== lhi) break;
+            const dataHi = lw[lval + 3];
+            const dataLo = lw[lval + 2] >>> 24;
+            if (rw[rval + 3] !== dataHi || rw[rval + 2] >>> 24 !== dataLo) break;
+            if (verbose && dataHi * 256 + dataLo !== dl + run + 1) break;
+          }
+          if (run > 0) ranges.extend(run, kl + run);
+          li += run;
+          ri += run;
+        }
         li++;
         ri++;
       }
