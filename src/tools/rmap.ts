@@ -8,8 +8,8 @@
 // live in typed arrays, and the walk remembers which nodes it has seen.
 import { BlockReader } from '../io/block-io.js';
 import { openMetadataInput } from '../io/open.js';
-import { ascii } from '../formats/ascii.js';
-import { FdSink } from '../formats/output.js';
+import { ascii, putAscii } from '../formats/ascii.js';
+import { FdSink, NUMBER_ROOM, putNumber } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
@@ -180,6 +180,8 @@ const DOTS = ascii('..');
 const ARROW = ascii(' -> thin(');
 const CLOSE = ascii(') ');
 const NEWLINE = ascii('\n');
+/** The longest line: five numbers of up to 20 digits and the text between them. */
+const LINE_ROOM = 5 * NUMBER_ROOM + 32;
 
 /** Prints the reverse map of `regions` of the pool at `input`. */
 export function rmapPool(
@@ -193,22 +195,41 @@ export function rmapPool(
   try {
     const { records, order, dataBegin } = reverseMap(io, regions, onProgress);
     const out = new FdSink(stdoutFd);
+    const { buf, view } = out;
     for (let k = 0; k < order.length; k++) {
       const i = order[k];
       const data = dataBegin[k];
       const len = records.length[i];
       const thin = records.thin(i);
-      out.bytes(DATA);
-      out.number(data);
-      out.bytes(DOTS);
-      out.number(data + len);
-      out.bytes(ARROW);
-      out.number(records.devId[i]);
-      out.bytes(CLOSE);
-      out.number(thin);
-      out.bytes(DOTS);
-      out.number(typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : u64Add(thin, len));
-      out.bytes(NEWLINE);
+      const thinEnd = typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : u64Add(thin, len);
+      if (typeof thinEnd === 'number') {
+        // The whole line formatted in place.
+        let p = out.reserve(LINE_ROOM);
+        putAscii(view, buf, p, DATA);
+        p = putNumber(view, buf, p + DATA.length, data);
+        putAscii(view, buf, p, DOTS);
+        p = putNumber(view, buf, p + DOTS.length, data + len);
+        putAscii(view, buf, p, ARROW);
+        p = putNumber(view, buf, p + ARROW.length, records.devId[i]);
+        putAscii(view, buf, p, CLOSE);
+        p = putNumber(view, buf, p + CLOSE.length, thin as number);
+        putAscii(view, buf, p, DOTS);
+        p = putNumber(view, buf, p + DOTS.length, thinEnd);
+        buf[p] = 0x0a;
+        out.advance(p + 1);
+      } else {
+        out.bytes(DATA);
+        out.number(data);
+        out.bytes(DOTS);
+        out.number(data + len);
+        out.bytes(ARROW);
+        out.number(records.devId[i]);
+        out.bytes(CLOSE);
+        out.number(thin);
+        out.bytes(DOTS);
+        out.number(thinEnd);
+        out.bytes(NEWLINE);
+      }
     }
     out.flush();
   } finally {
