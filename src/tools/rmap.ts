@@ -58,15 +58,29 @@ const TWO_32 = 0x100000000;
 /** High words of thin blocks below 2^53, which fit a number exactly. */
 const SAFE_HI = 0x200000;
 
+/** Records reserved before the walk at most (1.8 GiB of address space); past that they grow. */
+const MAX_INITIAL_RECORDS = 1 << 26;
+
 /** The reverse map in the making: one record per region of consecutive mappings. */
 class RmapRecords {
   count = 0;
-  dataBegin = new Float64Array(1024);
-  length = new Float64Array(1024);
-  devId = new Uint32Array(1024);
+  dataBegin: Float64Array;
+  length: Float64Array;
+  devId: Uint32Array;
   /** Thin blocks; a NaN marks one past 2^53, kept exactly in `bigThin`. */
-  thinBegin = new Float64Array(1024);
+  thinBegin: Float64Array;
   readonly bigThin = new Map<number, bigint>();
+
+  /**
+   * Room for `capacity` records from the start: pages never written are never touched, so an
+   * estimate above the count costs address space only, and the arrays are not copied as they grow.
+   */
+  constructor(capacity: number) {
+    this.dataBegin = new Float64Array(capacity);
+    this.length = new Float64Array(capacity);
+    this.devId = new Uint32Array(capacity);
+    this.thinBegin = new Float64Array(capacity);
+  }
 
   /** Starts a record (the caller found the mapping does not continue the last one). */
   start(devId: number, thin: U64, data: number): void {
@@ -135,13 +149,15 @@ export function reverseMap(
   const fail = (e: BTreeError): never => {
     throw new RmapError(`Damage in mapping tree, please run thin_check: ${e.message}`);
   };
-  const records = new RmapRecords();
+  // Every device's mapped blocks: at most that many records, and the progress bar's total
+  // (shared subtrees are read once, so it ends early). The reference does not read the device
+  // details: damage there only leaves the estimate short.
+  let total = 0;
+  for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, () => {})) total += Number(d.mappedBlocks);
+  const records = new RmapRecords(Math.max(1024, Math.min(total, MAX_INITIAL_RECORDS)));
   // As the reference, a node is visited once in the whole walk: a subtree devices share is
   // reported for the first of them (in dev_id order) only.
   const memo: SubtreeMemo = new Map();
-  // Progress against every device's mapped blocks: shared subtrees are read once, so it ends early.
-  let total = 0;
-  if (onProgress) for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, fail)) total += Number(d.mappedBlocks);
   let done = 0;
   for (const { devId, root } of readDeviceRoots(io, sb.dataMappingRoot, fail)) {
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
