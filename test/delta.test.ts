@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deviceNodes, flipBit, superblockOf } from './support/damage.js';
-import { Pool, devIdsOf, generatedPools, kernelPools } from './support/pools.js';
+import { Pool, devIdsOf, generatedPools, kernelPools, keysPast2To53Pool } from './support/pools.js';
 import { runLibrary, runOurs, runReference, sha256, tempDir, upstreamTool } from './support/reference.js';
 import { spawnSync } from 'node:child_process';
 import { deltaDevices } from '../src/tools/delta.js';
@@ -124,6 +124,13 @@ describe('thin_delta matches the reference', () => {
       expect([ours.status, ref.status]).toEqual([0, 0]);
       expect(ours.stdout === `${ref.stdout}\n`, `thin_delta ${args.join(' ')}`).toBe(true);
     }
+  });
+});
+
+describe('thin_delta past 2^53', () => {
+  it('thin blocks across 2^53 and up to 2^64-1: ranges cut and merged exactly, plain and verbose', () => {
+    const img = keysPast2To53Pool(dir).path;
+    for (const [a, b] of [[1, 2], [2, 1], [1, 1]]) for (const verbose of [false, true]) expect(expectSamePair(img, a, b, verbose, false)).toBe(0);
   });
 });
 

@@ -191,6 +191,12 @@ export function reverseMap(
   return { records, order, dataBegin };
 }
 
+/** The end of a region ending past 2^53, as the reference's u64 arithmetic has it: 2^64 wraps to 0. */
+function thinEndPast2To53(thin: U64, len: number): U64 {
+  const end = u64Add(thin, len);
+  return end === 2n ** 64n ? 0 : end;
+}
+
 const DATA = ascii('data ');
 const DOTS = ascii('..');
 const ARROW = ascii(' -> thin(');
@@ -217,8 +223,8 @@ export function rmapPool(
       const data = dataBegin[k];
       const len = records.length[i];
       const thin = records.thin(i);
-      const thinEnd = typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : u64Add(thin, len);
-      if (typeof thinEnd === 'number') {
+      const thinEnd = typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : thinEndPast2To53(thin, len);
+      if (typeof thin === 'number' && typeof thinEnd === 'number') {
         // The whole line formatted in place.
         let p = out.reserve(LINE_ROOM);
         putAscii(view, buf, p, DATA);
@@ -228,7 +234,7 @@ export function rmapPool(
         putAscii(view, buf, p, ARROW);
         p = putNumber(view, buf, p + ARROW.length, records.devId[i]);
         putAscii(view, buf, p, CLOSE);
-        p = putNumber(view, buf, p + CLOSE.length, thin as number);
+        p = putNumber(view, buf, p + CLOSE.length, thin);
         putAscii(view, buf, p, DOTS);
         p = putNumber(view, buf, p + DOTS.length, thinEnd);
         buf[p] = 0x0a;
