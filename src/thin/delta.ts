@@ -116,12 +116,29 @@ class Side {
   load(): boolean {
     const node = this.cursor.nextLeaf();
     if (node === null) return false;
+    this.hold(node);
+    return true;
+  }
+
+  /** Reads one node on the way down: true when it was a leaf (now in hand). */
+  step(): boolean {
+    const node = this.cursor.nextNode();
+    if (node === null || !node.isLeaf) return false;
+    this.hold(node);
+    return true;
+  }
+
+  /** How many levels the subtree about to be read has above its leaves (Infinity before the first leaf). */
+  heightOf(next: NextSubtree): number {
+    return this.cursor.leafDepth === -1 ? Infinity : this.cursor.leafDepth - next.depth;
+  }
+
+  private hold(node: BTreeNode): void {
     this.node = node;
     this.words = node.words;
     this.valueWord = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4;
     this.i = 0;
     this.n = node.nrEntries;
-    return true;
   }
 
   key(): U64 {
@@ -145,10 +162,19 @@ export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: nu
     if (L.i === L.n && R.i === R.n) {
       const ls = L.cursor.peek();
       const rs = R.cursor.peek();
-      if (ls !== null && rs !== null && ls.block === rs.block) {
-        L.cursor.skip();
-        R.cursor.skip();
-        sharedSubtree(io, ls, rs, L.cursor, R.cursor, ranges);
+      if (ls !== null && rs !== null) {
+        if (ls.block === rs.block) {
+          L.cursor.skip();
+          R.cursor.skip();
+          sharedSubtree(io, ls, rs, L.cursor, R.cursor, ranges);
+          continue;
+        }
+        // Down a level at a time, the taller side first (both when level): a subtree the trees
+        // share may sit at different depths in each (trees of different heights, or split apart).
+        const lh = L.heightOf(ls);
+        const rh = R.heightOf(rs);
+        if (lh >= rh) L.step();
+        if (rh >= lh) R.step();
         continue;
       }
     }
