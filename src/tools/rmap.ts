@@ -58,8 +58,8 @@ const TWO_32 = 0x100000000;
 /** High words of thin blocks below 2^53, which fit a number exactly. */
 const SAFE_HI = 0x200000;
 
-/** Records reserved before the walk at most (1.8 GiB of address space); past that they grow. */
-const MAX_INITIAL_RECORDS = 1 << 26;
+/** Records reserved before the walk at most (224 MiB of address space); past that they grow. */
+const MAX_INITIAL_RECORDS = 1 << 23;
 
 /** The reverse map in the making: one record per region of consecutive mappings. */
 class RmapRecords {
@@ -149,12 +149,19 @@ export function reverseMap(
   const fail = (e: BTreeError): never => {
     throw new RmapError(`Damage in mapping tree, please run thin_check: ${e.message}`);
   };
-  // Every device's mapped blocks: at most that many records, and the progress bar's total
-  // (shared subtrees are read once, so it ends early). The reference does not read the device
-  // details: damage there only leaves the estimate short.
+  // Every device's mapped blocks: the progress bar's total (shared subtrees are read once, so it
+  // ends early) and, each capped at the regions' size, at most that many records. The reference
+  // does not read the device details: damage there only leaves the estimate wrong.
+  let regionBlocks = 0;
+  // (A region starting past 2^53 holds no data block.)
+  for (let r = 0; r < begins.length; r++) if (begins[r] !== Infinity) regionBlocks += ends[r] - begins[r];
   let total = 0;
-  for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, () => {})) total += Number(d.mappedBlocks);
-  const records = new RmapRecords(Math.max(1024, Math.min(total, MAX_INITIAL_RECORDS)));
+  let most = 0;
+  for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, () => {})) {
+    total += Number(d.mappedBlocks);
+    most += Math.min(Number(d.mappedBlocks), regionBlocks);
+  }
+  const records = new RmapRecords(most > 1024 ? Math.min(most, MAX_INITIAL_RECORDS) : 1024);
   // As the reference, a node is visited once in the whole walk: a subtree devices share is
   // reported for the first of them (in dev_id order) only.
   const memo: SubtreeMemo = new Map();
