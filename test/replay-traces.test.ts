@@ -159,18 +159,13 @@ describe('thin_replay as a command', () => {
     expect(r.stderr).toBe(`thin_replay: ${trace}:3: block 'x' is not a non-negative decimal number\n`);
   });
 
-  it('refuses operations of a later issue by line, and a pool line anywhere but first', () => {
-    const trace = path.join(dir, 'later.trace');
-    fs.writeFileSync(trace, 'pool data_block_size=128 nr_data_blocks=10 error_if_no_space=on\ncreate_thin 1\nmerge 1 1\nparallel\nwrite 1 0\nend\n');
+  it('refuses what cannot be in flight by line, and a pool line anywhere but first', () => {
+    const trace = path.join(dir, 'in-flight.trace');
+    fs.writeFileSync(trace, 'pool data_block_size=128 nr_data_blocks=10 error_if_no_space=on\ncreate_thin 1\nparallel\nwrite 1 0\ncreate_thin 2\nend\n');
     const { metadata } = files();
     const r = runOurs('thin_replay', [trace, '--metadata', metadata, '--keep-going']);
     expect(r.status).toBe(1);
-    expect(r.stderr).toBe([
-      `thin_replay: ${trace}:3: merge 1 1: merge is not supported yet by this engine`,
-      `thin_replay: ${trace}:4: parallel: parallel is not supported yet by this engine`,
-      `thin_replay: ${trace}:6: end: end is not supported yet by this engine`,
-      '',
-    ].join('\n'));
+    expect(r.stderr).toBe(`thin_replay: ${trace}:5: create_thin cannot be in flight: between parallel and end go only write, write_sectors, read, discard, discard_sectors, flush, commit, status, create_snap\n`);
     const again = path.join(dir, 'pool-twice.trace');
     fs.writeFileSync(again, 'pool data_block_size=128 nr_data_blocks=10\ncreate_thin 1\npool data_block_size=128 nr_data_blocks=10\n');
     const p = runOurs('thin_replay', [again, '--metadata', files().metadata]);

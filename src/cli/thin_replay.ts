@@ -11,6 +11,8 @@ interface Flags {
   metadata?: string;
   data?: string;
   seed?: string;
+  preFixDiscardOrdering?: boolean;
+  externalOrigin?: string[];
   verifyEveryCommit?: boolean;
   crashAt?: string;
   crashSweep?: boolean;
@@ -26,6 +28,8 @@ void runTool(NAME, (argv) => {
     .option('--metadata <file>', 'the pool\'s metadata: formatted from the trace\'s pool line if empty or missing, else opened')
     .option('--data <file>', 'the pool\'s data file (made if missing); without it no data is written or read')
     .option('--seed <n>', 'seed for interleaving parallel IO')
+    .option('--pre-fix-discard-ordering', 'count IO as in flight before locking its cell, as dm-thin did before its discard deadlock fix (parallel IO can then deadlock)')
+    .option('--external-origin <D=FILE>', 'FILE is the external origin of device D (the trace\'s external_origin D line); repeatable', (v: string, all: string[] = []) => [...all, v])
     .option('--verify-every-commit', 'run thin_check on the metadata after every commit')
     .option('--crash-at <n>', 'lose every metadata write after the Nth, reopen, and require the last commit')
     .option('--crash-sweep', 'crash after every metadata write in turn, each time requiring the last commit')
@@ -44,6 +48,8 @@ void runTool(NAME, (argv) => {
     metadata: flags.metadata,
     data: flags.data,
     seed: flags.seed === undefined ? undefined : countValue('--seed', flags.seed),
+    preFixDiscardOrdering: !!flags.preFixDiscardOrdering,
+    externalOrigins: externalOrigins(flags.externalOrigin ?? []),
     verifyEveryCommit: !!flags.verifyEveryCommit,
     crashAt: flags.crashAt === undefined ? undefined : countValue('--crash-at', flags.crashAt),
     keepGoing: !!flags.keepGoing,
@@ -101,6 +107,19 @@ void runTool(NAME, (argv) => {
   return summary.ok ? 0 : 1;
 });
 
+/** `--external-origin D=FILE` values, by device id. */
+function externalOrigins(values: string[]): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const v of values) {
+    const m = /^(\d+)=(.+)$/.exec(v);
+    if (!m) throw new UsageError(`--external-origin ${v}: expected D=FILE (a device id, then the origin file)`);
+    const dev = countValue('--external-origin', m[1]);
+    if (out.has(dev)) throw new UsageError(`--external-origin: device ${dev} given twice`);
+    out.set(dev, m[2]);
+  }
+  return out;
+}
+
 function describe(s: ReplaySummary): string {
   const d = s.dataBlocks;
   const m = s.metadataBlocks;
@@ -109,6 +128,8 @@ function describe(s: ReplaySummary): string {
     `  data blocks: ${d.allocated} allocated (${d.copied} copied on write), ${d.shared} shared, ${d.freed} freed (${d.punched} punched out of the data file)`,
     `  metadata blocks: ${m.used} of ${m.total} in use, ${m.writes} written`,
   ];
+  if (s.inFlight.blocks > 0) lines.push(`  IO in flight: ${s.inFlight.blocks} parallel blocks, ${s.inFlight.bios} bios, ${s.inFlight.waits} waited for a cell or earlier IO (seed ${s.inFlight.seed})`);
+  for (const c of s.modes) lines.push(`  ${c.line > 0 ? `line ${c.line}` : 'at open'}: pool ${c.mode} (${c.cause})`);
   if (s.crash) lines.push(`  crash after metadata write ${s.crash.at}: ${s.crash.happened ? `happened after ${s.crash.commitsBefore} commits` : 'never reached'}`);
   const problems = s.problems.length === 0 ? '' : `; ${s.problems.length} problem${s.problems.length === 1 ? '' : 's'} (above)`;
   const v = s.verification === 'passed' ? 'passed: the metadata equals the model and thin_check accepts it' : 'FAILED (above)';

@@ -20,6 +20,19 @@ export interface Segment {
   line: number;
 }
 
+/** A whole block's content: one line (or ZEROES, UNKNOWN) for all of it, or segments covering it. */
+export type Content = number | Segment[];
+
+/**
+ * A device's read-only external origin (the thin target's origin device): its unmapped blocks
+ * read from it. Its content is named by the trace line that attached it (so it reads as what that
+ * line "wrote", or, with a file, what the file holds), and it ends after `sectors`.
+ */
+export interface OriginRef {
+  line: number;
+  sectors: number;
+}
+
 const EMPTY = 0;
 const USED = 1;
 const GONE = 2;
@@ -200,6 +213,7 @@ export interface ModelDevice {
   snapTime: number;
   /** Mappings changed since the last commit (a flush through it commits). */
   changed: boolean;
+  origin?: OriginRef;
 }
 
 function cloneDevice(d: ModelDevice): ModelDevice {
@@ -258,6 +272,7 @@ type Undo =
   | { kind: 'mapping'; devId: number; block: number; existed: boolean; line: number; data: number; time: number; mixed?: Segment[] }
   | { kind: 'hold'; block: number; delta: number }
   | { kind: 'device'; devId: number; device: ModelDevice | undefined; holds: boolean }
+  | { kind: 'rename'; from: number; to: number }
   | { kind: 'pool'; time: number; transactionId: U64; held: Map<number, ModelDevice> | null; snapTimes: Array<[number, number]> };
 
 export class Model {
@@ -271,6 +286,11 @@ export class Model {
   private readonly usedAtCommit = new Map<number, boolean>();
   /** The allocation cursor: starts at 0 when the pool is opened, survives commits. */
   private cursor = 0;
+  /**
+   * Data blocks allocated whose mapping is not inserted yet (IO in flight, or IO that failed after
+   * its allocation): a commit records them allocated but mapped by nothing, as the kernel's does.
+   */
+  readonly unmappedAllocations = new Set<number>();
   readonly stats: ModelStats = { allocated: 0, copied: 0, freed: 0 };
   /** This transaction's changes, newest last. */
   private undo: Undo[] = [];
@@ -316,6 +336,7 @@ export class Model {
   allocated(b: number, copy: boolean): void {
     this.cursor = b + 1;
     this.hold(b, 1);
+    this.unmappedAllocations.add(b);
     this.undo.push({ kind: 'hold', block: b, delta: 1 });
     this.stats.allocated++;
     if (copy) this.stats.copied++;
@@ -369,6 +390,41 @@ export class Model {
     this.devices.delete(devId);
   }
 
+  /**
+   * Rolls origin `originId` back to its snapshot `snapId`, as lvm2 merges a thin snapshot: the
+   * origin's mappings are released and the snapshot's device (mappings, details, external
+   * origin) takes the origin's id.
+   */
+  merge(snapId: number, originId: number): void {
+    this.deleteDevice(originId);
+    this.undo.push({ kind: 'rename', from: snapId, to: originId });
+    this.devices.set(originId, this.devices.get(snapId)!);
+    this.devices.delete(snapId);
+  }
+
+  /** What a read of an unmapped block returns: its external origin's sectors, zeroes past the origin's end. */
+  unmappedContent(devId: number, block: number): Content {
+    const origin = this.devices.get(devId)?.origin;
+    const first = block * this.sectorsPerBlock;
+    if (!origin || first >= origin.sectors) return ZEROES;
+    const n = origin.sectors - first;
+    return n >= this.sectorsPerBlock ? origin.line : [{ begin: 0, end: n, line: origin.line }, { begin: n, end: this.sectorsPerBlock, line: ZEROES }];
+  }
+
+  /**
+   * What a newly provisioned block holds before a partial write lands on it: the external
+   * origin's sectors copied (dm-thin's schedule_external_copy), the rest zeroed, or left as the
+   * data block was when zeroing is off.
+   */
+  provisionContent(devId: number, block: number, zero: boolean): Content {
+    const origin = this.devices.get(devId)?.origin;
+    const first = block * this.sectorsPerBlock;
+    const rest = zero ? ZEROES : UNKNOWN;
+    if (!origin || first >= origin.sectors) return rest;
+    const n = origin.sectors - first;
+    return n >= this.sectorsPerBlock ? origin.line : [{ begin: 0, end: n, line: origin.line }, { begin: n, end: this.sectorsPerBlock, line: rest }];
+  }
+
   setTransactionId(id: U64): void {
     this.savePool([]);
     this.transactionId = id;
@@ -398,10 +454,11 @@ export class Model {
   // ---- mappings
 
   /** Maps `block` to `data` (already held by its allocation), replacing (and releasing) an old mapping. */
-  map(devId: number, block: number, data: number, content: number | Segment[]): void {
+  map(devId: number, block: number, data: number, content: Content): void {
     const d = this.devices.get(devId)!;
     const slot = d.table.find(block);
     this.saveMapping(devId, d, block, slot);
+    this.unmappedAllocations.delete(data);
     if (slot >= 0) this.hold(d.table.dataAt(slot), -1);
     this.setContent(d, block, content, data, this.time);
     d.changed = true;
@@ -435,17 +492,18 @@ export class Model {
   overwrite(devId: number, block: number, begin: number, end: number, line: number): void {
     const d = this.devices.get(devId)!;
     const slot = d.table.find(block);
-    this.setContent(d, block, overlay(this.content(devId, block), begin, end, line, this.sectorsPerBlock), d.table.dataAt(slot), d.table.timeAt(slot));
+    const content = begin === 0 && end === this.sectorsPerBlock ? line : overlay(segments(this.contentOf(devId, block), this.sectorsPerBlock), begin, end, line, this.sectorsPerBlock);
+    this.setContent(d, block, content, d.table.dataAt(slot), d.table.timeAt(slot));
   }
 
-  /** The content of a mapped block, as segments covering it. */
-  content(devId: number, block: number): Segment[] {
+  /** The content of a mapped block (UNKNOWN when the model keeps none). */
+  contentOf(devId: number, block: number): Content {
     const d = this.devices.get(devId)!;
     const line = d.table.lineAt(d.table.find(block));
-    return line === MIXED ? d.mixed.get(block)! : [{ begin: 0, end: this.sectorsPerBlock, line }];
+    return line === MIXED ? d.mixed.get(block)! : line;
   }
 
-  private setContent(d: ModelDevice, block: number, content: number | Segment[], data: number, time: number): void {
+  private setContent(d: ModelDevice, block: number, content: Content, data: number, time: number): void {
     if (!this.keepsContent) {
       d.table.set(block, UNKNOWN, data, time);
       return;
@@ -479,12 +537,15 @@ export class Model {
         switch (u.kind) {
           case 'hold':
             this.hold(u.block, -u.delta);
+            this.unmappedAllocations.delete(u.block);
             break;
           case 'mapping': {
             const d = this.devices.get(u.devId)!;
             const slot = d.table.find(u.block);
             if (slot >= 0) {
-              // Its data block's use is its allocation's, undone with that.
+              // Its data block's use is its allocation's: undone with that if the allocation was
+              // in this transaction too, else left allocated and mapped by nothing.
+              this.unmappedAllocations.add(d.table.dataAt(slot));
               d.table.deleteSlot(slot);
               d.mixed.delete(u.block);
             }
@@ -495,6 +556,10 @@ export class Model {
             }
             break;
           }
+          case 'rename':
+            this.devices.set(u.from, this.devices.get(u.to)!);
+            this.devices.delete(u.to);
+            break;
           case 'device': {
             const now = this.devices.get(u.devId);
             if (now && u.holds) now.table.forEach((_k, slot) => this.hold(now.table.dataAt(slot), -1));
@@ -534,6 +599,11 @@ export class Model {
     return false;
   }
 
+}
+
+/** A block's content as segments covering it. */
+export function segments(content: Content, sectorsPerBlock: number): Segment[] {
+  return typeof content === 'number' ? [{ begin: 0, end: sectorsPerBlock, line: content }] : content;
 }
 
 /** `content` with sectors [begin, end) replaced by `line`; segments merged where they meet. */

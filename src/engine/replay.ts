@@ -1,32 +1,51 @@
 // thin_replay as a library: runs a trace on a pool (metadata file, optional data file) and checks
 // the pool against the model after every step. The pool decides, the model predicts: which data
 // block each allocation gets, whether a write copies, what every read returns, when the pool
-// commits, refuses or runs out of space. Any disagreement is a mismatch naming the trace line.
+// commits, refuses, runs out of space or changes mode. Any disagreement is a mismatch naming the
+// trace line.
 //
-// The IO path is a sequence of steps (look up, allocate, copy or zero, insert), each a method, so
-// a scheduler could interleave the steps of IO in flight; here they run one block at a time.
+// IO goes through io-path.ts, a bio at a time, or, between `parallel` and `end`, all at once under
+// a seeded scheduler; then serial-order.ts says whether each block ended as some serial order of
+// its operations would leave it. Around the IO this file keeps what a pool does over time: its
+// commits (messages, flushes, the worker's each second of the virtual clock), its modes (out of
+// data space with writes waiting up to the no-space timeout, read-only after an aborted
+// transaction, fail), external origins, and the final comparison of the metadata with the model.
 import * as fs from 'node:fs';
 import { BLOCK_SIZE, BlockReader, BlockWriter, InputError } from '../io/block-io.js';
+import { refuseOutputOverInput } from '../io/open.js';
 import { BlockStore, CrashError } from '../pdata/block-manager.js';
 import { U64 } from '../pdata/le.js';
 import { MAX_METADATA_BLOCKS } from '../pdata/space-map/metadata.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../thin/events.js';
-import { CommitCause, Mapping, Pool, PoolError, PoolMode } from '../thin/pool.js';
+import { CommitCause, Pool, PoolError, PoolMode } from '../thin/pool.js';
 import { readMetadata } from '../thin/read-metadata.js';
 import { NEEDS_CHECK_FLAG, readSuperblock } from '../thin/superblock.js';
 import { checkMetadata } from '../tools/check.js';
-import { SECTOR_BYTES, describeSector, fillContent } from './content.js';
+import { SECTOR_BYTES } from './content.js';
 import { DataFile } from './data-file.js';
-import { Model, ModelDevice, Segment, UNKNOWN, ZEROES, overlay } from './model.js';
+import { Bio, IoHost, IoPath, seededRandom } from './io-path.js';
+import { Model, ModelDevice, UNKNOWN } from './model.js';
+import { ExternalOrigin } from './origin.js';
+import { LineProblem, Problem, ProblemKind, mismatch, refused } from './problem.js';
+import { BlockOp, BlockState, UnmappedContent, describeState, serialOrder } from './serial-order.js';
 import { PoolLine, TraceError, TraceOp, readTrace } from './trace.js';
+
+export type { Problem, ProblemKind };
 
 export interface ReplayOptions {
   trace: string;
   metadata: string;
   /** The data file; without it the model is kept but no data is written or read. */
   data?: string;
-  /** Seeds the interleaving of parallel IO (reported; the serial path does not use it). */
+  /** Seeds the interleaving of IO in flight (`parallel` ... `end`); default 1. */
   seed?: number;
+  /**
+   * Count IO in the deferred set before it locks its cell, as dm-thin did before its fix for
+   * discards racing writes: IO in flight can then deadlock.
+   */
+  preFixDiscardOrdering?: boolean;
+  /** Files that are external origins, by device id (for the trace's `external_origin` lines). */
+  externalOrigins?: ReadonlyMap<number, string>;
   /** Run our full check after every commit. */
   verifyEveryCommit?: boolean;
   /** Lose every metadata write after the Nth (counting from 1), then reopen and compare. */
@@ -42,12 +61,11 @@ export interface ReplayOptions {
   afterCommit?: (line: number) => void;
 }
 
-export type ProblemKind = 'refused' | 'mismatch' | 'unsupported' | 'check';
-
-export interface Problem {
+/** The pool entered `mode` at trace line `line` (0: opening it, or the end of the trace), because of `cause`. */
+export interface ModeChange {
   line: number;
-  kind: ProblemKind;
-  message: string;
+  mode: PoolMode;
+  cause: string;
 }
 
 export interface ReplaySummary {
@@ -57,6 +75,10 @@ export interface ReplaySummary {
   dataBlocks: { allocated: number; copied: number; shared: number; freed: number; punched: number; verified: number };
   metadataBlocks: { reads: number; writes: number; used: number; total: number };
   mode: PoolMode;
+  /** Every change of the pool's mode, and the no-space timeout, with their trace lines. */
+  modes: ModeChange[];
+  /** IO in flight: `parallel` blocks run, their bios, and how often a bio waited for a cell or earlier IO. */
+  inFlight: { blocks: number; bios: number; waits: number; seed: number };
   problems: Problem[];
   /** The final comparison of the metadata with the model, and our check of it. */
   verification: 'passed' | 'failed';
@@ -67,16 +89,20 @@ export interface ReplaySummary {
 
 /** Problems listed before the rest are only counted (a wrong pool can disagree everywhere). */
 const MAX_PROBLEMS = 100;
+/** dm-thin's no_space_timeout: how long writes wait for data space before they fail. */
+const NO_SPACE_TIMEOUT = 60;
 
 /** The default metadata size: 48 bytes per data block and 4 MiB, as lvm would size it, capped. */
 export function defaultMetadataBlocks(nrDataBlocks: number): number {
   return Math.min(MAX_METADATA_BLOCKS, Math.ceil((nrDataBlocks * 48) / BLOCK_SIZE) + 1024);
 }
 
-/** The metadata writes a store let through, and a simulated crash after the Nth. */
+/** The metadata writes a store let through, a simulated crash after the Nth, and failing writes. */
 class CountingStore implements BlockStore {
   writes = 0;
   crashed = false;
+  /** The trace line of `fail_metadata_writes` while writes fail, else 0. */
+  failingSince = 0;
   constructor(private readonly inner: BlockWriter, private readonly crashAt: number | undefined) {}
   get path(): string {
     return this.inner.path;
@@ -88,14 +114,19 @@ class CountingStore implements BlockStore {
     return this.inner.readInto(b, buf);
   }
   write(b: number, data: Buffer): void {
+    this.failIfFailing(b);
     const allowed = this.allow(data.length / BLOCK_SIZE);
     if (allowed > 0) this.inner.write(b, allowed * BLOCK_SIZE === data.length ? data : data.subarray(0, allowed * BLOCK_SIZE));
     this.crashIfDue();
   }
   writeBlocks(b: number, blocks: Buffer[]): void {
+    this.failIfFailing(b);
     const allowed = this.allow(blocks.length);
     if (allowed > 0) this.inner.writeBlocks(b, allowed === blocks.length ? blocks : blocks.slice(0, allowed));
     this.crashIfDue();
+  }
+  private failIfFailing(b: number): void {
+    if (this.failingSince) throw new Error(`writing metadata block ${b} failed (fail_metadata_writes at line ${this.failingSince})`);
   }
   /** How many of `n` block writes reach the device before the crash. */
   private allow(n: number): number {
@@ -117,17 +148,6 @@ class CountingStore implements BlockStore {
   }
 }
 
-/** A problem at a trace line, thrown to end the operation. */
-class LineProblem extends Error {
-  constructor(readonly kind: ProblemKind, message: string) {
-    super(message);
-  }
-}
-
-function mismatch(message: string): never {
-  throw new LineProblem('mismatch', message);
-}
-
 function isFormatted(path: string): boolean {
   if (!fs.existsSync(path)) return false;
   const io = new BlockReader(path);
@@ -143,62 +163,84 @@ export function replay(opts: ReplayOptions): ReplaySummary {
   return new Replay(opts).run();
 }
 
-class Replay {
-  private pool!: Pool;
-  private model!: Model;
+class Replay implements IoHost {
+  pool!: Pool;
+  model!: Model;
+  data: DataFile | undefined;
+  zero = true;
+  passdown = true;
+  /** error_if_no_space as the pool's table says it. */
+  private tableErrorIfNoSpace = false;
+  /** The no-space timeout expired: writes needing a block fail at once until the pool is reloaded. */
+  private noSpaceTimedOut = false;
+  /** When writes waiting for data space fail, on the virtual clock (armed when the pool runs out). */
+  private noSpaceDeadline: number | null = null;
+  readonly origins = new Map<number, ExternalOrigin>();
+  private readonly unusedOriginFiles: Map<number, string>;
+  line = 0;
   private store!: CountingStore;
-  private data?: DataFile;
-  private zero = true;
-  private passdown = true;
-  private errorIfNoSpace = false;
+  private io!: IoPath;
+  private readonly random: () => number;
   private sectorsPerBlock = 0;
   private blockBytes = 0;
-  private block!: Buffer;
-  private expected!: Buffer;
   private clock = 0;
   private lastWorkerCommit = 0;
   private operations = 0;
   private readonly problems: Problem[] = [];
   private problemCount = 0;
-  private line = 0;
-  private blockProblems = 0;
-  /** Blocks read back from the data file and compared with the model. */
-  private verifiedBlocks = 0;
-  /** Data blocks written since the last commit: after a crash, the committed ones must be intact. */
-  private readonly writtenSinceCommit = new Set<number>();
-  private firstBlockProblem: LineProblem | undefined;
-  /** A commit made right after an allocation: the model commits once it has the allocation too. */
-  private commitAfterAllocation = false;
-  private allocating = false;
+  private readonly modes: ModeChange[] = [];
+  private readonly inFlight = { blocks: 0, bios: 0 };
+  /** The operations of the `parallel` block being read, and its line. */
+  private block: TraceOp[] | null = null;
+  private blockLine = 0;
+  /** IO in flight deadlocked: the replay cannot go on. */
+  private deadlocked = false;
+  /** The IO of a `parallel` block is running (what waits for space goes again after it). */
+  private inFlightRunning = false;
   private readonly started = Date.now();
 
-  constructor(private readonly opts: ReplayOptions) {}
+  constructor(private readonly opts: ReplayOptions) {
+    this.random = seededRandom(opts.seed ?? 1);
+    this.unusedOriginFiles = new Map(opts.externalOrigins ?? []);
+  }
+
+  get errorIfNoSpace(): boolean {
+    return this.tableErrorIfNoSpace || this.noSpaceTimedOut;
+  }
 
   run(): ReplaySummary {
+    // An external origin is read-only: the pool's own files must not be one.
+    for (const file of this.unusedOriginFiles.values()) {
+      for (const output of [this.opts.metadata, this.opts.data]) if (output !== undefined) refuseOutputOverInput(file, output);
+    }
     const total = fs.existsSync(this.opts.trace) ? fs.statSync(this.opts.trace).size : 0;
     const ops = readTrace(this.opts.trace, (bytes) => this.opts.onProgress?.(bytes, total));
     let first = ops.next();
     let crashed = false;
     let stopped = false;
     try {
-      this.setup(first.done ? undefined : first.value);
-      if (!first.done && first.value.kind === 'pool') first = ops.next();
-      for (let it = first; !it.done; it = ops.next()) {
-        const op = it.value;
-        this.line = op.line;
-        this.operations++;
-        if (!this.execute(op) && !this.opts.keepGoing) {
-          stopped = true;
-          break;
+      try {
+        this.setup(first.done ? undefined : first.value);
+        if (!first.done && first.value.kind === 'pool') first = ops.next();
+        for (let it = first; !it.done; it = ops.next()) {
+          const op = it.value;
+          this.line = op.line;
+          this.operations++;
+          if ((!this.execute(op) && !this.opts.keepGoing) || this.deadlocked) {
+            stopped = true;
+            break;
+          }
         }
+        if (!stopped) this.teardown();
+      } catch (e) {
+        if (!(e instanceof CrashError)) throw e;
+        crashed = true;
       }
-      if (!stopped) this.teardown();
-    } catch (e) {
-      if (!(e instanceof CrashError)) throw e;
-      crashed = true;
+      const verification = crashed ? this.recoverFromCrash() : this.verifyFinal(stopped);
+      return this.summary(verification, crashed);
+    } finally {
+      for (const o of this.origins.values()) o.close();
     }
-    const verification = crashed ? this.recoverFromCrash() : this.verifyFinal(stopped);
-    return this.summary(verification, crashed);
   }
 
   // ---- setup
@@ -208,10 +250,15 @@ class Replay {
     if (poolLine) {
       this.zero = poolLine.zero;
       this.passdown = poolLine.discardPassdown;
-      this.errorIfNoSpace = poolLine.errorIfNoSpace;
+      this.tableErrorIfNoSpace = poolLine.errorIfNoSpace;
     }
     const path = this.opts.metadata;
-    const poolOpts = { cacheBlocks: this.opts.cacheBlocks ?? 8192, sync: this.opts.sync, onCommit: (cause: CommitCause) => this.onCommit(cause) };
+    const poolOpts = {
+      cacheBlocks: this.opts.cacheBlocks ?? 8192,
+      sync: this.opts.sync,
+      onCommit: (cause: CommitCause) => this.onCommit(cause),
+      onModeChange: (mode: PoolMode, cause: string) => this.onModeChange(mode, cause),
+    };
     if (!isFormatted(path)) {
       if (!poolLine) throw new InputError(`${path}: no pool metadata there, and ${this.opts.trace} has no pool line to format one`);
       this.line = poolLine.line;
@@ -230,6 +277,7 @@ class Replay {
       this.store = new CountingStore(new BlockWriter(path), this.opts.crashAt);
       this.pool = Pool.open(this.store, poolOpts);
       this.model = loadModel(path, this.pool.dataBlockSize, this.opts.data !== undefined);
+      if (this.pool.mode !== 'write') this.modes.push({ line: 0, mode: this.pool.mode, cause: 'needs_check is set: the pool opens read-only' });
       if (poolLine) {
         this.line = poolLine.line;
         if (poolLine.dataBlockSize !== this.pool.dataBlockSize) {
@@ -243,28 +291,33 @@ class Replay {
     }
     this.sectorsPerBlock = this.pool.dataBlockSize;
     this.blockBytes = this.sectorsPerBlock * SECTOR_BYTES;
-    this.block = Buffer.alloc(this.blockBytes);
-    this.expected = Buffer.alloc(this.blockBytes);
     if (this.opts.data) this.data = new DataFile(this.opts.data, this.blockBytes, this.pool.nrDataBlocks);
+    this.io = new IoPath(this, this.opts.preFixDiscardOrdering);
   }
 
-  // ---- commits
+  // ---- commits and modes
 
   /** Every commit the pool makes: the model's transaction ends too. */
   private onCommit(cause: CommitCause): void {
-    if (cause === 'metadata-reserve' && this.allocating) {
-      this.commitAfterAllocation = true;
+    if (cause === 'metadata-reserve' && this.io?.allocating) {
+      this.io.commitAfterAllocation = true;
       return;
     }
     this.committed();
   }
 
-  private committed(): void {
+  committed(): void {
     this.model.commit();
-    this.writtenSinceCommit.clear();
+    this.io?.writtenSinceCommit.clear();
     this.data?.commitPunches();
     if (this.opts.verifyEveryCommit) this.checkOnDisk('after a commit');
     this.opts.afterCommit?.(this.line);
+  }
+
+  private onModeChange(mode: PoolMode, cause: string): void {
+    this.modes.push({ line: this.line, mode, cause });
+    // dm-thin arms the no-space timeout when the pool runs out of data space and queues IO.
+    if (mode === 'out-of-data-space' && !this.errorIfNoSpace && this.noSpaceDeadline === null) this.noSpaceDeadline = this.clock + NO_SPACE_TIMEOUT;
   }
 
   /** Our full check of the metadata as committed. */
@@ -273,7 +326,12 @@ class Replay {
     const findings: string[] = [];
     let ok: boolean;
     try {
-      ok = checkMetadata(io, { onEvent: (e) => { if (e.kind === 'error') findings.push(e.message); } }).ok;
+      ok = checkMetadata(io, {
+        inFlightDataBlocks: this.model.unmappedAllocations,
+        onEvent: (e) => {
+          if (e.kind === 'error') findings.push(e.message);
+        },
+      }).ok;
     } finally {
       io.close();
     }
@@ -292,8 +350,26 @@ class Replay {
     try {
       this.pool.commit();
     } catch (e) {
-      this.poolFailure(e);
+      throw this.poolFailure(e);
     }
+    this.retryWaitingForSpace();
+  }
+
+  /**
+   * A commit point (`commit`, `status`, a flush): a writable pool commits what changed; a
+   * read-only one writes the needs_check flag its abort could not, and fails if it cannot.
+   */
+  private commitPoint(worker: boolean): void {
+    const mode = this.pool.mode;
+    if (mode === 'read-only' || mode === 'out-of-metadata-space') {
+      try {
+        this.pool.flushNeedsCheck();
+      } catch (e) {
+        throw this.poolFailure(e);
+      }
+      return;
+    }
+    if (mode !== 'fail') this.commitIfChanged(worker);
   }
 
   /** The worker commits on its own once a second has passed since its last commit. */
@@ -303,23 +379,25 @@ class Replay {
 
   // ---- problems
 
-  private problem(kind: ProblemKind, message: string): void {
+  private problem(kind: ProblemKind, message: string, line = this.line): void {
     this.problemCount++;
-    if (this.problems.length < MAX_PROBLEMS) this.problems.push({ line: this.line, kind, message });
+    if (this.problems.length < MAX_PROBLEMS) this.problems.push({ line, kind, message });
   }
 
-  /** A refusal from the pool: the model must agree it refuses, and follow a pool that aborted. */
-  private poolFailure(e: unknown, predicted?: string): never {
+  report(problem: LineProblem, line: number): void {
+    this.problem(problem.kind, problem.message, line);
+  }
+
+  /** A refusal from the pool: follow a pool that aborted; what to report. */
+  poolFailure(e: unknown): LineProblem {
     if (!(e instanceof PoolError)) throw e;
     if (e.reason === 'aborted') {
       // The metadata is back at the last commit: what this transaction freed is mapped again.
       this.model.rollback();
       this.data?.dropPunches();
     }
-    if (predicted === undefined && e.reason !== 'aborted' && e.reason !== 'read-only' && e.reason !== 'no-data-space') {
-      throw new LineProblem('mismatch', `the pool refused (${e.message}) what the model accepts`);
-    }
-    throw new LineProblem('refused', e.message);
+    if (e.reason === 'refused') return new LineProblem('mismatch', `the pool refused (${e.message}) what the model accepts`);
+    return new LineProblem('refused', e.message);
   }
 
   // ---- operations
@@ -327,6 +405,10 @@ class Replay {
   /** Runs one operation; false if it was refused or disagreed with the model. */
   private execute(op: TraceOp): boolean {
     const before = this.problemCount;
+    if (this.block && op.kind !== 'end') {
+      this.block.push(op);
+      return true;
+    }
     try {
       this.dispatch(op);
     } catch (e) {
@@ -337,10 +419,22 @@ class Replay {
     return this.problemCount === before;
   }
 
+  /** Runs an operation among IO in flight: its failure names it. */
+  private dispatchNamed(op: TraceOp): void {
+    try {
+      this.dispatch(op);
+    } catch (e) {
+      if (e instanceof LineProblem) throw new LineProblem(e.kind, `${opText(op)}: ${e.message}`);
+      if (e instanceof PoolError) throw new LineProblem('refused', `${opText(op)}: ${e.message}`);
+      throw e;
+    }
+  }
+
   private dispatch(op: TraceOp): void {
     switch (op.kind) {
       case 'pool':
-        throw new LineProblem('refused', 'pool must be the first operation');
+        refused('pool must be the first operation');
+        break;
       case 'create_thin':
         return this.message(this.model.device(op.dev) ? `device ${op.dev} already exists` : null, () => this.pool.createThin(op.dev), () => this.model.createThin(op.dev));
       case 'create_snap': {
@@ -349,6 +443,11 @@ class Replay {
       }
       case 'delete':
         return this.message(this.model.device(op.dev) ? null : `device ${op.dev} does not exist`, () => this.pool.deleteDevice(op.dev), () => this.model.deleteDevice(op.dev));
+      case 'merge': {
+        const { dev, origin } = op;
+        const refusal = dev === origin ? `device ${dev} cannot be merged into itself` : !this.model.device(dev) ? `snapshot device ${dev} does not exist` : !this.model.device(origin) ? `origin device ${origin} does not exist` : null;
+        return this.message(refusal, () => this.pool.mergeSnapshot(dev, origin), () => this.model.merge(dev, origin));
+      }
       case 'set_transaction_id': {
         const refusal = op.current === this.model.transactionId ? null : `transaction id is ${this.model.transactionId}, not ${op.current}`;
         return this.message(refusal, () => this.pool.setTransactionId(op.current, op.next), () => this.model.setTransactionId(op.next));
@@ -359,46 +458,46 @@ class Replay {
       case 'release_metadata_snap':
         return this.message(this.model.held ? null : 'no metadata snapshot is held', () => this.pool.releaseMetadataSnap(), () => this.model.releaseMetadataSnap());
       case 'write':
-        for (let i = 0; i < op.count; i++) this.io(() => this.writeBlock(op.dev, op.block + i, 0, this.sectorsPerBlock));
+        for (let i = 0; i < op.count; i++) this.serialIo(this.io.bio(op, 'write', op.dev, op.block + i, 0, this.sectorsPerBlock));
         return this.afterIo();
       case 'write_sectors':
-        this.sectorRanges(op.sector, op.count, (block, begin, end) => this.io(() => this.writeBlock(op.dev, block, begin, end)));
+        this.sectorRanges(op.sector, op.count, (block, begin, end) => this.serialIo(this.io.bio(op, 'write', op.dev, block, begin, end)));
         return this.afterIo();
       case 'read':
-        for (let i = 0; i < op.count; i++) this.io(() => this.readBlock(op.dev, op.block + i, 0, this.sectorsPerBlock));
+        for (let i = 0; i < op.count; i++) this.serialIo(this.io.bio(op, 'read', op.dev, op.block + i, 0, this.sectorsPerBlock));
         return this.afterIo();
       case 'discard':
-        this.discard(op.dev, op.block, op.block + op.count);
+        this.serialIo(this.io.bio(op, 'discard', op.dev, op.block, 0, this.sectorsPerBlock, op.count));
         return this.afterIo();
       case 'discard_sectors': {
-        // Only the whole blocks inside the range are discarded; partial ones keep their mapping.
-        const begin = Math.ceil(op.sector / this.sectorsPerBlock);
-        const end = Math.floor((op.sector + op.count) / this.sectorsPerBlock);
-        if (end > begin) this.discard(op.dev, begin, end);
+        const bio = this.sectorDiscard(op, op.dev, op.sector, op.count);
+        if (bio) this.serialIo(bio);
         return this.afterIo();
       }
       case 'commit':
-        return this.commitIfChanged(true);
-      case 'flush':
-        if (!this.model.device(op.dev)) throw new LineProblem('refused', `device ${op.dev} does not exist`);
-        if (this.pool.deviceChanged(op.dev)) {
-          this.poolCommit();
-          this.lastWorkerCommit = this.clock;
-        }
-        return;
+        return this.commitPoint(true);
       case 'status':
-        return this.commitIfChanged(false);
+        return this.commitPoint(false);
+      case 'flush':
+        return this.flush(op.dev);
       case 'sleep':
         return this.sleep(op.seconds);
       case 'resize_data':
         return this.resizeOp(op.blocks);
       case 'external_origin':
+        return this.externalOrigin(op.dev, op.blocks);
       case 'fail_metadata_writes':
+        this.store.failingSince = op.line;
+        return;
       case 'heal_metadata_writes':
-      case 'merge':
+        this.store.failingSince = 0;
+        return;
       case 'parallel':
+        this.block = [];
+        this.blockLine = op.line;
+        return;
       case 'end':
-        throw new LineProblem('unsupported', `${op.kind} is not supported yet by this engine`);
+        return this.runParallel();
     }
   }
 
@@ -411,14 +510,28 @@ class Replay {
     try {
       poolFn();
     } catch (e) {
-      if (e instanceof PoolError && refusal !== null) throw new LineProblem('refused', e.message);
-      this.poolFailure(e);
+      if (e instanceof PoolError && refusal !== null) refused(e.message);
+      throw this.poolFailure(e);
     }
     if (refusal !== null) mismatch(`the pool accepted it, but the model refuses: ${refusal}`);
     // The pool's own commit(s) ended the model's transaction before this change: it is committed too.
     modelFn();
     this.model.commit();
     if (this.pool.commits - before !== commits) mismatch(`the pool committed ${this.pool.commits - before} times, the kernel commits ${commits}`);
+    this.retryWaitingForSpace();
+  }
+
+  /** A flush through a device: commits if the device changed; fails if an abort lost its changes. */
+  private flush(devId: number): void {
+    if (!this.model.device(devId)) refused(`device ${devId} does not exist`);
+    if (this.pool.mode === 'fail') refused('the pool has failed: all IO fails');
+    if (this.pool.lostChanges(devId)) refused(`the pool aborted its transaction: what was written through device ${devId} since the commit before is lost`);
+    if (this.pool.deviceChanged(devId)) {
+      this.poolCommit();
+      this.lastWorkerCommit = this.clock;
+    } else {
+      this.commitPoint(true);
+    }
   }
 
   private resize(blocks: number): void {
@@ -427,55 +540,111 @@ class Replay {
     this.data?.grow(blocks);
   }
 
+  /** Growing the data device: a pool reload, which also ends the no-space timeout. */
   private resizeOp(blocks: number): void {
     if (blocks < this.model.nrDataBlocks) {
       try {
         this.pool.resizeData(blocks);
       } catch (e) {
-        if (e instanceof PoolError) throw new LineProblem('refused', e.message);
+        if (e instanceof PoolError) refused(e.message);
         throw e;
       }
       mismatch(`the pool shrank the data device to ${blocks} blocks`);
     }
+    this.noSpaceDeadline = null;
+    this.noSpaceTimedOut = false;
     try {
       this.resize(blocks);
     } catch (e) {
-      this.poolFailure(e);
+      throw this.poolFailure(e);
     }
+    if (this.pool.mode === 'out-of-data-space' && !this.errorIfNoSpace) this.noSpaceDeadline = this.clock + NO_SPACE_TIMEOUT;
+    this.retryWaitingForSpace();
   }
 
+  /**
+   * The virtual clock moves on: the worker commits on each tick (each whole second) a second or
+   * more after its last commit when something changed, and writes waiting for data space fail
+   * once the no-space timeout expires.
+   */
   private sleep(seconds: number): void {
     const end = this.clock + seconds;
-    // The waker ticks each second; with changes pending, the first tick a second after the
-    // worker's last commit commits them.
-    const due = Math.ceil(Math.max(this.lastWorkerCommit + 1, this.clock));
-    if (this.pool.changed && due <= end && this.pool.mode !== 'fail') {
-      this.clock = due;
-      this.commitIfChanged(true);
+    for (;;) {
+      const tick = this.pool.changed && this.pool.mode !== 'fail' ? Math.ceil(Math.max(this.lastWorkerCommit + 1, this.clock)) : Infinity;
+      const deadline = this.noSpaceDeadline ?? Infinity;
+      const next = Math.min(tick, deadline);
+      if (next > end) break;
+      this.clock = next;
+      if (next === deadline) this.noSpaceTimeout();
+      else this.commitIfChanged(true);
     }
     this.clock = end;
   }
 
-  /**
-   * Runs one block's IO. A block that fails does not stop the others (each is its own bio in the
-   * kernel); the operation reports its first failure and how many blocks failed.
-   */
-  private io(fn: () => void): void {
-    try {
-      fn();
-    } catch (e) {
-      if (!(e instanceof LineProblem)) throw e;
-      if (this.blockProblems++ === 0) this.firstBlockProblem = e;
-    }
+  /** dm-thin's no_space_timeout: waiting writes fail, and from now on writes needing a block fail at once. */
+  private noSpaceTimeout(): void {
+    this.noSpaceDeadline = null;
+    if (this.pool.mode !== 'out-of-data-space' || this.errorIfNoSpace) return;
+    this.noSpaceTimedOut = true;
+    const failed = this.io.failWaitingForSpace(`out of data space: waited ${NO_SPACE_TIMEOUT} s for the data device to grow (no_space_timeout, line ${this.line}), then failed`);
+    this.modes.push({ line: this.line, mode: 'out-of-data-space', cause: `no_space_timeout: ${failed.length} waiting writes failed; writes that need a block now fail at once` });
+    for (const b of failed) this.bioProblem(b);
   }
 
+  /** Writes that waited for data space go again once the pool is back in write mode. */
+  private retryWaitingForSpace(): void {
+    if (this.pool.mode !== 'write' || this.io.waitingForSpace.length === 0 || this.inFlightRunning) return;
+    const bios = this.io.retryWaitingForSpace();
+    this.io.run();
+    for (const b of bios) if (b.state === 'failed') this.bioProblem(b);
+    this.io.settle();
+  }
+
+  /** Device `devId` reads its unmapped blocks through to a read-only external origin from now on. */
+  private externalOrigin(devId: number, blocks: number): void {
+    const dev = this.model.device(devId);
+    if (!dev) {
+      if (this.pool.details(devId)) mismatch(`device ${devId} should not exist, but the pool has it`);
+      refused(`device ${devId} does not exist`);
+    }
+    if (dev.origin) refused(`device ${devId} already has an external origin (line ${dev.origin.line})`);
+    if (dev.table.size > 0) refused(`device ${devId} maps ${dev.table.size} blocks: an external origin goes on a device with no IO yet`);
+    const file = this.unusedOriginFiles.get(devId);
+    this.unusedOriginFiles.delete(devId);
+    const origin = file !== undefined ? ExternalOrigin.file(devId, this.line, file) : ExternalOrigin.generated(devId, this.line, blocks, this.sectorsPerBlock);
+    this.origins.set(this.line, origin);
+    dev.origin = origin;
+  }
+
+  /** Runs one bio to completion; its failure is counted for the operation's report. */
+  private serialIo(bio: Bio): void {
+    this.io.submit(bio);
+    this.io.run();
+    if (bio.problem && this.blockProblems++ === 0) this.firstBlockProblem = bio.problem;
+  }
+
+  private blockProblems = 0;
+  private firstBlockProblem: LineProblem | undefined;
+
+  /**
+   * After an IO operation: a block that failed does not stop the others (each is its own bio in
+   * the kernel); the operation reports its first failure and how many blocks failed.
+   */
   private afterIo(): void {
     const failed = this.blockProblems;
     const first = this.firstBlockProblem;
     this.blockProblems = 0;
     this.firstBlockProblem = undefined;
+    this.io.settle();
     this.periodicCommit();
     if (first) throw new LineProblem(first.kind, failed > 1 ? `${first.message} (${failed} blocks failed)` : first.message);
+  }
+
+  /** A discard in sectors: only the whole blocks inside it (the partial ends keep their mappings); null if none. */
+  private sectorDiscard(op: TraceOp, dev: number, sector: number, count: number): Bio | null {
+    const begin = Math.ceil(sector / this.sectorsPerBlock);
+    const end = Math.floor((sector + count) / this.sectorsPerBlock);
+    return end > begin ? this.io.bio(op, 'discard', dev, begin, 0, this.sectorsPerBlock, end - begin) : null;
   }
 
   /** Splits a sector range into per-block pieces. */
@@ -490,217 +659,186 @@ class Replay {
     }
   }
 
-  // ---- the IO path
+  // ---- IO in flight
 
-  /** Step 1: the pool's mapping of a block, which must be the model's. */
-  private lookup(devId: number, block: number): { mapping: Mapping | null; dev: ModelDevice } {
-    const dev = this.model.device(devId);
-    if (this.pool.mode === 'fail') throw new LineProblem('refused', 'the pool has failed: all IO fails');
-    let mapping: Mapping | null;
-    try {
-      mapping = this.pool.lookup(devId, block);
-    } catch (e) {
-      if (!(e instanceof PoolError)) throw e;
-      if (!dev) throw new LineProblem('refused', e.message);
-      return mismatch(`the pool says ${e.message}, but the model has device ${devId}`);
-    }
-    if (!dev) mismatch(`device ${devId} should not exist, but the pool has it`);
-    const slot = dev!.table.find(block);
-    if ((mapping === null) !== (slot < 0)) {
-      mismatch(mapping ? `block ${block} is mapped to data block ${mapping.dataBlock}, but the model has it unmapped` : `block ${block} is unmapped, but the model maps it to data block ${dev!.table.dataAt(slot)}`);
-    }
-    if (mapping) {
-      const t = dev!.table;
-      if (mapping.dataBlock !== t.dataAt(slot) || mapping.time !== t.timeAt(slot)) {
-        mismatch(`block ${block} maps to data block ${mapping.dataBlock} at time ${mapping.time}, but the model says ${t.dataAt(slot)} at time ${t.timeAt(slot)}`);
+  /**
+   * Runs the operations of a `parallel` block all at once, their steps interleaved by the seeded
+   * scheduler; a snapshot suspends its origin (waits for the origin's IO in flight, holds new IO)
+   * as lvm2 does. Then: no deadlock, and every block as some serial order of its operations.
+   */
+  private runParallel(): void {
+    const ops = this.block!;
+    this.block = null;
+    const io = this.io;
+    const bios: Bio[] = [];
+    const snapshots: Array<{ op: TraceOp & { kind: 'create_snap' }; done: boolean }> = [];
+    for (const op of ops) if (op.kind === 'create_snap') io.hold(op.dev);
+    for (const op of ops) {
+      this.line = op.line;
+      const spb = this.sectorsPerBlock;
+      switch (op.kind) {
+        case 'write':
+        case 'read':
+          for (let i = 0; i < op.count; i++) bios.push(io.bio(op, op.kind, op.dev, op.block + i, 0, spb));
+          break;
+        case 'write_sectors':
+          this.sectorRanges(op.sector, op.count, (block, begin, end) => bios.push(io.bio(op, 'write', op.dev, block, begin, end)));
+          break;
+        case 'discard':
+          bios.push(io.bio(op, 'discard', op.dev, op.block, 0, spb, op.count));
+          break;
+        case 'discard_sectors': {
+          const bio = this.sectorDiscard(op, op.dev, op.sector, op.count);
+          if (bio) bios.push(bio);
+          break;
+        }
+        case 'create_snap': {
+          const snap = { op, done: false };
+          snapshots.push(snap);
+          io.task(op.line, () => {
+            io.hold(op.origin);
+            io.whenQuiet(op.origin, op.line, () => {
+              try {
+                this.dispatchNamed(op);
+                snap.done = true;
+              } finally {
+                io.release(op.origin);
+                io.release(op.dev);
+              }
+            });
+          });
+          break;
+        }
+        default:
+          io.task(op.line, () => this.dispatchNamed(op));
       }
-      if (mapping.shared !== t.timeAt(slot) < dev!.snapTime) mismatch(`block ${block}: the pool and the model disagree on whether it is shared`);
     }
-    return { mapping, dev: dev! };
-  }
-
-  private writeBlock(devId: number, block: number, begin: number, end: number): void {
-    const { mapping } = this.lookup(devId, block);
-    const whole = begin === 0 && end === this.sectorsPerBlock;
-    if (mapping && !mapping.shared) {
-      // Written where it is: the block is this device's alone since its last snapshot.
-      this.writeData(mapping.dataBlock, block, begin, end);
-      this.model.overwrite(devId, block, begin, end, this.line);
+    this.line = this.blockLine;
+    // The worker's periodic commit can fall among the IO when a second has passed.
+    if (this.clock - this.lastWorkerCommit >= 1) {
+      const tick = (): void => {
+        if (this.pool.changed && this.pool.mode !== 'fail') this.commitIfChanged(true);
+        else if (io.runnable > 0) io.task(this.blockLine, tick);
+      };
+      io.task(this.blockLine, tick);
+    }
+    const blocks = this.touchedBlocks(bios, snapshots.map((s) => s.op));
+    const initial = this.blockStates(blocks);
+    for (const b of bios) io.submit(b);
+    this.inFlightRunning = true;
+    try {
+      io.run(this.random);
+    } finally {
+      this.inFlightRunning = false;
+    }
+    this.inFlight.blocks++;
+    this.inFlight.bios += bios.length;
+    const stuck = io.describeStuck();
+    if (stuck.length > 0) {
+      this.problem('deadlock', `deadlock: nothing can run, ${stuck.length} IO in flight wait for each other: ${stuck.join('; ')}`, this.blockLine);
+      io.abandon();
+      this.deadlocked = true;
       return;
     }
-    const copyFrom = mapping?.dataBlock;
-    const dataBlock = this.allocate(copyFrom !== undefined);
-    this.prepareData(dataBlock, block, begin, end, copyFrom);
-    if (whole) return this.insert(devId, block, dataBlock, this.line);
-    const old = copyFrom !== undefined ? this.model.content(devId, block) : [{ begin: 0, end: this.sectorsPerBlock, line: this.zero ? ZEROES : UNKNOWN }];
-    this.insert(devId, block, dataBlock, overlay(old, begin, end, this.line, this.sectorsPerBlock));
+    for (const b of bios) {
+      if (b.state === 'failed') this.bioProblem(b);
+    }
+    this.checkSerialOrders(blocks, initial, bios, snapshots.filter((s) => s.done).map((s) => s.op));
+    io.settle();
+    this.line = this.blockLine;
+    this.periodicCommit();
+    this.retryWaitingForSpace();
   }
 
-  /** Step 2: a new data block, the one the model says the kernel's cursor gives. */
-  private allocate(copy: boolean): number {
-    const mode = this.pool.mode;
-    if (mode !== 'write') {
-      if (mode === 'out-of-data-space') this.outOfDataSpace('the pool is out of data space');
-      throw new LineProblem('refused', this.pool.modeError().message);
-    }
-    const predicted = this.model.nextAllocation();
-    const commits = this.pool.commits;
-    let b: number;
-    this.allocating = true;
-    try {
-      b = this.pool.allocDataBlock();
-    } catch (e) {
-      if (e instanceof PoolError && e.reason === 'no-data-space') {
-        if (!('outOfSpace' in predicted)) mismatch(`the pool is out of data space, but the model would allocate data block ${predicted.block}`);
-        const committed = this.pool.commits - commits;
-        const expected = predicted.outOfSpace === 'commit-first' ? 1 : 0;
-        if (committed !== expected) mismatch(`running out of data space, the pool committed ${committed} times; the kernel commits ${expected}`);
-        this.outOfDataSpace(e.message);
+  /** The virtual blocks IO in flight touches, each with the devices involved (snapshots bring their origin's). */
+  private touchedBlocks(bios: Bio[], snaps: Array<{ dev: number; origin: number }>): Map<number, Set<number>> {
+    const blocks = new Map<number, Set<number>>();
+    for (const b of bios) {
+      const n = b.kind === 'discard' ? b.count : 1;
+      for (let v = b.block; v < b.block + n; v++) {
+        const devs = blocks.get(v) ?? new Set<number>();
+        devs.add(b.dev);
+        blocks.set(v, devs);
       }
-      this.poolFailure(e);
-    } finally {
-      this.allocating = false;
     }
-    this.model.allocated(b, copy);
-    if (this.commitAfterAllocation) {
-      this.commitAfterAllocation = false;
-      this.committed();
-    }
-    if ('outOfSpace' in predicted) mismatch(`the pool allocated data block ${b}, but the model says it is out of data space (${predicted.outOfSpace})`);
-    if (predicted.block !== b) mismatch(`the pool allocated data block ${b}, but the kernel's cursor gives ${predicted.block}`);
-    this.data?.cancelPunch(b);
-    return b;
-  }
-
-  private outOfDataSpace(message: string): never {
-    if (!this.errorIfNoSpace) {
-      throw new LineProblem('unsupported', `${message}; queueing IO until the data device grows (error_if_no_space=off) is not supported yet, use error_if_no_space=on`);
-    }
-    throw new LineProblem('refused', message);
-  }
-
-  /** Step 3: the new block's data: copied from the shared one, or zeroed around a partial write. */
-  private prepareData(dataBlock: number, block: number, begin: number, end: number, copyFrom: number | undefined): void {
-    const data = this.data;
-    if (!data) return;
-    this.writtenSinceCommit.add(dataBlock);
-    const whole = begin === 0 && end === this.sectorsPerBlock;
-    if (whole) {
-      this.writeData(dataBlock, block, begin, end);
-    } else if (copyFrom !== undefined) {
-      data.read(copyFrom, 0, this.block, 0, this.blockBytes);
-      fillContent(this.block, begin * SECTOR_BYTES, this.line, block, begin, end - begin);
-      data.write(dataBlock, 0, this.block, 0, this.blockBytes);
-    } else if (this.zero) {
-      this.block.fill(0);
-      fillContent(this.block, begin * SECTOR_BYTES, this.line, block, begin, end - begin);
-      data.write(dataBlock, 0, this.block, 0, this.blockBytes);
-    } else {
-      this.writeData(dataBlock, block, begin, end);
-    }
-  }
-
-  private writeData(dataBlock: number, block: number, begin: number, end: number): void {
-    if (!this.data) return;
-    this.writtenSinceCommit.add(dataBlock);
-    const at = begin * SECTOR_BYTES;
-    fillContent(this.block, at, this.line, block, begin, end - begin);
-    this.data.write(dataBlock, at, this.block, at, (end - begin) * SECTOR_BYTES);
-  }
-
-  /** Step 4: the mapping, inserted at the pool's time. */
-  private insert(devId: number, block: number, dataBlock: number, content: number | Segment[]): void {
-    try {
-      this.pool.insertMapping(devId, block, dataBlock);
-    } catch (e) {
-      // The block stays allocated but unmapped, as the kernel leaves it when its pool turns read-only here.
-      this.poolFailure(e);
-    }
-    this.model.map(devId, block, dataBlock, content);
-  }
-
-  private readBlock(devId: number, block: number, begin: number, end: number): void {
-    const { mapping } = this.lookup(devId, block);
-    if (!mapping || !this.data) return;
-    this.verifyContent(devId, block, mapping.dataBlock, begin, end);
-  }
-
-  /** Reads sectors [begin, end) of a mapped block from the data file and compares them with the model. */
-  private verifyContent(devId: number, block: number, dataBlock: number, begin: number, end: number): void {
-    const at = begin * SECTOR_BYTES;
-    this.data!.read(dataBlock, at, this.block, at, (end - begin) * SECTOR_BYTES);
-    this.verifiedBlocks++;
-    const mapping = { dataBlock };
-    for (const seg of this.model.content(devId, block)) {
-      const from = Math.max(seg.begin, begin);
-      const to = Math.min(seg.end, end);
-      if (from >= to || seg.line === UNKNOWN) continue;
-      if (seg.line === ZEROES) this.expected.fill(0, from * SECTOR_BYTES, to * SECTOR_BYTES);
-      else fillContent(this.expected, from * SECTOR_BYTES, seg.line, block, from, to - from);
-      if (this.block.compare(this.expected, from * SECTOR_BYTES, to * SECTOR_BYTES, from * SECTOR_BYTES, to * SECTOR_BYTES) === 0) continue;
-      for (let s = from; s < to; s++) {
-        const o = s * SECTOR_BYTES;
-        if (this.block.compare(this.expected, o, o + SECTOR_BYTES, o, o + SECTOR_BYTES) !== 0) {
-          const want = seg.line === ZEROES ? 'zeroes' : `what line ${seg.line} wrote`;
-          mismatch(`device ${devId} block ${block} sector ${s} (data block ${mapping.dataBlock}) holds ${describeSector(this.block, o, block)}, but should hold ${want}`);
+    for (const devs of blocks.values()) {
+      for (let grew = true; grew; ) {
+        grew = false;
+        for (const s of snaps) {
+          if ((devs.has(s.dev) || devs.has(s.origin)) && !(devs.has(s.dev) && devs.has(s.origin))) {
+            devs.add(s.dev);
+            devs.add(s.origin);
+            grew = true;
+          }
         }
       }
     }
+    return blocks;
   }
 
-  private discard(devId: number, begin: number, end: number): void {
-    const mode = this.pool.mode;
-    if (mode === 'fail') throw new LineProblem('refused', 'the pool has failed: all IO fails');
-    // A read-only pool completes discards without doing anything.
-    if (mode === 'read-only' || mode === 'out-of-metadata-space') return;
-    const dev = this.model.device(devId);
-    const expected = dev ? countInRange(dev, begin, end) : 0;
-    const shared: number[] = [];
-    // Found inside the pool's removal, reported once it is done (it must not be interrupted).
-    const wrong: string[] = [];
-    let removed = 0;
-    try {
-      removed = this.pool.removeRange(devId, begin, end, (m) => {
-        if (!dev) return;
-        const slot = typeof m.thinBlock === 'number' ? dev.table.find(m.thinBlock) : -1;
-        if (slot < 0) {
-          wrong.push(`the pool unmapped block ${m.thinBlock}, which the model does not map`);
-          return;
-        }
-        if (dev.table.dataAt(slot) !== m.dataBlock || dev.table.timeAt(slot) !== m.time) {
-          wrong.push(`block ${m.thinBlock} mapped data block ${m.dataBlock} at time ${m.time}, but the model says ${dev.table.dataAt(slot)} at time ${dev.table.timeAt(slot)}`);
-        }
-        this.model.unmap(devId, m.thinBlock as number);
-        if (!this.passdown || !this.data) return;
-        // Passed down unless it may be shared (mapped before the last snapshot) and still is.
-        if (m.time < dev.snapTime) shared.push(m.dataBlock);
-        else this.data.punch(m.dataBlock);
-      });
-    } catch (e) {
-      if (e instanceof PoolError && !dev) throw new LineProblem('refused', e.message);
-      this.poolFailure(e);
+  /** Each involved device's state at each block, as the model (and the IO just run) has it. */
+  private blockStates(blocks: Map<number, Set<number>>): Map<number, Map<number, BlockState>> {
+    const out = new Map<number, Map<number, BlockState>>();
+    for (const [v, devs] of blocks) {
+      const states = new Map<number, BlockState>();
+      for (const dev of devs) {
+        const d = this.model.device(dev);
+        if (!d) continue;
+        const mapped = d.table.find(v) >= 0;
+        states.set(dev, { mapped, content: mapped ? this.io.contentOf(dev, v) : UNKNOWN });
+      }
+      out.set(v, states);
     }
-    if (!dev) mismatch(`device ${devId} should not exist, but the pool discarded from it`);
-    if (wrong.length > 0) mismatch(wrong[0]);
-    if (removed !== expected) mismatch(`the pool unmapped ${removed} blocks, the model ${expected}`);
-    for (const b of shared) {
-      const free = this.pool.dataBlockCount(b) === 0;
-      if (free === this.model.inUse(b)) mismatch(`data block ${b}: the pool's count says ${free ? 'free' : 'in use'}, the model disagrees`);
-      if (free) this.data!.punch(b);
+    return out;
+  }
+
+  /** Each touched block must have ended as some serial order of its operations would leave it. */
+  private checkSerialOrders(blocks: Map<number, Set<number>>, initial: Map<number, Map<number, BlockState>>, bios: Bio[], snaps: Array<{ dev: number; origin: number; line: number }>): void {
+    const spb = this.sectorsPerBlock;
+    const final = this.blockStates(blocks);
+    const opsAt = new Map<number, BlockOp[]>();
+    const add = (v: number, op: BlockOp): void => {
+      const list = opsAt.get(v) ?? [];
+      list.push(op);
+      opsAt.set(v, list);
+    };
+    for (const b of bios) {
+      if (b.state !== 'done') continue;
+      if (b.kind === 'discard') for (let v = b.block; v < b.block + b.count; v++) add(v, { kind: 'discard', line: b.line, dev: b.dev, begin: 0, end: spb });
+      else add(b.block, { kind: b.kind, line: b.line, dev: b.dev, begin: b.begin, end: b.end, result: b.result });
+    }
+    for (const [v, devs] of blocks) {
+      const ops = opsAt.get(v) ?? [];
+      for (const s of snaps) if (devs.has(s.dev)) ops.push({ kind: 'snapshot', line: s.line, dev: s.dev, origin: s.origin, begin: 0, end: spb });
+      const unmapped = new Map<number, UnmappedContent>();
+      for (const dev of devs) {
+        if (!this.model.device(dev)) continue;
+        unmapped.set(dev, { read: this.model.unmappedContent(dev, v), provision: this.model.provisionContent(dev, v, this.zero) });
+      }
+      if (serialOrder(spb, initial.get(v)!, unmapped, ops, final.get(v)!)) continue;
+      const opsText = ops.map((o) => `${o.kind} of device ${o.dev} (line ${o.line})`).join(', ');
+      const ends = [...final.get(v)!].map(([dev, s]) => `device ${dev} ${describeState(s, spb)}`).join('; ');
+      this.problem('mismatch', `block ${v}: no serial order of ${opsText} leaves it as the IO in flight did (${ends})`, this.blockLine);
     }
   }
 
   // ---- the end
 
-  /** Removing the pool commits, as the kernel's does. */
+  /** Removing the pool commits, as the kernel's does (a read-only one writes a pending needs_check). */
   private teardown(): void {
-    const m = this.pool.mode;
-    if (m === 'write' || m === 'out-of-data-space') {
-      const before = this.line;
-      this.line = 0;
-      this.commitIfChanged(false);
-      this.line = before;
+    const before = this.line;
+    this.line = 0;
+    try {
+      for (const b of this.io.failWaitingForSpace('out of data space: still waiting for the data device to grow when the trace ended')) {
+        this.bioProblem(b);
+      }
+      for (const [dev, file] of this.unusedOriginFiles) this.problem('refused', `--external-origin ${dev}=${file}: the trace has no external_origin ${dev} line`);
+      this.commitPoint(false);
+    } catch (e) {
+      if (!(e instanceof LineProblem)) throw e;
+      this.problem(e.kind, `the pool's removal: ${e.message}`);
     }
+    this.line = before;
     this.data?.flushPunches();
   }
 
@@ -754,9 +892,10 @@ class Replay {
     try {
       for (const [devId, dev] of this.model.devices) {
         dev.table.forEach((block, slot) => {
-          if (!this.writtenSinceCommit.has(dev.table.dataAt(slot))) return;
+          const dataBlock = dev.table.dataAt(slot);
+          if (!this.io.writtenSinceCommit.has(dataBlock)) return;
           try {
-            this.verifyContent(devId, block, dev.table.dataAt(slot), 0, this.sectorsPerBlock);
+            this.io.verifyBlock(devId, block, dataBlock, this.model.contentOf(devId, block), 0, this.sectorsPerBlock);
           } catch (e) {
             if (!(e instanceof LineProblem)) throw e;
             this.problem(e.kind, `after the crash: ${e.message}`);
@@ -847,6 +986,11 @@ class Replay {
     for (const id of devices.keys()) if (!seen.has(id)) report(`device ${id} is in the model but not in the metadata`);
   }
 
+  /** A bio's failure, reported at its own line. */
+  private bioProblem(b: Bio): void {
+    this.problem(b.problem!.kind, `${opText(b.op)}: ${b.problem!.message}`, b.line);
+  }
+
   private summary(verification: 'passed' | 'failed', crashed: boolean): ReplaySummary {
     const shared = this.model?.sharedDataBlocks ?? 0;
     const io = this.pool?.io ?? { reads: 0, writes: 0 };
@@ -860,9 +1004,11 @@ class Replay {
       trace: this.opts.trace,
       operations: this.operations,
       commits,
-      dataBlocks: { ...(this.model?.stats ?? { allocated: 0, copied: 0, freed: 0 }), shared, punched: this.data?.punched ?? 0, verified: this.verifiedBlocks },
+      dataBlocks: { ...(this.model?.stats ?? { allocated: 0, copied: 0, freed: 0 }), shared, punched: this.data?.punched ?? 0, verified: this.io?.verifiedBlocks ?? 0 },
       metadataBlocks: { reads: io.reads, writes: this.store?.writes ?? 0, used: this.pool?.usedMetadataBlocks ?? 0, total: this.store?.nrBlocks ?? 0 },
       mode: this.pool?.mode ?? 'write',
+      modes: this.modes,
+      inFlight: { ...this.inFlight, waits: this.io?.waits ?? 0, seed: this.opts.seed ?? 1 },
       problems,
       verification,
       crash,
@@ -870,18 +1016,6 @@ class Replay {
       ok: this.problemCount === 0 && verification === 'passed',
     };
   }
-}
-
-function countInRange(dev: ModelDevice, begin: number, end: number): number {
-  let n = 0;
-  if (end - begin < dev.table.size) {
-    for (let b = begin; b < end; b++) if (dev.table.find(b) >= 0) n++;
-  } else {
-    dev.table.forEach((k) => {
-      if (k >= begin && k < end) n++;
-    });
-  }
-  return n;
 }
 
 /** An operation as the trace spells it, for messages. */

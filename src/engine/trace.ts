@@ -269,9 +269,13 @@ function parseFast(text: string): Op | null {
 
 const CHUNK = 1 << 16;
 
+/** What can be in flight at once, between `parallel` and `end`: IO, and what a pool does meanwhile. */
+const IN_FLIGHT = new Set<Op['kind']>(['write', 'write_sectors', 'read', 'discard', 'discard_sectors', 'flush', 'commit', 'status', 'create_snap']);
+
 /**
  * The operations of a trace file, in order, read in chunks. Structure is checked as it goes:
- * `pool` only first, `parallel` ... `end` paired and not nested.
+ * `pool` only first, `parallel` ... `end` paired and not nested, and only what can be in flight
+ * between them.
  */
 export function* readTrace(path: string, onProgress?: (bytes: number) => void): Generator<TraceOp> {
   let fd: number;
@@ -302,6 +306,8 @@ export function* readTrace(path: string, onProgress?: (bytes: number) => void): 
       } else if (op.kind === 'end') {
         if (!inParallel) fail('end without parallel');
         inParallel = 0;
+      } else if (inParallel && !IN_FLIGHT.has(op.kind)) {
+        fail(`${op.kind} cannot be in flight: between parallel and end go only ${[...IN_FLIGHT].join(', ')}`);
       }
       first = false;
       op.line = lineNo;

@@ -35,7 +35,7 @@ const modeRank = (m: PoolMode): number => POOL_MODES.indexOf(m);
 
 /** An operation the pool refuses, as the kernel would (the message or IO fails, nothing changes). */
 export class PoolError extends Error {
-  constructor(message: string, readonly reason: 'refused' | 'no-data-space' | 'read-only' | 'aborted' = 'refused') {
+  constructor(message: string, readonly reason: 'refused' | 'no-data-space' | 'read-only' | 'aborted' | 'failed' = 'refused') {
     super(message);
   }
 }
@@ -49,6 +49,8 @@ export interface PoolFormatOptions {
 export interface PoolOpenOptions extends BlockManagerOptions {
   /** Called after every commit, with what caused it. */
   onCommit?: (cause: CommitCause) => void;
+  /** Called when the pool changes mode, with why. */
+  onModeChange?: (mode: PoolMode, cause: string) => void;
 }
 
 export type CommitCause = 'requested' | 'message' | 'no-data-space' | 'metadata-reserve' | 'resize';
@@ -66,7 +68,7 @@ export interface Mapping {
   shared: boolean;
 }
 
-/** A mapping a discard removed, for the caller's passdown decision. */
+/** A mapping in a range of thin blocks: what a discard locks and removes (and passes down). */
 export interface RemovedMapping {
   thinBlock: U64;
   dataBlock: number;
@@ -97,7 +99,11 @@ export class Pool {
   private heldRoot = 0;
   private readonly devices = new Map<number, DeviceState>();
   private metadataReserve = 0;
-  mode: PoolMode = 'write';
+  private currentMode: PoolMode = 'write';
+  /** Set when an abort could not write needs_check: written at the next commit point. */
+  private needsCheckPending = false;
+  /** Devices whose changes an abort lost: a flush through them fails (dm-thin's aborted_with_changes). */
+  private readonly abortedWithChanges = new Set<number>();
   commits = 0;
   private readonly scratch = Buffer.alloc(DEVICE_DETAILS_SIZE);
   /** A mapping value on its way in or out (one at a time: the pool is not reentrant). */
@@ -161,6 +167,17 @@ export class Pool {
   /** Metadata blocks in use, as the metadata space map counts them. */
   get usedMetadataBlocks(): number {
     return Number(this.msm.root().nrAllocated);
+  }
+
+  get mode(): PoolMode {
+    return this.currentMode;
+  }
+
+  private setMode(mode: PoolMode, cause: string): void {
+    // As dm-thin: a failed pool never comes back.
+    if (this.currentMode === mode || this.currentMode === 'fail') return;
+    this.currentMode = mode;
+    this.opts.onModeChange?.(mode, cause);
   }
 
   get needsCheck(): boolean {
@@ -248,7 +265,7 @@ export class Pool {
     this.devices.clear();
     this.setReserve();
     // dm-thin never lets a pool that needs checking write.
-    this.mode = this.needsCheck ? 'read-only' : 'write';
+    this.currentMode = this.needsCheck ? 'read-only' : 'write';
   }
 
   private setReserve(): void {
@@ -266,8 +283,8 @@ export class Pool {
     }
     this.guard(() => this.writeCommit());
     this.opts.onCommit?.(cause);
-    if (this.freeMetadataBlocks === 0) this.mode = 'out-of-metadata-space';
-    else if (this.mode === 'out-of-data-space' && this.dsm.nrFree > 0) this.mode = 'write';
+    if (this.freeMetadataBlocks === 0) this.setMode('out-of-metadata-space', 'no free metadata blocks left but the reserve');
+    else if (this.mode === 'out-of-data-space' && this.dsm.nrFree > 0) this.setMode('write', 'a commit found free data blocks');
   }
 
   private writeCommit(): void {
@@ -317,26 +334,64 @@ export class Pool {
   private failed(e: unknown): never {
     if (e instanceof PoolError || e instanceof CrashError) throw e;
     const why = e instanceof NoSpaceError ? 'out of metadata space' : (e as Error).message;
-    this.abort();
+    this.abort(why);
+    if (this.mode === 'fail') throw new PoolError(`${why}: the transaction could not be aborted and the pool has failed`, 'failed');
     throw new PoolError(`${why}: the transaction was aborted, needs_check set and the pool is read-only`, 'aborted');
   }
 
-  /** Drops the open transaction, reopens the last commit and marks it as needing a check. */
-  private abort(): void {
+  /**
+   * Drops the open transaction, reopens the last commit (reads only) and marks it as needing a
+   * check, read-only. dm-thin sets needs_check in its cached superblock; it is written here at
+   * once, or, when that write fails, at the next commit point (writeNeedsCheck).
+   */
+  private abort(why: string): void {
+    for (const [devId, d] of this.devices) if (d.changed) this.abortedWithChanges.add(devId);
     this.bm.discardAll();
     try {
       this.load();
-      this.flags |= NEEDS_CHECK_FLAG;
-      // Only the flags change: the committed superblock with needs_check set, written in place.
-      const buf = this.bm.readUncached(SUPERBLOCK_LOCATION, SUPERBLOCK_BLOCK);
-      buf.writeUInt32LE(this.flags, 4);
-      this.bm.commitSuperblock(SUPERBLOCK_LOCATION, buf, SUPERBLOCK_BLOCK);
-      this.flagsOnDisk = this.flags;
-      this.mode = 'read-only';
     } catch (e) {
       if (e instanceof CrashError) throw e;
-      this.mode = 'fail';
+      this.setMode('fail', `${why}, and the last commit could not be reopened: ${(e as Error).message}`);
+      return;
     }
+    this.flags |= NEEDS_CHECK_FLAG;
+    this.needsCheckPending = true;
+    this.setMode('read-only', `${why}: the transaction was aborted and needs_check set`);
+    try {
+      this.writeNeedsCheck();
+    } catch (e) {
+      if (e instanceof CrashError) throw e;
+      // Kept in memory, as the kernel's dirty superblock: written at the next commit point.
+    }
+  }
+
+  /** The committed superblock with the flags changed, written in place. */
+  private writeNeedsCheck(): void {
+    const buf = this.bm.readUncached(SUPERBLOCK_LOCATION, SUPERBLOCK_BLOCK);
+    buf.writeUInt32LE(this.flags, 4);
+    this.bm.commitSuperblock(SUPERBLOCK_LOCATION, buf, SUPERBLOCK_BLOCK);
+    this.flagsOnDisk = this.flags;
+    this.needsCheckPending = false;
+  }
+
+  /**
+   * A commit point of a read-only pool: the needs_check flag an abort could not write is written
+   * now. Failing again turns the pool to fail mode (all IO fails).
+   */
+  flushNeedsCheck(): void {
+    if (!this.needsCheckPending || this.mode === 'fail') return;
+    try {
+      this.writeNeedsCheck();
+    } catch (e) {
+      if (e instanceof CrashError) throw e;
+      this.setMode('fail', `writing needs_check failed: ${(e as Error).message}`);
+      throw new PoolError(`writing needs_check failed (${(e as Error).message}): the pool has failed`, 'failed');
+    }
+  }
+
+  /** Whether an abort lost changes made through device `devId` (a flush through it fails). */
+  lostChanges(devId: number): boolean {
+    return this.abortedWithChanges.has(devId);
   }
 
   // ---- devices and messages (each commits when it succeeds, as pool messages do)
@@ -466,6 +521,33 @@ export class Pool {
     this.commit('message');
   }
 
+  /**
+   * Rolls origin `originId` back to its snapshot `snapId`, as lvm2 merges a thin snapshot: the
+   * origin's tree is released (what only it held is freed), the snapshot's tree and details
+   * (mapped_blocks, transaction, creation and snapshot times) take the origin's id, and the
+   * snapshot's id is gone. The pool's time does not change. Commits, as a message does.
+   */
+  mergeSnapshot(snapId: number, originId: number): void {
+    this.requireMessages();
+    if (snapId === originId) throw new PoolError(`device ${snapId} cannot be merged into itself`);
+    const snap = this.device(snapId);
+    if (!snap) throw new PoolError(`snapshot device ${snapId} does not exist`);
+    if (!this.device(originId)) throw new PoolError(`origin device ${originId} does not exist`);
+    const value = Buffer.alloc(8);
+    if (!this.topTree.lookup(this.root, [snapId], value)) throw new PoolError(`device ${snapId} has no mapping tree`);
+    this.guard(() => {
+      // Under the origin's id the snapshot's tree gains a reference (the origin's old tree loses
+      // one, freeing what only it held); the snapshot's entry then drops the extra one.
+      this.tm.inc(readBlockNr(value, 0));
+      this.root = this.topTree.insert(this.root, [originId], value).root;
+      this.root = this.topTree.remove(this.root, [snapId]);
+      this.devices.set(originId, { ...snap, changed: true });
+      this.devices.delete(snapId);
+      if (this.detailsTree.lookup(this.detailsRoot, [snapId], this.scratch)) this.detailsRoot = this.detailsTree.remove(this.detailsRoot, [snapId]);
+    });
+    this.commit('message');
+  }
+
   /** Grows the data device to `nrBlocks`, committing before and after as a pool reload does. */
   resizeData(nrBlocks: number): void {
     const old = this.dsm.nrBlocks;
@@ -509,13 +591,13 @@ export class Pool {
     if (this.dsm.nrFree === 0) {
       this.commit('no-data-space');
       if (this.dsm.nrFree === 0) {
-        this.mode = 'out-of-data-space';
+        this.setMode('out-of-data-space', 'no free data block');
         throw new PoolError('out of data space', 'no-data-space');
       }
     }
     const b = this.guard(() => this.dsm.newBlock());
     if (b < 0) {
-      this.mode = 'out-of-data-space';
+      this.setMode('out-of-data-space', 'the only free data blocks were freed in this transaction');
       throw new PoolError('out of data space (the only free blocks were freed in this transaction)', 'no-data-space');
     }
     if (this.freeMetadataBlocks === 0) this.commit('metadata-reserve');
@@ -553,6 +635,16 @@ export class Pool {
     }
     d.changed = true;
     if (inserted) d.mappedBlocks = u64Add(d.mappedBlocks, 1);
+  }
+
+  /** Calls `fn` with each mapping of thin blocks [begin, end) of `devId`, in order (what a discard locks). */
+  mappingsInRange(devId: number, begin: U64, end: U64, fn: (m: RemovedMapping) => void): void {
+    if (!this.device(devId)) throw new PoolError(`device ${devId} does not exist`);
+    const value = Buffer.alloc(8);
+    if (!this.topTree.lookup(this.root, [devId], value)) throw new PoolError(`device ${devId} has no mapping tree`);
+    this.bottomTree.forEachInRange(readBlockNr(value, 0), begin, end, (thinBlock, values, offset) => {
+      fn({ thinBlock, dataBlock: mappingDataBlock(values, offset), time: mappingTime(values, offset) });
+    });
   }
 
   /**

@@ -43,6 +43,11 @@ export interface CheckOptions {
   ignoreNonFatal?: boolean;
   /** Check the held metadata snapshot instead of the live metadata (no space map counts). */
   metadataSnap?: boolean;
+  /**
+   * Data blocks a live pool had allocated for IO still in flight when it committed: counted once
+   * in the space map though no mapping holds them yet (thin_replay's own checks).
+   */
+  inFlightDataBlocks?: Iterable<number>;
   overrideMappingRoot?: number;
   overrideDetailsRoot?: number;
   onEvent?: (e: CheckEvent) => void;
@@ -246,6 +251,7 @@ export function checkMetadata(io: BlockReader, opts: CheckOptions = {}): CheckRe
     checkHeldSnapshot(io, rep, walker, sb.heldRoot);
     if (rep.fatal > 0) return result(sb);
   }
+  for (const b of opts.inFlightDataBlocks ?? []) dataCounts?.inc(b);
   checkSpaceMaps(io, rep, sb, metaCounts!, dataCounts!);
   opts.onProgress?.({ done: metadataAllocated, total: metadataAllocated });
   return result(sb);
