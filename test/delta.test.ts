@@ -6,10 +6,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deviceNodes, flipBit, superblockOf } from './support/damage.js';
-import { Pool, devIdsOf, generatedPools, kernelPools } from './support/pools.js';
+import { Pool, devIdsOf, generatedPools, kernelPools, keysPast2To53Pool } from './support/pools.js';
 import { runLibrary, runOurs, runReference, sha256, tempDir, upstreamTool } from './support/reference.js';
 import { spawnSync } from 'node:child_process';
 import { deltaDevices } from '../src/tools/delta.js';
+import { openMetadataInput } from '../src/io/open.js';
+import { lookupBTree } from '../src/pdata/btree/lookup.js';
+import { diffDeviceTrees } from '../src/thin/delta.js';
+import { TOP_LEVEL_VALUE_SIZE } from '../src/thin/mapping-tree.js';
+import { readSuperblock } from '../src/thin/superblock.js';
 
 const dir = tempDir('thin-delta-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -124,6 +129,48 @@ describe('thin_delta matches the reference', () => {
       expect([ours.status, ref.status]).toEqual([0, 0]);
       expect(ours.stdout === `${ref.stdout}\n`, `thin_delta ${args.join(' ')}`).toBe(true);
     }
+  });
+});
+
+describe('thin_delta reads a shared subtree once', () => {
+  it('on the kernel images, no node is read twice, whatever depth the trees share it at', () => {
+    let pairs = 0;
+    for (const pool of kernel.filter((p) => p.name.startsWith('tmeta_with_shared') || p.name === 'tmeta')) {
+      const ids = devIdsOf(pool.path);
+      const io = openMetadataInput(pool.path);
+      try {
+        const top = readSuperblock(io).dataMappingRoot;
+        const rootOf = (devId: number) => {
+          const found = lookupBTree(io, top, TOP_LEVEL_VALUE_SIZE, devId)!;
+          return found.node.valueBlock(found.index);
+        };
+        for (const [a, b] of pairsOf(ids).filter(([x, y]) => x !== y && ids.includes(y))) {
+          const [left, right] = [rootOf(a), rootOf(b)];
+          const reads = new Map<number, number>();
+          const readInto = io.readInto.bind(io);
+          io.readInto = (block, buf) => (reads.set(block, (reads.get(block) ?? 0) + 1), readInto(block, buf));
+          const ignore = () => {};
+          try {
+            diffDeviceTrees(io, left, right, { begin: ignore, range: ignore, end: ignore }, false);
+          } finally {
+            io.readInto = readInto;
+          }
+          const twice = [...reads].filter(([, n]) => n > 1).map(([block]) => block);
+          expect(twice, `${pool.name}: blocks read twice comparing devices ${a} and ${b}`).toEqual([]);
+          pairs++;
+        }
+      } finally {
+        io.close();
+      }
+    }
+    expect(pairs).toBeGreaterThan(3);
+  });
+});
+
+describe('thin_delta past 2^53', () => {
+  it('thin blocks across 2^53 and up to 2^64-1: ranges cut and merged exactly, plain and verbose', () => {
+    const img = keysPast2To53Pool(dir).path;
+    for (const [a, b] of [[1, 2], [2, 1], [1, 1]]) for (const verbose of [false, true]) expect(expectSamePair(img, a, b, verbose, false)).toBe(0);
   });
 });
 

@@ -10,7 +10,7 @@ import { stdSort } from '../src/tools/rmap-order.js';
 import { parseRegion, rmapPool } from '../src/tools/rmap.js';
 import { rng } from './support/generate.js';
 import { deviceNodes, flipBit } from './support/damage.js';
-import { Pool, devIdsOf, generatedPools, kernelPools } from './support/pools.js';
+import { Pool, devIdsOf, generatedPools, kernelPools, keysPast2To53Pool } from './support/pools.js';
 import { expectSameAsReference, runLibrary, runReference, sha256, tempDir } from './support/reference.js';
 
 const dir = tempDir('thin-rmap-');
@@ -52,6 +52,13 @@ describe('thin_rmap matches the reference', () => {
     }
     // Enough output, and ties among it, to exercise the reference's order.
     expect(lines).toBeGreaterThan(20000);
+  });
+
+  it('thin blocks across 2^53 and up to 2^64-1', () => {
+    const img = keysPast2To53Pool(dir).path;
+    for (const regions of [['0..18446744073709551615'], ['1100..1400', '5050..7100', '9007199254740993..9007199254741000']]) {
+      expect(expectSameRmap(img, regions).stdout).toMatch(/thin\(2\) 9007199254740\d+\.\./);
+    }
   });
 
   it('the command line: repeated --region, usage errors', () => {

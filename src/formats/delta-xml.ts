@@ -3,6 +3,7 @@
 // with their data blocks). Backup tools read it line by line, so the bytes are the interface.
 import { U64 } from '../pdata/le.js';
 import { DeltaHeader, DeltaKind, DeltaSide, DeltaVisitor } from '../thin/delta.js';
+import { Ascii, ascii } from './ascii.js';
 import { TextSink, withNumbers } from './output.js';
 
 function sideAttr(name: string, side: DeltaSide): string {
@@ -31,17 +32,31 @@ abstract class DeltaXmlBase implements DeltaVisitor {
   }
 }
 
+const LENGTH = ascii('" length="');
+const LINE_END = ascii('"/>\n');
+const RANGE_START: Record<DeltaKind, Ascii> = {
+  left_only: ascii('    <left_only begin="'),
+  right_only: ascii('    <right_only begin="'),
+  different: ascii('    <different begin="'),
+  same: ascii('    <same begin="'),
+};
+
 /** `<same begin="B" length="N"/>` and its kin, one a line. */
 export class DeltaXmlWriter extends DeltaXmlBase {
   range(kind: DeltaKind, begin: U64, length: number): void {
     const o = this.out;
-    o.write(`    <${kind} begin="`);
+    o.bytes(RANGE_START[kind]);
     o.number(begin);
-    o.write('" length="');
+    o.bytes(LENGTH);
     o.number(length);
-    o.write('"/>\n');
+    o.bytes(LINE_END);
   }
 }
+
+const VERBOSE_START = ascii('      <range begin="');
+const DATA_BEGIN = ascii('" data_begin="');
+const LEFT_DATA_BEGIN = ascii('" left_data_begin="');
+const RIGHT_DATA_BEGIN = ascii('" right_data_begin="');
 
 /** Ranges inside `<same>` ... `</same>` blocks, with the data blocks each side maps them to. */
 export class VerboseDeltaXmlWriter extends DeltaXmlBase {
@@ -54,20 +69,20 @@ export class VerboseDeltaXmlWriter extends DeltaXmlBase {
       o.write(`    <${kind}>\n`);
       this.open = kind;
     }
-    o.write('      <range begin="');
+    o.bytes(VERBOSE_START);
     o.number(begin);
     if (kind === 'different') {
-      o.write('" left_data_begin="');
+      o.bytes(LEFT_DATA_BEGIN);
       o.number(leftData);
-      o.write('" right_data_begin="');
+      o.bytes(RIGHT_DATA_BEGIN);
       o.number(rightData);
     } else {
-      o.write('" data_begin="');
+      o.bytes(DATA_BEGIN);
       o.number(kind === 'right_only' ? rightData : leftData);
     }
-    o.write('" length="');
+    o.bytes(LENGTH);
     o.number(length);
-    o.write('"/>\n');
+    o.bytes(LINE_END);
   }
 
   end(): void {

@@ -11,7 +11,7 @@ const CHUNK_BYTES = 1 << 20;
 /** Pieces shorter than this are copied char by char; that beats a native call for each. */
 const SHORT_TEXT = 64;
 /** Room for the longest number: 2^64 has 20 digits. */
-const NUMBER_ROOM = 24;
+export const NUMBER_ROOM = 24;
 
 /** Where formatted text goes. The text is ASCII. */
 export interface TextSink {
@@ -54,6 +54,31 @@ function putDigits(view: DataView, buf: Uint8Array, v: number, end: number): voi
   else buf[p - 1] = 0x30 + v;
 }
 
+/**
+ * Writes the digits of `n` (a non-negative integer below 2^53) at `pos` of `buf` (`view` over the
+ * same bytes; the caller makes NUMBER_ROOM of room) and returns the end.
+ */
+export function putNumber(view: DataView, buf: Uint8Array, pos: number, n: number): number {
+  if (n <= 0x7fffffff) {
+    const end = pos + digitCount(n);
+    putDigits(view, buf, n, end);
+    return end;
+  }
+  // Up to 7 digits above the last 9.
+  const high = Math.floor(n / 1e9);
+  let low = n - high * 1e9;
+  let p = pos + digitCount(high);
+  putDigits(view, buf, high, p);
+  p += 9;
+  const end = p;
+  for (let i = 0; i < 9; i++) {
+    const q = (low / 10) | 0;
+    buf[--p] = 48 + low - q * 10;
+    low = q;
+  }
+  return end;
+}
+
 /** The reader went away (a closed pipe, as in `thin_dump meta | head`). */
 export class OutputClosedError extends Error {}
 
@@ -79,11 +104,23 @@ function writeAll(fd: number, buf: Buffer): void {
 
 /** Collects text into a large buffer and writes it to `fd` with blocking writes. */
 export class FdSink implements Required<TextSink> {
-  private readonly buf = Buffer.allocUnsafe(CHUNK_BYTES);
-  private readonly view = new DataView(this.buf.buffer, this.buf.byteOffset, CHUNK_BYTES);
+  /** The buffer and a view of it, for writers that format a line in place (`reserve`, `advance`). */
+  readonly buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  readonly view = new DataView(this.buf.buffer, this.buf.byteOffset, CHUNK_BYTES);
   private pos = 0;
 
   constructor(readonly fd: number) {}
+
+  /** Where the next `n` bytes (at most the buffer's size) go in `buf`: write them, then `advance`. */
+  reserve(n: number): number {
+    if (this.pos + n > CHUNK_BYTES) this.flush();
+    return this.pos;
+  }
+
+  /** Takes the bytes written in place up to `end`. */
+  advance(end: number): void {
+    this.pos = end;
+  }
 
   write(text: string): void {
     const n = text.length;
@@ -108,24 +145,7 @@ export class FdSink implements Required<TextSink> {
     // A bigint is past 2^53: rare enough for a string.
     if (typeof n !== 'number') return this.write(String(n));
     if (this.pos + NUMBER_ROOM > CHUNK_BYTES) this.flush();
-    if (n <= 0x7fffffff) {
-      const digits = digitCount(n);
-      putDigits(this.view, this.buf, n, this.pos + digits);
-      this.pos += digits;
-      return;
-    }
-    // Below 2^53: up to 7 digits above the last 9.
-    const high = Math.floor(n / 1e9);
-    let low = n - high * 1e9;
-    const digits = digitCount(high);
-    putDigits(this.view, this.buf, high, this.pos + digits);
-    let p = this.pos + digits + 9;
-    this.pos = p;
-    for (let i = 0; i < 9; i++) {
-      const q = (low / 10) | 0;
-      this.buf[--p] = 48 + low - q * 10;
-      low = q;
-    }
+    this.pos = putNumber(this.view, this.buf, this.pos, n);
   }
 
   bytes(a: Ascii): void {

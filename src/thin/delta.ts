@@ -78,6 +78,15 @@ class RangeBuilder {
     this.right = right;
   }
 
+  /**
+   * The `count` thin blocks after the last one added, up to `last`, continue its range (the
+   * caller checked they are consecutive, of its kind and, verbose, consecutive in data blocks).
+   */
+  extend(count: number, last: number): void {
+    this.len += count;
+    this.end = last < Number.MAX_SAFE_INTEGER ? last + 1 : u64Add(last, 1);
+  }
+
   flush(): void {
     if (this.len === 0) return;
     this.out.range(KINDS[this.kind], this.begin, this.len, this.left, this.right);
@@ -87,16 +96,19 @@ class RangeBuilder {
 }
 
 const TWO_32 = 0x100000000;
+/** High words of keys below 2^53, which fit a number exactly. */
 const SAFE_HI = 0x200000;
+/** Word index of leaf key 0's low half. */
+const KEY_WORD = NODE_HEADER_SIZE / 4;
 
-/** One device tree, read a leaf at a time, each leaf decoded into arrays once. */
+/** One device tree, read a leaf at a time; entries are decoded from the leaf's words in place. */
 class Side {
   private node: BTreeNode | null = null;
+  words: Uint32Array = new Uint32Array(0);
+  /** Word index of value 0's low half in the leaf in hand. */
+  valueWord = 0;
   i = 0;
   n = 0;
-  /** Thin blocks of the leaf; NaN where one is past 2^53 (read exactly from the node then). */
-  readonly keys = new Float64Array(256);
-  readonly datas = new Float64Array(256);
 
   constructor(readonly cursor: LeafCursor) {}
 
@@ -104,25 +116,40 @@ class Side {
   load(): boolean {
     const node = this.cursor.nextLeaf();
     if (node === null) return false;
-    this.node = node;
-    this.i = 0;
-    const n = (this.n = node.nrEntries);
-    const words = node.words;
-    for (let i = 0, k = NODE_HEADER_SIZE / 4, v = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < n; i++, k += 2, v += 2) {
-      const hi = words[k + 1];
-      this.keys[i] = hi < SAFE_HI ? hi * TWO_32 + words[k] : NaN;
-      this.datas[i] = words[v + 1] * 256 + (words[v] >>> 24);
-    }
+    this.hold(node);
     return true;
   }
 
+  /** Reads one node on the way down: true when it was a leaf (now in hand). */
+  step(): boolean {
+    const node = this.cursor.nextNode();
+    if (node === null || !node.isLeaf) return false;
+    this.hold(node);
+    return true;
+  }
+
+  /** How many levels the subtree about to be read has above its leaves (Infinity before the first leaf). */
+  heightOf(next: NextSubtree): number {
+    return this.cursor.leafDepth === -1 ? Infinity : this.cursor.leafDepth - next.depth;
+  }
+
+  private hold(node: BTreeNode): void {
+    this.node = node;
+    this.words = node.words;
+    this.valueWord = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4;
+    this.i = 0;
+    this.n = node.nrEntries;
+  }
+
   key(): U64 {
-    const k = this.keys[this.i];
-    return k === k ? k : readU64(this.node!.buf, NODE_HEADER_SIZE + 8 * this.i);
+    const w = KEY_WORD + 2 * this.i;
+    const hi = this.words[w + 1];
+    return hi < SAFE_HI ? hi * TWO_32 + this.words[w] : readU64(this.node!.buf, NODE_HEADER_SIZE + 8 * this.i);
   }
 
   data(): number {
-    return this.datas[this.i];
+    const v = this.valueWord + 2 * this.i;
+    return this.words[v + 1] * 256 + (this.words[v] >>> 24);
   }
 }
 
@@ -135,36 +162,70 @@ export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: nu
     if (L.i === L.n && R.i === R.n) {
       const ls = L.cursor.peek();
       const rs = R.cursor.peek();
-      if (ls !== null && rs !== null && ls.block === rs.block) {
-        L.cursor.skip();
-        R.cursor.skip();
-        sharedSubtree(io, ls, rs, L.cursor, R.cursor, ranges);
+      if (ls !== null && rs !== null) {
+        if (ls.block === rs.block) {
+          L.cursor.skip();
+          R.cursor.skip();
+          sharedSubtree(io, ls, rs, L.cursor, R.cursor, ranges);
+          continue;
+        }
+        // Down a level at a time, the taller side first (both when level): a subtree the trees
+        // share may sit at different depths in each (trees of different heights, or split apart).
+        const lh = L.heightOf(ls);
+        const rh = R.heightOf(rs);
+        if (lh >= rh) L.step();
+        if (rh >= lh) R.step();
         continue;
       }
     }
     if (L.i === L.n && !L.load()) break;
     if (R.i === R.n && !R.load()) break;
     if (L.i === L.n || R.i === R.n) continue; // an empty leaf
-    // The hot loop, on the two leaves' arrays, while both keys are below 2^53.
-    const lk = L.keys;
-    const ld = L.datas;
-    const rk = R.keys;
-    const rd = R.datas;
+    // The hot loop, on the two leaves' words, while both keys are below 2^53.
+    const lw = L.words;
+    const rw = R.words;
+    const lv = L.valueWord;
+    const rv = R.valueWord;
     let li = L.i;
     let ri = R.i;
     for (const ln = L.n, rn = R.n; li < ln && ri < rn; ) {
-      const kl = lk[li];
-      const kr = rk[ri];
+      const lhi = lw[KEY_WORD + 2 * li + 1];
+      const rhi = rw[KEY_WORD + 2 * ri + 1];
+      if (lhi >= SAFE_HI || rhi >= SAFE_HI) break; // compared exactly below
+      const kl = lhi * TWO_32 + lw[KEY_WORD + 2 * li];
+      const kr = rhi * TWO_32 + rw[KEY_WORD + 2 * ri];
       if (kl < kr) {
-        ranges.add(kl, LEFT_ONLY, ld[li++], 0);
+        ranges.add(kl, LEFT_ONLY, lw[lv + 2 * li + 1] * 256 + (lw[lv + 2 * li] >>> 24), 0);
+        li++;
       } else if (kr < kl) {
-        ranges.add(kr, RIGHT_ONLY, 0, rd[ri++]);
-      } else if (kl === kr) {
-        const dl = ld[li++];
-        const dr = rd[ri++];
-        ranges.add(kl, dl === dr ? SAME : DIFFERENT, dl, dr);
+        ranges.add(kr, RIGHT_ONLY, 0, rw[rv + 2 * ri + 1] * 256 + (rw[rv + 2 * ri] >>> 24));
+        ri++;
       } else {
-        break; // a NaN: a key past 2^53, compared exactly below
+        const dl = lw[lv + 2 * li + 1] * 256 + (lw[lv + 2 * li] >>> 24);
+        const dr = rw[rv + 2 * ri + 1] * 256 + (rw[rv + 2 * ri] >>> 24);
+        ranges.add(kl, dl === dr ? SAME : DIFFERENT, dl, dr);
+        if (dl === dr) {
+          // What follows on both sides with the same thin blocks, consecutive, and the same data
+          // blocks (consecutive too, verbose) extends this range: compared word by word, added at once.
+          let lk = KEY_WORD + 2 * li;
+          let rk = KEY_WORD + 2 * ri;
+          let lval = lv + 2 * li;
+          let rval = rv + 2 * ri;
+          let run = 0;
+          for (const most = Math.min(ln - li, rn - ri) - 1; run < most; run++, lk += 2, rk += 2, lval += 2, rval += 2) {
+            const lo = lw[lk + 2];
+            if (lo !== lw[lk] + 1 || lw[lk + 3] !== lhi || rw[rk + 2] !== lo || rw[rk + 3] !== lhi) break;
+            const dataHi = lw[lval + 3];
+            const dataLo = lw[lval + 2] >>> 24;
+            if (rw[rval + 3] !== dataHi || rw[rval + 2] >>> 24 !== dataLo) break;
+            if (verbose && dataHi * 256 + dataLo !== dl + run + 1) break;
+          }
+          if (run > 0) ranges.extend(run, kl + run);
+          li += run;
+          ri += run;
+        }
+        li++;
+        ri++;
       }
     }
     L.i = li;

@@ -8,7 +8,8 @@
 // live in typed arrays, and the walk remembers which nodes it has seen.
 import { BlockReader } from '../io/block-io.js';
 import { openMetadataInput } from '../io/open.js';
-import { FdSink } from '../formats/output.js';
+import { ascii, putAscii } from '../formats/ascii.js';
+import { FdSink, NUMBER_ROOM, putNumber } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
@@ -50,23 +51,39 @@ function mergeRegions(regions: readonly Region[]): Region[] {
   return merged;
 }
 
+/** A region bound as a number: data blocks are below 2^40, so a bound past 2^53 is past them all. */
+const bound = (b: U64): number => (typeof b === 'number' ? b : Infinity);
+
+const TWO_32 = 0x100000000;
+/** High words of thin blocks below 2^53, which fit a number exactly. */
+const SAFE_HI = 0x200000;
+
+/** Records reserved before the walk at most (224 MiB of address space); past that they grow. */
+const MAX_INITIAL_RECORDS = 1 << 23;
+
 /** The reverse map in the making: one record per region of consecutive mappings. */
 class RmapRecords {
   count = 0;
-  dataBegin = new Float64Array(1024);
-  length = new Float64Array(1024);
-  devId = new Uint32Array(1024);
+  dataBegin: Float64Array;
+  length: Float64Array;
+  devId: Uint32Array;
   /** Thin blocks; a NaN marks one past 2^53, kept exactly in `bigThin`. */
-  thinBegin = new Float64Array(1024);
+  thinBegin: Float64Array;
   readonly bigThin = new Map<number, bigint>();
 
-  /** Extends the last record when the mapping continues it, else starts one. */
-  add(devId: number, thin: U64, data: number): void {
-    const i = this.count - 1;
-    if (i >= 0 && this.devId[i] === devId && this.dataBegin[i] + this.length[i] === data && this.thinEnd(i) === thin) {
-      this.length[i]++;
-      return;
-    }
+  /**
+   * Room for `capacity` records from the start: pages never written are never touched, so an
+   * estimate above the count costs address space only, and the arrays are not copied as they grow.
+   */
+  constructor(capacity: number) {
+    this.dataBegin = new Float64Array(capacity);
+    this.length = new Float64Array(capacity);
+    this.devId = new Uint32Array(capacity);
+    this.thinBegin = new Float64Array(capacity);
+  }
+
+  /** Starts a record (the caller found the mapping does not continue the last one). */
+  start(devId: number, thin: U64, data: number): void {
     if (this.count === this.dataBegin.length) this.grow();
     const j = this.count++;
     this.devId[j] = devId;
@@ -85,9 +102,11 @@ class RmapRecords {
     return Number.isNaN(t) ? this.bigThin.get(i)! : t;
   }
 
-  private thinEnd(i: number): U64 {
-    const t = this.thinBegin[i];
-    return !Number.isNaN(t) && t + this.length[i] <= Number.MAX_SAFE_INTEGER ? t + this.length[i] : u64Add(this.thin(i), this.length[i]);
+  /** Whether record `i` goes on with thin block `thin` (one past 2^53 is compared exactly). */
+  continuesAt(i: number, thin: U64): boolean {
+    const t = this.thinBegin[i] + this.length[i];
+    if (t <= Number.MAX_SAFE_INTEGER && typeof thin === 'number') return t === thin;
+    return u64Add(this.thin(i), this.length[i]) === thin;
   }
 
   private grow(): void {
@@ -100,48 +119,72 @@ class RmapRecords {
   }
 }
 
-/** The reverse map of `regions`, in the reference's order. Throws RmapError on damage. */
+/**
+ * The reverse map of `regions`, in the reference's order: record `order[k]` is the k-th to print,
+ * and `dataBegin[k]` its first data block. Throws RmapError on damage.
+ */
 export function reverseMap(
   io: BlockReader,
   regions: readonly Region[],
   onProgress?: (done: number, total: number) => void,
-): { records: RmapRecords; order: Int32Array } {
+): { records: RmapRecords; order: Int32Array; dataBegin: Float64Array } {
   const merged = mergeRegions(regions);
-  const lowest = merged[0].begin;
-  const highest = merged[merged.length - 1].end;
+  const begins = Float64Array.from(merged, (r) => bound(r.begin));
+  const ends = Float64Array.from(merged, (r) => bound(r.end));
+  const lowest = begins[0];
+  const highest = ends[ends.length - 1];
+  const single = merged.length === 1;
   const inRegions = (b: number): boolean => {
-    if (b < lowest || b >= highest) return false;
     let lo = 0;
-    let hi = merged.length;
+    let hi = ends.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (merged[mid].end <= b) lo = mid + 1;
+      if (ends[mid] <= b) lo = mid + 1;
       else hi = mid;
     }
-    return lo < merged.length && merged[lo].begin <= b;
+    return lo < ends.length && begins[lo] <= b;
   };
 
   const sb = readSuperblock(io);
   const fail = (e: BTreeError): never => {
     throw new RmapError(`Damage in mapping tree, please run thin_check: ${e.message}`);
   };
-  const records = new RmapRecords();
+  // Every device's mapped blocks: the progress bar's total (shared subtrees are read once, so it
+  // ends early) and, each capped at the regions' size, at most that many records. The reference
+  // does not read the device details: damage there only leaves the estimate wrong.
+  let regionBlocks = 0;
+  // (A region starting past 2^53 holds no data block.)
+  for (let r = 0; r < begins.length; r++) if (begins[r] !== Infinity) regionBlocks += ends[r] - begins[r];
+  let total = 0;
+  let most = 0;
+  for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, () => {})) {
+    total += Number(d.mappedBlocks);
+    most += Math.min(Number(d.mappedBlocks), regionBlocks);
+  }
+  const records = new RmapRecords(most > 1024 ? Math.min(most, MAX_INITIAL_RECORDS) : 1024);
   // As the reference, a node is visited once in the whole walk: a subtree devices share is
   // reported for the first of them (in dev_id order) only.
   const memo: SubtreeMemo = new Map();
-  // Progress against every device's mapped blocks: shared subtrees are read once, so it ends early.
-  let total = 0;
-  if (onProgress) for (const d of readDeviceDetails(io, sb.deviceDetailsRoot, fail)) total += Number(d.mappedBlocks);
   let done = 0;
   for (const { devId, root } of readDeviceRoots(io, sb.dataMappingRoot, fail)) {
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
       leaf(node: BTreeNode) {
         const words = node.words;
-        for (let i = 0, w = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < node.nrEntries; i++, w += 2) {
-          const data = words[w + 1] * 256 + (words[w] >>> 24);
-          if (inRegions(data)) records.add(devId, readU64(node.buf, NODE_HEADER_SIZE + 8 * i), data);
+        const n = node.nrEntries;
+        for (let i = 0, k = NODE_HEADER_SIZE / 4, v = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < n; i++, k += 2, v += 2) {
+          const data = words[v + 1] * 256 + (words[v] >>> 24);
+          if (data < lowest || data >= highest || !(single || inRegions(data))) continue;
+          const hi = words[k + 1];
+          const thin = hi < SAFE_HI ? hi * TWO_32 + words[k] : readU64(node.buf, NODE_HEADER_SIZE + 8 * i);
+          // The mapping continues the last record (same device, next thin and data blocks), or starts one.
+          const last = records.count - 1;
+          if (last >= 0 && records.devId[last] === devId && records.dataBegin[last] + records.length[last] === data && records.continuesAt(last, thin)) {
+            records.length[last]++;
+          } else {
+            records.start(devId, thin, data);
+          }
         }
-        done += node.nrEntries;
+        done += n;
         onProgress?.(done, total);
       },
       error: fail,
@@ -149,9 +192,25 @@ export function reverseMap(
   }
   const order = new Int32Array(records.count);
   for (let i = 0; i < order.length; i++) order[i] = i;
-  stdSort(order, records.dataBegin);
-  return { records, order };
+  // Sorted in place along with the order: the records' first data blocks are not needed unsorted.
+  const dataBegin = records.dataBegin.subarray(0, records.count);
+  stdSort(order, dataBegin);
+  return { records, order, dataBegin };
 }
+
+/** The end of a region ending past 2^53, as the reference's u64 arithmetic has it: 2^64 wraps to 0. */
+function thinEndPast2To53(thin: U64, len: number): U64 {
+  const end = u64Add(thin, len);
+  return end === 2n ** 64n ? 0 : end;
+}
+
+const DATA = ascii('data ');
+const DOTS = ascii('..');
+const ARROW = ascii(' -> thin(');
+const CLOSE = ascii(') ');
+const NEWLINE = ascii('\n');
+/** The longest line: five numbers of up to 20 digits and the text between them. */
+const LINE_ROOM = 5 * NUMBER_ROOM + 32;
 
 /** Prints the reverse map of `regions` of the pool at `input`. */
 export function rmapPool(
@@ -163,23 +222,43 @@ export function rmapPool(
   if (regions.length === 0) throw new RmapError('No regions provided.');
   const io = openMetadataInput(input);
   try {
-    const { records, order } = reverseMap(io, regions, onProgress);
+    const { records, order, dataBegin } = reverseMap(io, regions, onProgress);
     const out = new FdSink(stdoutFd);
-    for (const i of order) {
-      const data = records.dataBegin[i];
+    const { buf, view } = out;
+    for (let k = 0; k < order.length; k++) {
+      const i = order[k];
+      const data = dataBegin[k];
       const len = records.length[i];
       const thin = records.thin(i);
-      out.write('data ');
-      out.number(data);
-      out.write('..');
-      out.number(data + len);
-      out.write(' -> thin(');
-      out.number(records.devId[i]);
-      out.write(') ');
-      out.number(thin);
-      out.write('..');
-      out.number(u64Add(thin, len));
-      out.write('\n');
+      const thinEnd = typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : thinEndPast2To53(thin, len);
+      if (typeof thin === 'number' && typeof thinEnd === 'number') {
+        // The whole line formatted in place.
+        let p = out.reserve(LINE_ROOM);
+        putAscii(view, buf, p, DATA);
+        p = putNumber(view, buf, p + DATA.length, data);
+        putAscii(view, buf, p, DOTS);
+        p = putNumber(view, buf, p + DOTS.length, data + len);
+        putAscii(view, buf, p, ARROW);
+        p = putNumber(view, buf, p + ARROW.length, records.devId[i]);
+        putAscii(view, buf, p, CLOSE);
+        p = putNumber(view, buf, p + CLOSE.length, thin);
+        putAscii(view, buf, p, DOTS);
+        p = putNumber(view, buf, p + DOTS.length, thinEnd);
+        buf[p] = 0x0a;
+        out.advance(p + 1);
+      } else {
+        out.bytes(DATA);
+        out.number(data);
+        out.bytes(DOTS);
+        out.number(data + len);
+        out.bytes(ARROW);
+        out.number(records.devId[i]);
+        out.bytes(CLOSE);
+        out.number(thin);
+        out.bytes(DOTS);
+        out.number(thinEnd);
+        out.bytes(NEWLINE);
+      }
     }
     out.flush();
   } finally {

@@ -84,3 +84,33 @@ export function devIdsOf(meta: string, snap = false): number[] {
   const r = runReference('thin_dump', [...(snap ? ['-m'] : []), '--skip-mappings', meta]);
   return [...r.stdout.matchAll(/dev_id="(\d+)"/g)].map((m) => Number(m[1]));
 }
+
+/**
+ * Two devices (1 and 2) whose thin blocks run across 2^53 and up to 2^64-1, several leaves past
+ * 2^53, differing in places (a data block, a run one side lacks), written by the reference
+ * thin_restore: for the readers' exact paths past doubles.
+ */
+export function keysPast2To53Pool(dir: string): Pool {
+  const at = (k: bigint) => String(k);
+  const range = (thin: bigint, data: number, length: number) =>
+    `    <range_mapping origin_begin="${at(thin)}" data_begin="${data}" length="${length}" time="1"/>`;
+  const B53 = 2n ** 53n;
+  const TOP = 2n ** 64n - 1n;
+  const device = (id: number, mappings: string[]) => {
+    const mapped = mappings.reduce((n, m) => n + Number(/length="(\d+)"/.exec(m)![1]), 0);
+    return [`  <device dev_id="${id}" mapped_blocks="${mapped}" transaction="0" creation_time="0" snap_time="1">`, ...mappings, '  </device>'];
+  };
+  const xml = [
+    '<superblock uuid="" time="1" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="16320">',
+    ...device(1, [range(B53 - 200n, 1000, 600), range(TOP - 299n, 5000, 300)]),
+    ...device(2, [range(B53 - 200n, 1000, 300), range(B53 + 100n, 9999, 1), range(B53 + 101n, 1301, 299), range(B53 + 400n, 3000, 50),
+      range(TOP - 299n, 5000, 100), range(TOP - 149n, 7000, 150)]),
+    '</superblock>',
+    '',
+  ].join('\n');
+  const xmlPath = path.join(dir, 'past-2-53.xml');
+  fs.writeFileSync(xmlPath, xml);
+  const img = path.join(dir, 'past-2-53.bin');
+  referenceRestore(xmlPath, img, 4);
+  return { name: 'keys-past-2^53', path: img } as Pool;
+}

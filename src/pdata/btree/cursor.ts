@@ -67,18 +67,29 @@ export class LeafCursor {
    */
   nextLeaf(): BTreeNode | null {
     for (;;) {
-      const sub = this.peek();
-      if (sub === null) return null;
-      this.pending = null;
-      const node = this.readNode(sub);
-      if (node.isLeaf) {
-        if (this.leafDepth === -1) this.leafDepth = sub.depth;
-        else if (sub.depth !== this.leafDepth) throw new BTreeError(sub.block, 'leaves at different depths', sub.lowKey, sub.highKey);
-        return node;
-      }
-      this.levels.length = sub.depth;
-      this.levels.push({ node, next: 0, highKey: sub.highKey });
+      const node = this.nextNode();
+      if (node === null || node.isLeaf) return node;
     }
+  }
+
+  /**
+   * The node peek() names, read: a leaf (its buffer reused as nextLeaf's), or an internal node,
+   * entered (peek() then names its first child); null at the end. For walkers of two trees that
+   * look for a subtree both share at every level on the way down.
+   */
+  nextNode(): BTreeNode | null {
+    const sub = this.peek();
+    if (sub === null) return null;
+    this.pending = null;
+    const node = this.readNode(sub);
+    if (node.isLeaf) {
+      if (this.leafDepth === -1) this.leafDepth = sub.depth;
+      else if (sub.depth !== this.leafDepth) throw new BTreeError(sub.block, 'leaves at different depths', sub.lowKey, sub.highKey);
+      return node;
+    }
+    this.levels.length = sub.depth;
+    this.levels.push({ node, next: 0, highKey: sub.highKey });
+    return node;
   }
 
   private readNode(sub: NextSubtree): BTreeNode {
