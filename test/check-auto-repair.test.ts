@@ -13,7 +13,7 @@ import { readU64, writeU64 } from '../src/pdata/le.js';
 import { BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, SpaceMapReader, bitmapCount } from '../src/pdata/space-map/common.js';
 import { openDiskSpaceMap } from '../src/pdata/space-map/disk.js';
 import { openMetadataSpaceMap, readMetadataIndex } from '../src/pdata/space-map/metadata.js';
-import { BlockStore, CrashError } from '../src/pdata/block-manager.js';
+import { CrashError, ForwardingStore } from '../src/pdata/block-manager.js';
 import { Pool, PoolError } from '../src/thin/pool.js';
 import { repairSpaceMaps } from '../src/tools/check-repair.js';
 import { NEEDS_CHECK_FLAG, dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
@@ -234,33 +234,17 @@ describe('repairs space-map damage', () => {
 });
 
 /** The metadata file, losing every block written after the first `limit` (a crash there). */
-class CrashingStore implements BlockStore {
+class CrashingStore extends ForwardingStore {
   written = 0;
-  private readonly file: BlockWriter;
   constructor(path: string, private readonly limit = Infinity) {
-    this.file = new BlockWriter(path);
-  }
-  get path(): string {
-    return this.file.path;
-  }
-  get nrBlocks(): number {
-    return this.file.nrBlocks;
-  }
-  readInto(block: number, buf: Buffer): Buffer {
-    return this.file.readInto(block, buf);
+    super(new BlockWriter(path));
   }
   write(block: number, data: Buffer): void {
     for (let i = 0; i * BLOCK_SIZE < data.length; i++) {
       if (this.written === this.limit) throw new CrashError(`crash after ${this.limit} block writes`);
-      this.file.write(block + i, data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
+      this.inner.write(block + i, data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
       this.written++;
     }
-  }
-  sync(): void {
-    this.file.sync();
-  }
-  close(): void {
-    this.file.close();
   }
 }
 

@@ -2,22 +2,16 @@
 // the pool reopened must hold exactly the last commit (devices, mappings, details, the held
 // metadata snapshot), pass our full check, and its data blocks must hold what that commit's
 // mappings say (nothing the lost transaction wrote may land on a committed block).
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crashSweep } from '../src/engine/crash-sweep.js';
-import { runOurs, runReference, tempDir } from './support/reference.js';
+import { runOurs, runReference } from './support/reference.js';
+import { replayFiles } from './support/replay-files.js';
 import { randomTrace } from './support/trace-gen.js';
 
 const ROOT = path.resolve(__dirname, '..');
-const dir = tempDir('replay-crash-');
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-let seq = 0;
-function files(): { metadata: string; data: string } {
-  const n = seq++;
-  return { metadata: path.join(dir, `meta-${n}`), data: path.join(dir, `data-${n}`) };
-}
+const { dir, files } = replayFiles('replay-crash-');
 
 describe('crash sweep', () => {
   const random = path.join(dir, 'random.trace');

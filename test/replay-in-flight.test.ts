@@ -3,7 +3,7 @@
 // pre-fix discard ordering deadlocking within a bounded number of seeds, the serial-order oracle
 // refusing what no order gives, and block sizes that are not powers of two against the
 // reference tools.
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,24 +11,12 @@ import { replay } from '../src/engine/replay.js';
 import { runSchedules } from '../src/engine/schedules.js';
 import { serialOrder } from '../src/engine/serial-order.js';
 import { ZEROES } from '../src/engine/model.js';
-import { runOurs, runReference, tempDir, upstreamTool } from './support/reference.js';
+import { runOurs, runReference, upstreamTool } from './support/reference.js';
+import { expectAccepted, replayFiles } from './support/replay-files.js';
 
 const ROOT = path.resolve(__dirname, '..');
 const TRACES = path.join(ROOT, 'testdata', 'traces');
-const dir = tempDir('replay-in-flight-');
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-let seq = 0;
-function files(): { metadata: string; data: string } {
-  const n = seq++;
-  return { metadata: path.join(dir, `meta-${n}`), data: path.join(dir, `data-${n}`) };
-}
-
-function writeTrace(name: string, lines: string[]): string {
-  const p = path.join(dir, name);
-  fs.writeFileSync(p, `${lines.join('\n')}\n`);
-  return p;
-}
+const { dir, files, writeTrace } = replayFiles('replay-in-flight-');
 
 /** Device `dev`'s mappings as the reference thin_dump gives them: thin block -> data block. */
 function referenceMappings(metadata: string, dev: number): Map<number, number> {
@@ -40,13 +28,6 @@ function referenceMappings(metadata: string, dev: number): Map<number, number> {
     for (let i = 0; i < Number(m[3]); i++) out.set(Number(m[1]) + i, Number(m[2]) + i);
   }
   return out;
-}
-
-function expectAccepted(metadata: string): void {
-  const old = runReference('thin_check', [metadata]);
-  expect(old.status, old.stderr).toBe(0);
-  const upstream = spawnSync(upstreamTool('thin_check'), [metadata], { encoding: 'utf8' });
-  expect(upstream.status, upstream.stderr).toBe(0);
 }
 
 describe('IO in flight', () => {

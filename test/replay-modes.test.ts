@@ -2,31 +2,18 @@
 // checked against a real origin file byte for byte, mode transitions at the lines the kernel's
 // rules give, the last commit intact for the reference tools, and a merge that leaves the
 // origin's id naming exactly what the snapshot held (the reference dump before and after).
-import { afterAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlockReader } from '../src/io/block-io.js';
 import { replay } from '../src/engine/replay.js';
 import { NEEDS_CHECK_FLAG, readSuperblock } from '../src/thin/superblock.js';
-import { runOurs, runReference, tempDir, upstreamTool } from './support/reference.js';
+import { runOurs, runReference } from './support/reference.js';
+import { expectAccepted, replayFiles } from './support/replay-files.js';
 
 const ROOT = path.resolve(__dirname, '..');
 const TRACES = path.join(ROOT, 'testdata', 'traces');
-const dir = tempDir('replay-modes-');
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-let seq = 0;
-function files(): { metadata: string; data: string } {
-  const n = seq++;
-  return { metadata: path.join(dir, `meta-${n}`), data: path.join(dir, `data-${n}`) };
-}
-
-function writeTrace(name: string, lines: string[]): string {
-  const p = path.join(dir, name);
-  fs.writeFileSync(p, `${lines.join('\n')}\n`);
-  return p;
-}
+const { dir, files, writeTrace } = replayFiles('replay-modes-');
 
 /** The first `n` lines of an example trace, as a trace of its own. */
 function prefix(name: string, n: number): string {
@@ -37,13 +24,6 @@ function dump(metadata: string): string {
   const r = runReference('thin_dump', [metadata]);
   expect(r.status, r.stderr).toBe(0);
   return r.stdout;
-}
-
-function expectAccepted(metadata: string): void {
-  const old = runReference('thin_check', [metadata]);
-  expect(old.status, old.stderr).toBe(0);
-  const upstream = spawnSync(upstreamTool('thin_check'), [metadata], { encoding: 'utf8' });
-  expect(upstream.status, upstream.stderr).toBe(0);
 }
 
 /** Device `dev`'s mappings in a reference dump: thin block -> data block. */

@@ -2,32 +2,18 @@
 // must dump (reference thin_dump) byte for byte as the kernel's metadata did, and list the same
 // (reference thin_ls); the bundled example traces end as their comments say, accepted by both
 // reference checkers, their refusals named by trace line.
-import { afterAll, describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlockReader } from '../src/io/block-io.js';
 import { NEEDS_CHECK_FLAG, dataSpaceMapRoot, readSuperblock } from '../src/thin/superblock.js';
-import { runOurs, runReference, tempDir, upstreamTool } from './support/reference.js';
+import { runOurs, runReference } from './support/reference.js';
+import { expectAccepted, replayFiles } from './support/replay-files.js';
 
 const ROOT = path.resolve(__dirname, '..');
 const SCENARIOS = path.join(ROOT, 'testdata', 'kernel-scenarios');
 const TRACES = path.join(ROOT, 'testdata', 'traces');
-const dir = tempDir('replay-traces-');
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-let seq = 0;
-function files(): { metadata: string; data: string } {
-  const n = seq++;
-  return { metadata: path.join(dir, `meta-${n}`), data: path.join(dir, `data-${n}`) };
-}
-
-function expectAccepted(metadata: string): void {
-  const old = runReference('thin_check', [metadata]);
-  expect(old.status, old.stderr).toBe(0);
-  const upstream = spawnSync(upstreamTool('thin_check'), [metadata], { encoding: 'utf8' });
-  expect(upstream.status, upstream.stderr).toBe(0);
-}
+const { dir, files } = replayFiles('replay-traces-');
 
 describe('kernel scenarios replayed', () => {
   for (const name of fs.readdirSync(SCENARIOS).filter((n) => fs.existsSync(path.join(SCENARIOS, n, 'trace')))) {

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BLOCK_SIZE, BlockWriter } from '../src/io/block-io.js';
-import { BlockManager, BlockStore, MetadataBlockError } from '../src/pdata/block-manager.js';
+import { BlockManager, ForwardingStore, MetadataBlockError } from '../src/pdata/block-manager.js';
 import { BITMAP_CSUM_XOR, blockChecksum } from '../src/pdata/checksum.js';
 import { readU64 } from '../src/pdata/le.js';
 import { NoSpaceError, TransactionManager, TransactionalSpaceMap } from '../src/pdata/transaction-manager.js';
@@ -31,18 +31,8 @@ function rawBlock(file: string, b: number): Buffer {
 }
 
 /** Records the order of writes and syncs reaching the device. */
-class RecordingStore implements BlockStore {
+class RecordingStore extends ForwardingStore {
   readonly log: string[] = [];
-  constructor(private readonly inner: BlockWriter) {}
-  get path(): string {
-    return this.inner.path;
-  }
-  get nrBlocks(): number {
-    return this.inner.nrBlocks;
-  }
-  readInto(b: number, buf: Buffer): Buffer {
-    return this.inner.readInto(b, buf);
-  }
   write(b: number, data: Buffer): void {
     for (let i = 0; i < data.length / BLOCK_SIZE; i++) this.log.push(`write ${b + i}`);
     this.inner.write(b, data);

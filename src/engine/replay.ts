@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import { BLOCK_SIZE, BlockReader, BlockWriter, InputError } from '../io/block-io.js';
 import { refuseOutputOverInput } from '../io/open.js';
-import { BlockStore, CrashError } from '../pdata/block-manager.js';
+import { CrashError, ForwardingStore } from '../pdata/block-manager.js';
 import { U64 } from '../pdata/le.js';
 import { MAX_METADATA_BLOCKS } from '../pdata/space-map/metadata.js';
 import { DeviceInfo, MetadataVisitor, PoolInfo } from '../thin/events.js';
@@ -98,20 +98,13 @@ export function defaultMetadataBlocks(nrDataBlocks: number): number {
 }
 
 /** The metadata writes a store let through, a simulated crash after the Nth, and failing writes. */
-class CountingStore implements BlockStore {
+class CountingStore extends ForwardingStore {
   writes = 0;
   crashed = false;
   /** The trace line of `fail_metadata_writes` while writes fail, else 0. */
   failingSince = 0;
-  constructor(private readonly inner: BlockWriter, private readonly crashAt: number | undefined) {}
-  get path(): string {
-    return this.inner.path;
-  }
-  get nrBlocks(): number {
-    return this.inner.nrBlocks;
-  }
-  readInto(b: number, buf: Buffer): Buffer {
-    return this.inner.readInto(b, buf);
+  constructor(inner: BlockWriter, private readonly crashAt: number | undefined) {
+    super(inner);
   }
   write(b: number, data: Buffer): void {
     this.failIfFailing(b);
@@ -142,9 +135,6 @@ class CountingStore implements BlockStore {
   sync(): void {
     if (this.crashed) throw new CrashError('crashed');
     this.inner.sync();
-  }
-  close(): void {
-    this.inner.close();
   }
 }
 

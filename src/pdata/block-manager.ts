@@ -6,7 +6,7 @@
 // Dirty blocks may reach the device before a commit: the transaction manager only ever dirties
 // blocks that the last commit does not use, so early writes never touch committed metadata. The
 // superblock is the exception, which is why it never goes through the cache (see commitSuperblock).
-import { BLOCK_SIZE, InputError } from '../io/block-io.js';
+import { BLOCK_SIZE, BlockWriter, InputError } from '../io/block-io.js';
 import { blockChecksum } from './checksum.js';
 import { readU64, writeU64 } from './le.js';
 
@@ -22,6 +22,33 @@ export interface BlockStore {
   writeBlocks?(block: number, blocks: Buffer[]): void;
   /** Makes every write so far durable. */
   sync(): void;
+}
+
+/**
+ * A store that passes every call to a metadata file: the base of stores that watch or cut off
+ * the writes (a simulated crash, failing writes, a test's log). It has no `writeBlocks`, so a
+ * subclass that overrides `write` sees every block written unless it adds its own.
+ */
+export class ForwardingStore implements BlockStore {
+  constructor(protected readonly inner: BlockWriter) {}
+  get path(): string {
+    return this.inner.path;
+  }
+  get nrBlocks(): number {
+    return this.inner.nrBlocks;
+  }
+  readInto(block: number, buf: Buffer): Buffer {
+    return this.inner.readInto(block, buf);
+  }
+  write(block: number, data: Buffer): void {
+    this.inner.write(block, data);
+  }
+  sync(): void {
+    this.inner.sync();
+  }
+  close(): void {
+    this.inner.close();
+  }
 }
 
 /**
