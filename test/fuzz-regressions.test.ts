@@ -228,6 +228,24 @@ describe('thin_ls on a damaged mapping tree', () => {
   });
 });
 
+describe('thin_delta prints the held root exactly', () => {
+  // Found by a long run: a held root of 2^64-1 (a damaged superblock, re-sealed) was printed
+  // as metadata_snap="18446744073709552000", the double it had been read into.
+  test('a held root of 2^64-1 in the header, as 0.9.0 prints it', () => {
+    const file = kernelImage('tmeta_with_deleted_snapshot');
+    damage.setSuperblockU64(file, 56, (1n << 64n) - 1n);
+    const args = ['--verbose', '--snap1', '2', '--snap2', '2', file];
+    const ref = runReference('thin_delta', args);
+    expect(ref.stdout).toMatch(/metadata_snap="18446744073709551615"/);
+    const ours = runOurs('thin_delta', args);
+    expect([ours.status, ours.stdout]).toEqual([ref.status, ref.stdout]);
+    // Our check fails it, naming no block number the metadata does not hold.
+    const check = runOurs('thin_check', [file]);
+    expect(check.status).toBe(1);
+    expect(check.stderr).not.toMatch(/18446744073709552000/);
+  });
+});
+
 describe('thin_metadata_unpack of a damaged pack', () => {
   test('a chunk length past the end of the pack is refused in one line, not allocated', () => {
     const meta = kernelImage('tmeta_with_deleted_snapshot');

@@ -93,6 +93,14 @@ export function sysfsBlockDir(rdev: bigint): string {
   return `/sys/dev/block/${major}:${minor}`;
 }
 
+/**
+ * A block number for a message. Past 2^53 only a rounded double is left of the on-disk u64
+ * (pdata/le.ts readBlockNr), which would print as a number the metadata does not hold.
+ */
+function blockNrText(b: number): string {
+  return b <= Number.MAX_SAFE_INTEGER ? String(b) : 'past 2^53';
+}
+
 /** Reads whole blocks; opened read-only so check/dump can never change their input. */
 export class BlockReader {
   readonly path: string;
@@ -115,7 +123,7 @@ export class BlockReader {
   /** Reads block `b` into `buf` (at least BLOCK_SIZE bytes) and returns it. */
   readInto(b: number, buf: Buffer): Buffer {
     if (b >= this.nrBlocks || b < 0) {
-      throw new InputError(`${this.path}: block ${b} is beyond the end of the metadata (${this.nrBlocks} blocks)`);
+      throw new InputError(`${this.path}: block ${blockNrText(b)} is beyond the end of the metadata (${this.nrBlocks} blocks)`);
     }
     const n = fs.readSync(this.fd, buf, 0, BLOCK_SIZE, b * BLOCK_SIZE);
     if (n !== BLOCK_SIZE) throw new InputError(`${this.path}: short read at block ${b}`);
@@ -150,7 +158,7 @@ export class BlockWriter {
 
   write(b: number, data: Buffer): void {
     if (b >= this.nrBlocks) {
-      throw new InputError(`${this.path}: block ${b} is beyond the end of the output (${this.nrBlocks} blocks)`);
+      throw new InputError(`${this.path}: block ${blockNrText(b)} is beyond the end of the output (${this.nrBlocks} blocks)`);
     }
     fs.writeSync(this.fd, data, 0, data.length, b * BLOCK_SIZE);
   }

@@ -26,8 +26,8 @@ export interface DeltaHeader {
   transaction: U64;
   dataBlockSize: number;
   nrDataBlocks: U64;
-  /** The held metadata snapshot the superblock read names, if any. */
-  metadataSnap?: number;
+  /** The held metadata snapshot the superblock read names, if any (the u64 on disk). */
+  metadataSnap?: U64;
   left: DeltaSide;
   right: DeltaSide;
 }

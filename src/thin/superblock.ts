@@ -50,6 +50,8 @@ export interface Superblock {
 /** Corruption found while reading the superblock; the message matches the reference's wording. */
 export class SuperblockError extends Error {}
 
+const HELD_ROOT_OFFSET = 56;
+
 export function decodeSuperblock(buf: Buffer): Superblock {
   return {
     flags: buf.readUInt32LE(4),
@@ -59,7 +61,7 @@ export function decodeSuperblock(buf: Buffer): Superblock {
     version: buf.readUInt32LE(40),
     time: buf.readUInt32LE(44),
     transactionId: readU64(buf, 48),
-    heldRoot: readBlockNr(buf, 56),
+    heldRoot: readBlockNr(buf, HELD_ROOT_OFFSET),
     dataSpaceMapRoot: Buffer.from(buf.subarray(64, 64 + SPACE_MAP_ROOT_SIZE)),
     metadataSpaceMapRoot: Buffer.from(buf.subarray(192, 192 + SPACE_MAP_ROOT_SIZE)),
     dataMappingRoot: readBlockNr(buf, 320),
@@ -83,7 +85,7 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   buf.writeUInt32LE(sb.version, 40);
   buf.writeUInt32LE(sb.time, 44);
   writeU64(buf, 48, sb.transactionId);
-  writeU64(buf, 56, sb.heldRoot);
+  writeU64(buf, HELD_ROOT_OFFSET, sb.heldRoot);
   sb.dataSpaceMapRoot.copy(buf, 64, 0, SPACE_MAP_ROOT_SIZE);
   sb.metadataSpaceMapRoot.copy(buf, 192, 0, SPACE_MAP_ROOT_SIZE);
   writeU64(buf, 320, sb.dataMappingRoot);
@@ -102,6 +104,14 @@ export function encodeSuperblock(sb: Superblock): Buffer {
  * Reads and validates the superblock at `location` (0, or a held root for -m).
  * Throws SuperblockError with the reference tools' wording on checksum, blocknr or magic errors.
  */
+/**
+ * The held root of the superblock at `location` as the exact u64 on disk, for printing:
+ * Superblock.heldRoot is a block number, a rounded double past 2^53 (where no block can be).
+ */
+export function readHeldRootU64(io: BlockReader, location = SUPERBLOCK_LOCATION): U64 {
+  return readU64(io.read(location), HELD_ROOT_OFFSET);
+}
+
 export function readSuperblock(io: BlockReader, location = SUPERBLOCK_LOCATION): Superblock {
   const buf = io.read(location);
   const wanted = blockChecksum(buf, SUPERBLOCK_CSUM_XOR);
