@@ -12,6 +12,7 @@ import { runSchedules } from '../src/engine/schedules.js';
 import { serialOrder } from '../src/engine/serial-order.js';
 import { ZEROES } from '../src/engine/model.js';
 import { runOurs, runReference, upstreamTool } from './support/reference.js';
+import { deviceMappings } from './support/dump-mappings.js';
 import { expectAccepted, replayFiles } from './support/replay-files.js';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -20,14 +21,7 @@ const { dir, files, writeTrace } = replayFiles('replay-in-flight-');
 
 /** Device `dev`'s mappings as the reference thin_dump gives them: thin block -> data block. */
 function referenceMappings(metadata: string, dev: number): Map<number, number> {
-  const xml = runReference('thin_dump', [metadata]).stdout;
-  const out = new Map<number, number>();
-  const body = new RegExp(`<device dev_id="${dev}"[^>]*>([\\s\\S]*?)</device>`).exec(xml)?.[1] ?? '';
-  for (const m of body.matchAll(/<single_mapping origin_block="(\d+)" data_block="(\d+)"/g)) out.set(Number(m[1]), Number(m[2]));
-  for (const m of body.matchAll(/<range_mapping origin_begin="(\d+)" data_begin="(\d+)" length="(\d+)"/g)) {
-    for (let i = 0; i < Number(m[3]); i++) out.set(Number(m[1]) + i, Number(m[2]) + i);
-  }
-  return out;
+  return deviceMappings(runReference('thin_dump', [metadata]).stdout, dev);
 }
 
 describe('IO in flight', () => {

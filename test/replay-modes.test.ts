@@ -9,6 +9,7 @@ import { BlockReader } from '../src/io/block-io.js';
 import { replay } from '../src/engine/replay.js';
 import { NEEDS_CHECK_FLAG, readSuperblock } from '../src/thin/superblock.js';
 import { runOurs, runReference } from './support/reference.js';
+import { deviceMappings } from './support/dump-mappings.js';
 import { expectAccepted, replayFiles } from './support/replay-files.js';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -26,16 +27,6 @@ function dump(metadata: string): string {
   return r.stdout;
 }
 
-/** Device `dev`'s mappings in a reference dump: thin block -> data block. */
-function mappings(xml: string, dev: number): Map<number, number> {
-  const out = new Map<number, number>();
-  const body = new RegExp(`<device dev_id="${dev}"[^>]*>([\\s\\S]*?)</device>`).exec(xml)?.[1] ?? '';
-  for (const m of body.matchAll(/<single_mapping origin_block="(\d+)" data_block="(\d+)"/g)) out.set(Number(m[1]), Number(m[2]));
-  for (const m of body.matchAll(/<range_mapping origin_begin="(\d+)" data_begin="(\d+)" length="(\d+)"/g)) {
-    for (let i = 0; i < Number(m[3]); i++) out.set(Number(m[1]) + i, Number(m[2]) + i);
-  }
-  return out;
-}
 
 function needsCheck(metadata: string): boolean {
   const io = new BlockReader(metadata);
@@ -63,7 +54,7 @@ describe('external origins', () => {
     expect(r.status).toBe(0);
     expect(JSON.parse(r.stdout).dataBlocks.verified).toBeGreaterThanOrEqual(2);
     expectAccepted(metadata);
-    const m = mappings(dump(metadata), 1);
+    const m = deviceMappings(dump(metadata), 1);
     expect([...m.keys()].sort()).toEqual([1, 3]);
     const file = fs.readFileSync(data);
     const sector = (dataBlock: number, s: number): Buffer => file.subarray(dataBlock * BLOCK + s * 512, dataBlock * BLOCK + (s + 1) * 512);
@@ -155,7 +146,7 @@ describe('failure modes', () => {
     expect(s.modes[3].cause).toContain('no_space_timeout');
     expect(s.problems.map((p: { line: number }) => p.line)).toEqual([15, 17, 19]);
     // The write of line 9 waited and landed; 15, 17 and 19 never did.
-    expect([...mappings(dump(metadata), 1).keys()].sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 11]);
+    expect([...deviceMappings(dump(metadata), 1).keys()].sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 11]);
     expectAccepted(metadata);
   });
 
@@ -168,7 +159,7 @@ describe('failure modes', () => {
     expect(s.problems.map((p: { line: number }) => p.line)).toEqual([9, 17, 19]);
     expect(s.problems[0].message).toContain('out of data space');
     expect(s.modes[0]).toMatchObject({ line: 9, mode: 'out-of-data-space' });
-    expect([...mappings(dump(metadata), 1).keys()].sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 5, 6, 7, 8, 11]);
+    expect([...deviceMappings(dump(metadata), 1).keys()].sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 5, 6, 7, 8, 11]);
     expectAccepted(metadata);
   });
 });
@@ -188,7 +179,7 @@ describe('time', () => {
     const full = replay({ trace: prefix('clock', 9), metadata: files().metadata });
     const r = replay({ trace: prefix('clock', 10), metadata, crashAt: full.metadataBlocks.writes });
     expect(r.ok).toBe(true);
-    expect([...mappings(dump(metadata), 1).keys()]).toEqual([0, 1, 2, 3]);
+    expect([...deviceMappings(dump(metadata), 1).keys()]).toEqual([0, 1, 2, 3]);
   });
 });
 
@@ -207,7 +198,7 @@ describe('rollback', () => {
     expect(s.dataBlocks.verified).toBe(6);
     const was = dump(before.metadata);
     const now = dump(metadata);
-    expect(mappings(now, 1)).toEqual(mappings(was, 2));
+    expect(deviceMappings(now, 1)).toEqual(deviceMappings(was, 2));
     expect(now).not.toContain('dev_id="2"');
     const details = (xml: string, dev: number): string => new RegExp(`<device dev_id="${dev}" ([^>]*)>`).exec(xml)![1];
     expect(details(now, 1)).toBe(details(was, 2));

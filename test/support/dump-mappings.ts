@@ -24,3 +24,13 @@ export function countTrueMappings(xml: string, truth: ReadonlySet<string>): numb
   for (const m of mappingsOf(xml)) if (truth.has(m)) n++;
   return n;
 }
+
+/** Device `devId`'s mappings, thin block -> data block, built on mappingsOf. */
+export function deviceMappings(xml: string, devId: number): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const m of mappingsOf(xml)) {
+    const [dev, thin, data] = m.split(':').map(Number);
+    if (dev === devId) out.set(thin, data);
+  }
+  return out;
+}
