@@ -8,7 +8,7 @@ import { JsonDeltaWriter } from '../formats/json-writer.js';
 import { DeltaSide, DeltaVisitor, diffDeviceTrees } from '../thin/delta.js';
 import { TOP_LEVEL_VALUE_SIZE } from '../thin/mapping-tree.js';
 import { selectSuperblock } from '../thin/read-metadata.js';
-import { SUPERBLOCK_LOCATION, dataSpaceMapRoot, readHeldRootU64, readSuperblock } from '../thin/superblock.js';
+import { dataSpaceMapRoot, readHeldRootU64 } from '../thin/superblock.js';
 
 export const DELTA_FORMATS = ['xml', 'json'] as const;
 export type DeltaFormat = (typeof DELTA_FORMATS)[number];
@@ -65,7 +65,8 @@ export function deltaDevices(input: string, opts: DeltaOptions): void {
       dataBlockSize: sb.dataBlockSize,
       // The snapshot's copy of the superblock has no space maps: the reference prints 0.
       nrDataBlocks: opts.metadataSnap === undefined ? dataSpaceMapRoot(sb).nrBlocks : 0,
-      metadataSnap: sb.heldRoot ? readHeldRootU64(io, opts.metadataSnap === undefined ? SUPERBLOCK_LOCATION : readSuperblock(io).heldRoot) : undefined,
+      // The superblock read sits at its own blocknr (readSuperblock checks it): no second lookup.
+      metadataSnap: sb.heldRoot ? readHeldRootU64(io, sb.blocknr) : undefined,
       left: opts.left,
       right: opts.right,
     });
