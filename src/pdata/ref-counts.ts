@@ -55,23 +55,25 @@ export class RefCounts {
     while (b < end) {
       const p = Math.floor(b / SPAN);
       const base = p * SPAN;
-      const stop = Math.min(end, base + SPAN) - base;
+      const stop = end - base < SPAN ? end - base : SPAN;
       let page = this.pages[p] ?? (this.pages[p] = new Uint8Array(SPAN >>> 2));
       let i = b - base;
-      while (i < stop) {
-        const l = packing(page);
-        i = l === 1 ? incNibbles(page, i, stop) : l === 2 ? incPairs(page, i, stop) : incBytes(page, i, stop);
+      for (;;) {
+        const len = page.length;
+        i = len === SPAN >>> 1 ? incNibbles(page, i, stop) : len === SPAN >>> 2 ? incPairs(page, i, stop) : incBytes(page, i, stop);
         if (i === stop) break;
-        if (l > 0) page = this.widen(p, page, l);
-        else {
-          const block = base + i;
-          if (page[i] === SPILLED) this.big.set(block, this.big.get(block)! + 1);
-          else {
-            page[i] = SPILLED;
-            this.big.set(block, SPILLED);
-          }
-          i++;
+        // A count this packing cannot raise: widen the page, or spill the count to the map.
+        if (len < SPAN) {
+          page = this.widen(p, page, packing(page));
+          continue;
         }
+        const block = base + i;
+        if (page[i] === SPILLED) this.big.set(block, this.big.get(block)! + 1);
+        else {
+          page[i] = SPILLED;
+          this.big.set(block, SPILLED);
+        }
+        if (++i === stop) break;
       }
       b = base + stop;
     }
