@@ -106,12 +106,18 @@ const READAHEAD_FIRST = 4;
 const READAHEAD_MAX = 32;
 /** Sequential streams followed at once: a walk of two trees side by side, each leaves and internal nodes. */
 const STREAMS = 4;
+/**
+ * How far ahead of a stream's last block a read still continues it: 0.9.0's restore leaves a
+ * block between one leaf and the next at one step in ten, which would end a run each time.
+ */
+const READAHEAD_GAP = 2;
 
 /**
- * Where a reader was reading: the last block read, how many blocks in a row end there, and the
- * window read ahead. The third block of a run reads a window ahead in one pread (pairs of blocks
- * are common in kernel-written metadata and would waste a window each); a run that goes on past
- * the window's end doubles the next one, up to READAHEAD_MAX.
+ * Where a reader was reading: the last block read, how many reads in a row climbed to it (each at
+ * most READAHEAD_GAP past the one before), and the window read ahead. The third read of a run
+ * reads a window ahead in one pread (pairs of blocks are common in kernel-written metadata and
+ * would waste a window each); a run that goes on past the window's end doubles the next one, up
+ * to READAHEAD_MAX.
  */
 class Stream {
   last = -2;
@@ -128,8 +134,8 @@ class Stream {
 
 /**
  * Reads whole blocks; opened read-only so check/dump can never change their input. Runs of
- * consecutive blocks (a tree's leaves as restore lays them out), up to STREAMS of them read in
- * turn, are read ahead a window at a time; reads that jump (kernel-written metadata) stay one
+ * rising blocks (a tree's leaves as restore lays them out), up to STREAMS of them read in turn,
+ * are read ahead a window at a time; reads that jump (kernel-written metadata) stay one
  * block each. A window holds the blocks as they were when read: a file written since is read
  * through a new reader (no tool reads a file through a reader while it writes that file).
  */
@@ -167,13 +173,13 @@ export class BlockReader {
     for (let i = 0; i < STREAMS; i++) {
       const s = streams[i];
       if (b >= s.start && b < s.end) {
-        if (b === s.last + 1) s.run++;
+        if (b > s.last) s.run++;
         s.last = b;
         s.used = ++this.clock;
         buf.set(s.views[b - s.start]);
         return buf;
       }
-      if (b === s.last + 1) follows = s;
+      if (b > s.last && b - s.last <= READAHEAD_GAP) follows = s;
       if (s.used < oldest.used) oldest = s;
     }
     if (follows !== null && follows.run >= 2) {
@@ -181,7 +187,7 @@ export class BlockReader {
       buf.set(follows.views[0]);
       return buf;
     }
-    // A jump starts a new stream in place of the least recently used; a second block in a row
+    // A jump starts a new stream in place of the least recently used; the second read of a run
     // continues its stream; both read that block alone.
     const s = follows ?? oldest;
     s.run = follows ? s.run + 1 : 1;
@@ -194,9 +200,9 @@ export class BlockReader {
     return buf;
   }
 
-  /** Reads `s`'s window anew from `b` (the block after `s.last`) on, up to the device's end. */
+  /** Reads `s`'s window anew from `b` (just after `s.last`) on, up to the device's end. */
   private readAhead(s: Stream, b: number): void {
-    const size = b === s.end && s.end > s.start ? Math.min(2 * (s.end - s.start), READAHEAD_MAX) : READAHEAD_FIRST;
+    const size = b >= s.end && b - s.end < READAHEAD_GAP && s.end > s.start ? Math.min(2 * (s.end - s.start), READAHEAD_MAX) : READAHEAD_FIRST;
     const count = Math.min(size, this.nrBlocks - b);
     if (s.window === null) {
       s.window = Buffer.allocUnsafe(READAHEAD_MAX * BLOCK_SIZE);
