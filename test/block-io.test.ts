@@ -4,10 +4,28 @@
 // while open read as they did before read-ahead.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { BLOCK_SIZE, BlockReader, BlockWriter } from '../src/io/block-io.js';
 import { rng } from './support/generate.js';
 import { tempDir } from './support/reference.js';
+
+// A device with an unreadable block: reads that cover bytes [from, to) of file `path` fail with EIO.
+const unreadable = vi.hoisted(() => ({ path: '', fd: -1, from: 0, to: 0 }));
+vi.mock('node:fs', async (importOriginal) => {
+  const real = await importOriginal<typeof import('node:fs')>();
+  const readSync = (fd: number, buf: NodeJS.ArrayBufferView, offset: number, length: number, position: number): number => {
+    if (fd === unreadable.fd && position < unreadable.to && position + length > unreadable.from) {
+      throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' });
+    }
+    return real.readSync(fd, buf, offset, length, position);
+  };
+  const openSync = (path: string, flags: number): number => {
+    const fd = real.openSync(path, flags);
+    if (path === unreadable.path) unreadable.fd = fd;
+    return fd;
+  };
+  return { ...real, readSync, openSync, default: { ...real, readSync, openSync } };
+});
 
 const dir = tempDir('thin-block-io-');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -135,6 +153,23 @@ describe('BlockReader read-ahead', () => {
       expect(() => io2.readInto(2, buf)).toThrow(`${partial}: short read at block 2`);
     } finally {
       io2.close();
+    }
+  });
+
+  it('a window over an unreadable block fails only the read of that block', () => {
+    const bad = randomFile('bad', 40);
+    const good = range(0, 40).map((b) => blockOf(bad, b));
+    Object.assign(unreadable, { path: bad, from: 12 * BLOCK_SIZE, to: 13 * BLOCK_SIZE });
+    const io = new BlockReader(bad);
+    try {
+      const buf = Buffer.alloc(BLOCK_SIZE);
+      // Block 10 would read a window of 10-13, over the bad block.
+      for (const b of range(8, 12)) expect(io.readInto(b, buf).equals(good[b]), `block ${b}`).toBe(true);
+      expect(() => io.readInto(12, buf)).toThrow('EIO');
+      for (const b of range(13, 40)) expect(io.readInto(b, buf).equals(good[b]), `block ${b}`).toBe(true);
+    } finally {
+      io.close();
+      Object.assign(unreadable, { path: '', fd: -1 });
     }
   });
 

@@ -182,8 +182,7 @@ export class BlockReader {
       if (b > s.last && b - s.last <= READAHEAD_GAP) follows = s;
       if (s.used < oldest.used) oldest = s;
     }
-    if (follows !== null && follows.run >= 2) {
-      this.readAhead(follows, b);
+    if (follows !== null && follows.run >= 2 && this.readAhead(follows, b)) {
       buf.set(follows.views[0]);
       return buf;
     }
@@ -200,8 +199,12 @@ export class BlockReader {
     return buf;
   }
 
-  /** Reads `s`'s window anew from `b` (just after `s.last`) on, up to the device's end. */
-  private readAhead(s: Stream, b: number): void {
+  /**
+   * Reads `s`'s window anew from `b` (just after `s.last`) on, up to the device's end. False when
+   * the read failed (an unreadable sector somewhere in the window): `b` is then read alone, so
+   * only an error in `b` itself is reported, as without read-ahead.
+   */
+  private readAhead(s: Stream, b: number): boolean {
     const size = b >= s.end && b - s.end < READAHEAD_GAP && s.end > s.start ? Math.min(2 * (s.end - s.start), READAHEAD_MAX) : READAHEAD_FIRST;
     const count = Math.min(size, this.nrBlocks - b);
     if (s.window === null) {
@@ -210,7 +213,12 @@ export class BlockReader {
     }
     s.start = s.end = 0;
     this.preads++;
-    const n = fs.readSync(this.fd, s.window, 0, count * BLOCK_SIZE, b * BLOCK_SIZE);
+    let n: number;
+    try {
+      n = fs.readSync(this.fd, s.window, 0, count * BLOCK_SIZE, b * BLOCK_SIZE);
+    } catch {
+      return false;
+    }
     // A file cut short since it was opened: what was read still serves, `b` itself must be there.
     if (n < BLOCK_SIZE) throw new InputError(`${this.path}: short read at block ${b}`);
     s.start = b;
@@ -218,6 +226,7 @@ export class BlockReader {
     s.last = b;
     s.run++;
     s.used = ++this.clock;
+    return true;
   }
 
   /** Reads `count` consecutive blocks starting at `b` in one system call. */
