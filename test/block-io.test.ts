@@ -1,7 +1,7 @@
 // BlockReader's read-ahead: whatever the order of the reads, each block read is the file's bytes at
 // that block (read here with plain fs calls, block by block), runs of consecutive blocks take far
-// fewer system calls, scattered reads take no more, and the device's end and a file cut short
-// while open read as they did before read-ahead.
+// fewer system calls, scattered reads take no more, and the device's end, a file cut short while
+// open and an unreadable block ahead of a run read as they did before read-ahead.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
