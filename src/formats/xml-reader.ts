@@ -173,6 +173,10 @@ const ELEMENTS: ElementSpec[] = [
   element('ref', true, [['name', 'text', true]]),
 ];
 
+/** By element kind (the last entry: no element open), whether mappings may appear inside. */
+const HOLDS_MAPPINGS = new Uint8Array(ELEMENTS.length + 1);
+HOLDS_MAPPINGS[DEVICE] = HOLDS_MAPPINGS[DEF] = 1;
+
 const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
 /**
@@ -181,8 +185,19 @@ const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"'
  * the literal bytes four at a time, without looking attributes up; anything else goes the
  * general way.
  */
-const SINGLE_TEMPLATE = ['single_mapping origin_block="', '" data_block="', '" time="', '"/>'].map(ascii);
-const RANGE_TEMPLATE = ['range_mapping origin_begin="', '" data_begin="', '" length="', '" time="', '"/>'].map(ascii);
+interface MappingTemplate {
+  literals: Ascii[];
+  /** Where each number goes in (thin block, data block, length, time); a single's length is 1. */
+  slots: number[];
+}
+const SINGLE_TEMPLATE: MappingTemplate = {
+  literals: ['single_mapping origin_block="', '" data_block="', '" time="', '"/>'].map(ascii),
+  slots: [0, 1, 3],
+};
+const RANGE_TEMPLATE: MappingTemplate = {
+  literals: ['range_mapping origin_begin="', '" data_begin="', '" length="', '" time="', '"/>'].map(ascii),
+  slots: [0, 1, 2, 3],
+};
 const LOWER_S = 0x73, LOWER_R = 0x72;
 
 class Parser {
@@ -260,6 +275,8 @@ class Parser {
       if (this.inComment) return pos;
     }
     while (pos < len) {
+      pos = this.mappingLines(buf, pos);
+      if (pos >= len) break;
       const c = buf[pos];
       if (c === LT) {
         this.at = this.line;
@@ -302,32 +319,59 @@ class Parser {
     }
     if (c1 === QM) return this.declaration(buf, start);
     if (c1 === SLASH) return this.endTag(buf, start);
-    if (c1 === LOWER_S || c1 === LOWER_R) {
-      const end = this.fastMapping(buf, start, c1 === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE);
-      if (end >= 0) return end;
-    }
     return this.startTag(buf, start);
   }
 
   /**
-   * A mapping in thin_dump's own layout inside a <device> or <def>, every number plain and in
-   * range: emitted, and the position after it returned. Anything else (other spacing or order,
-   * a bad value, the tag cut off by the chunk's end) returns -1, for `startTag` to read the
-   * general way and word any error.
+   * Inside a <device> or <def>: the whitespace and the mappings in thin_dump's own layout from
+   * `pos` on, up to the first other construct (or one cut off by the chunk's end), whose position
+   * is returned for `scan` to read the general way. Nearly all of a dump goes through this loop
+   * alone, so V8 optimises it early and no rare construct (a device's end, a comment) ever runs
+   * inside its optimised code and throws that code away.
    */
-  private fastMapping(buf: Buffer, start: number, tmpl: Ascii[]): number {
-    const open = this.stack.length;
-    const parent = open > 0 ? this.stack[open - 1] : -1;
-    if (parent !== DEVICE && parent !== DEF) return -1;
+  private mappingLines(buf: Buffer, pos: number): number {
+    // A table, not comparisons: a comparison first made after V8 optimised this would undo it.
+    if (!HOLDS_MAPPINGS[this.stack.length > 0 ? this.stack[this.stack.length - 1] : ELEMENTS.length]) return pos;
+    const len = buf.length;
+    while (pos < len) {
+      const c = buf[pos];
+      if (c === SP) {
+        pos++;
+      } else if (c === NL) {
+        this.line++;
+        pos++;
+      } else if (c === LT && pos + 1 < len && (buf[pos + 1] === LOWER_S || buf[pos + 1] === LOWER_R)) {
+        this.at = this.line;
+        const end = this.fastMapping(buf, pos, buf[pos + 1] === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE);
+        if (end < 0) return pos;
+        pos = end;
+      } else {
+        return pos;
+      }
+    }
+    return pos;
+  }
+
+  /**
+   * A mapping in thin_dump's own layout (its parent checked by the caller), every number plain
+   * and in range: emitted, and the position after it returned. Anything else (other spacing or
+   * order, a bad value, the tag cut off by the chunk's end) returns -1, for `startTag` to read
+   * the general way and word any error. Singles and ranges take the same steps (a single's
+   * length is preset), so V8's feedback for one serves the other.
+   */
+  private fastMapping(buf: Buffer, start: number, tmpl: MappingTemplate): number {
     const len = buf.length;
     const view = this.view;
     const nums = this.fastNums;
+    const literals = tmpl.literals;
+    const slots = tmpl.slots;
+    nums[2] = 1;
     let p = start + 1;
     for (let k = 0; ; k++) {
-      const lit = tmpl[k];
+      const lit = literals[k];
       if (p + lit.length > len || !asciiAt(view, buf, p, lit)) return -1;
       p += lit.length;
-      if (k === tmpl.length - 1) break;
+      if (k === slots.length) break;
       const digits = p;
       let v = 0;
       for (; p < len; p++) {
@@ -336,16 +380,10 @@ class Parser {
         v = v * 10 + d;
       }
       if (p === digits || p - digits > EXACT_DIGITS) return -1;
-      nums[k] = v;
+      nums[slots[k]] = v;
     }
-    if (nums[1] > MAX_DATA_BLOCK) return -1;
-    if (tmpl === SINGLE_TEMPLATE) {
-      if (nums[2] > MAX_TIME) return -1;
-      this.visitor.mapRun(nums[0], nums[1], 1, nums[2]);
-    } else {
-      if (nums[2] < 1 || nums[3] > MAX_TIME) return -1;
-      this.visitor.mapRun(nums[0], nums[1], nums[2], nums[3]);
-    }
+    if (nums[1] > MAX_DATA_BLOCK || nums[2] < 1 || nums[3] > MAX_TIME) return -1;
+    this.visitor.mapRun(nums[0], nums[1], nums[2], nums[3]);
     return p;
   }
 
