@@ -187,7 +187,7 @@ const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"'
  */
 interface MappingTemplate {
   literals: Ascii[];
-  /** Where each number goes in (thin block, data block, length, time); a single's length is 1. */
+  /** What each number is: 0 thin block, 1 data block, 2 length, 3 time; a single's length is 1. */
   slots: number[];
 }
 const SINGLE_TEMPLATE: MappingTemplate = {
@@ -222,8 +222,6 @@ class Parser {
   private readonly bigs: U64[] = [];
   private bigMask = 0;
   private seen = 0;
-  /** The numbers of a mapping read by `fastMapping`. */
-  private readonly fastNums = new Float64Array(4);
   /** The buffer being fed, for reading four bytes at once. */
   private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
 
@@ -324,67 +322,65 @@ class Parser {
 
   /**
    * Inside a <device> or <def>: the whitespace and the mappings in thin_dump's own layout from
-   * `pos` on, up to the first other construct (or one cut off by the chunk's end), whose position
-   * is returned for `scan` to read the general way. Nearly all of a dump goes through this loop
-   * alone, so V8 optimises it early and no rare construct (a device's end, a comment) ever runs
-   * inside its optimised code and throws that code away.
+   * `pos` on, every number plain and in range, emitted; returns the position of the first other
+   * construct (other spacing or order, a bad value, a tag cut off by the chunk's end, any other
+   * element), for `scan` to read the general way and word any error.
+   *
+   * Nearly all of a dump goes through this one loop, so V8 optimises it early, and no rare
+   * construct (a device's end, a comment) ever runs inside its optimised code and throws that
+   * code away. Singles and ranges take the same steps (a single's length is preset), so V8's
+   * feedback for one serves the other. The mapping is parsed here rather than in a function of
+   * its own: inlined into this loop, such a function had V8 box a number per mapping.
    */
   private mappingLines(buf: Buffer, pos: number): number {
     // A table, not comparisons: a comparison first made after V8 optimised this would undo it.
     if (!HOLDS_MAPPINGS[this.stack.length > 0 ? this.stack[this.stack.length - 1] : ELEMENTS.length]) return pos;
     const len = buf.length;
+    const view = this.view;
     while (pos < len) {
       const c = buf[pos];
       if (c === SP) {
         pos++;
-      } else if (c === NL) {
+        continue;
+      }
+      if (c === NL) {
         this.line++;
         pos++;
-      } else if (c === LT && pos + 1 < len && (buf[pos + 1] === LOWER_S || buf[pos + 1] === LOWER_R)) {
-        this.at = this.line;
-        const end = this.fastMapping(buf, pos, buf[pos + 1] === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE);
-        if (end < 0) return pos;
-        pos = end;
-      } else {
-        return pos;
+        continue;
       }
+      if (c !== LT || pos + 1 >= len) return pos;
+      const c1 = buf[pos + 1];
+      if (c1 !== LOWER_S && c1 !== LOWER_R) return pos;
+      const tmpl = c1 === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE;
+      const literals = tmpl.literals;
+      const slots = tmpl.slots;
+      let thinBlock = 0, dataBlock = 0, length = 1, time = 0;
+      let p = pos + 1;
+      for (let k = 0; ; k++) {
+        const lit = literals[k];
+        if (p + lit.length > len || !asciiAt(view, buf, p, lit)) return pos;
+        p += lit.length;
+        if (k === slots.length) break;
+        const digits = p;
+        let v = 0;
+        for (; p < len; p++) {
+          const d = buf[p] - 0x30;
+          if (d < 0 || d > 9) break;
+          v = v * 10 + d;
+        }
+        if (p === digits || p - digits > EXACT_DIGITS) return pos;
+        const slot = slots[k];
+        if (slot === 0) thinBlock = v;
+        else if (slot === 1) dataBlock = v;
+        else if (slot === 2) length = v;
+        else time = v;
+      }
+      if (dataBlock > MAX_DATA_BLOCK || length < 1 || time > MAX_TIME) return pos;
+      this.at = this.line;
+      this.visitor.mapRun(thinBlock, dataBlock, length, time);
+      pos = p;
     }
     return pos;
-  }
-
-  /**
-   * A mapping in thin_dump's own layout (its parent checked by the caller), every number plain
-   * and in range: emitted, and the position after it returned. Anything else (other spacing or
-   * order, a bad value, the tag cut off by the chunk's end) returns -1, for `startTag` to read
-   * the general way and word any error. Singles and ranges take the same steps (a single's
-   * length is preset), so V8's feedback for one serves the other.
-   */
-  private fastMapping(buf: Buffer, start: number, tmpl: MappingTemplate): number {
-    const len = buf.length;
-    const view = this.view;
-    const nums = this.fastNums;
-    const literals = tmpl.literals;
-    const slots = tmpl.slots;
-    nums[2] = 1;
-    let p = start + 1;
-    for (let k = 0; ; k++) {
-      const lit = literals[k];
-      if (p + lit.length > len || !asciiAt(view, buf, p, lit)) return -1;
-      p += lit.length;
-      if (k === slots.length) break;
-      const digits = p;
-      let v = 0;
-      for (; p < len; p++) {
-        const d = buf[p] - 0x30;
-        if (d < 0 || d > 9) break;
-        v = v * 10 + d;
-      }
-      if (p === digits || p - digits > EXACT_DIGITS) return -1;
-      nums[slots[k]] = v;
-    }
-    if (nums[1] > MAX_DATA_BLOCK || nums[2] < 1 || nums[3] > MAX_TIME) return -1;
-    this.visitor.mapRun(nums[0], nums[1], nums[2], nums[3]);
-    return p;
   }
 
   /** Skips comment text up to and including "-->"; returns how far it got. */
