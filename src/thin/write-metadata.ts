@@ -161,19 +161,25 @@ export class MetadataWriter implements MetadataVisitor {
     if (!builder) throw new WriteMetadataError('mappings outside a device or def');
     this.releaseHeldRef();
     this.builderEmpty = false;
-    const nrDataBlocks = this.pool!.nrDataBlocks;
-    if (dataBegin + length > nrDataBlocks) {
-      throw new WriteMetadataError(
-        `data block ${dataBegin + length - 1} is beyond the end of the pool (nr_data_blocks ${nrDataBlocks})`,
-      );
-    }
+    if (dataBegin + length > this.pool!.nrDataBlocks) this.beyondPool(dataBegin + length - 1);
     if (typeof thinBegin === 'number' && Number.isSafeInteger(thinBegin + length)) {
       this.run.dataBegin = dataBegin;
       this.run.time = time;
       builder.pushRun(thinBegin, length, this.run);
-      return;
+    } else {
+      this.pushExact(builder, thinBegin, dataBegin, length, time);
     }
-    // Thin blocks at or past 2^53: exact u64 keys, one at a time.
+  }
+
+  // The rare cases of mapRun apart, so that it stays small enough for V8 to inline.
+  private beyondPool(dataBlock: number): never {
+    throw new WriteMetadataError(
+      `data block ${dataBlock} is beyond the end of the pool (nr_data_blocks ${this.pool!.nrDataBlocks})`,
+    );
+  }
+
+  /** Thin blocks at or past 2^53: exact u64 keys, one at a time. */
+  private pushExact(builder: BTreeBuilder, thinBegin: U64, dataBegin: number, length: number, time: number): void {
     const value = this.mapping;
     for (let i = 0; i < length; i++) {
       writeMapping(value, 0, dataBegin + i, time);

@@ -304,19 +304,23 @@ export class BTreeBuilder {
       throw new KeyOrderError(`key ${firstKey} out of order: it follows key ${this.lastKey}`);
     }
     if (!Number.isSafeInteger(firstKey + count) || count < 1) throw new RangeError(`a run of ${count} keys from ${firstKey}`);
-    if (!LITTLE_ENDIAN) {
-      // Words in the host's order are not the disk's: one entry at a time, through `push`.
-      const words = new Uint32Array(this.valueSize >>> 2);
-      const value = Buffer.from(words.buffer);
-      for (let i = 0; i < count; i++) {
-        values.fill(words, 0, i, 1);
-        for (let w = 0; w < words.length; w++) value.writeUInt32LE(words[w], 4 * w);
-        this.push(firstKey + i, value);
-      }
-      return;
-    }
+    if (!LITTLE_ENDIAN) return this.pushRunByEntry(firstKey, count, values);
     this.lastKey = firstKey + count - 1;
     this.leaves.pushRun(firstKey, count, values);
+  }
+
+  /**
+   * `pushRun` where words in the host's order are not the disk's: one entry at a time, through
+   * `push` (apart, so that `pushRun` stays small enough for V8 to inline into its callers).
+   */
+  private pushRunByEntry(firstKey: number, count: number, values: RunValues): void {
+    const words = new Uint32Array(this.valueSize >>> 2);
+    const value = Buffer.from(words.buffer);
+    for (let i = 0; i < count; i++) {
+      values.fill(words, 0, i, 1);
+      for (let w = 0; w < words.length; w++) value.writeUInt32LE(words[w], 4 * w);
+      this.push(firstKey + i, value);
+    }
   }
 
   /**
