@@ -213,6 +213,9 @@ export class MetadataWriter implements MetadataVisitor {
     alloc.refCounts.inc(detailsRoot);
     alloc.refCounts.inc(mappingRoot);
     this.releaseUnusedDefLeaves();
+    // The trees, nearly all of the metadata, start for the disk while the space maps are worked out.
+    alloc.flush();
+    this.out.startSync();
 
     const dataRoot = writeDataSpaceMap(alloc, this.dataCounts!, Number(pool.nrDataBlocks));
     const metadataRoot = writeMetadataSpaceMap(alloc);
