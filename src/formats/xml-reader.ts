@@ -173,9 +173,12 @@ const ELEMENTS: ElementSpec[] = [
   element('ref', true, [['name', 'text', true]]),
 ];
 
-/** By element kind (the last entry: no element open), whether mappings may appear inside. */
-const HOLDS_MAPPINGS = new Uint8Array(ELEMENTS.length + 1);
+/** By element kind (NO_ELEMENT: none open), whether mappings may appear inside. */
+const NO_ELEMENT = ELEMENTS.length;
+const HOLDS_MAPPINGS = new Uint8Array(NO_ELEMENT + 1);
 HOLDS_MAPPINGS[DEVICE] = HOLDS_MAPPINGS[DEF] = 1;
+/** By the byte after a '<': itself if it may start a mapping, else 0 (a table, like HOLDS_MAPPINGS). */
+const MAPPING_TAG = new Uint8Array(256);
 
 const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
@@ -199,6 +202,8 @@ const RANGE_TEMPLATE: MappingTemplate = {
   slots: [0, 1, 2, 3],
 };
 const LOWER_S = 0x73, LOWER_R = 0x72;
+MAPPING_TAG[LOWER_S] = LOWER_S;
+MAPPING_TAG[LOWER_R] = LOWER_R;
 
 class Parser {
   /** Line of the byte being scanned. */
@@ -334,7 +339,7 @@ class Parser {
    */
   private mappingLines(buf: Buffer, pos: number): number {
     // A table, not comparisons: a comparison first made after V8 optimised this would undo it.
-    if (!HOLDS_MAPPINGS[this.stack.length > 0 ? this.stack[this.stack.length - 1] : ELEMENTS.length]) return pos;
+    if (!HOLDS_MAPPINGS[this.stack.length > 0 ? this.stack[this.stack.length - 1] : NO_ELEMENT]) return pos;
     const len = buf.length;
     const view = this.view;
     while (pos < len) {
@@ -349,9 +354,9 @@ class Parser {
         continue;
       }
       if (c !== LT || pos + 1 >= len) return pos;
-      const c1 = buf[pos + 1];
-      if (c1 !== LOWER_S && c1 !== LOWER_R) return pos;
-      const tmpl = c1 === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE;
+      const tag = MAPPING_TAG[buf[pos + 1]];
+      if (tag === 0) return pos;
+      const tmpl = tag === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE;
       const literals = tmpl.literals;
       const slots = tmpl.slots;
       let thinBlock = 0, dataBlock = 0, length = 1, time = 0;

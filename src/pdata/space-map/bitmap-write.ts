@@ -15,13 +15,28 @@ const LOW7 = 0x7f7f7f7f;
 const HIGH1 = 0x80808080 | 0;
 const BYTES1 = 0x01010101;
 
-/** A stretch of a page's counts, all 3 to 254, as ref-count tree values. */
-class CountRun implements RunValues {
-  page: Uint8Array = new Uint8Array(0);
-  first = 0;
+/**
+ * The entries of 3 to 254 of a page, sent to the ref-count tree a stretch at a time (`start`:
+ * where the open stretch began, or -1), each stretch's counts as its values.
+ */
+class OverflowRuns implements RunValues {
+  start = -1;
+
+  constructor(
+    private readonly page: Uint8Array,
+    private readonly base: number,
+    private readonly tree: BTreeBuilder | undefined,
+  ) {}
+
+  /** Closes the open stretch, if any, before entry `end`. */
+  end(end: number): void {
+    if (this.start < 0) return;
+    this.tree?.pushRun(this.base + this.start, end - this.start, this);
+    this.start = -1;
+  }
 
   fill(words: Uint32Array, at: number, offset: number, n: number): void {
-    const from = this.first + offset;
+    const from = this.start + offset;
     words.set(this.page.subarray(from, from + n), at);
   }
 }
@@ -47,17 +62,7 @@ export function packBitmap(
   // Like the kernel, entries past the end of the space map count as free in the last bitmap.
   let nrFree = ENTRIES_PER_BITMAP;
   let firstFree = -1;
-  // Consecutive entries of 3 or more go to the ref-count tree as one run from `runStart`.
-  const run = new CountRun();
-  run.page = page;
-  let runStart = -1;
-  const endRun = (end: number): void => {
-    if (runStart >= 0 && overflow) {
-      run.first = runStart;
-      overflow.pushRun(base + runStart, end - runStart, run);
-    }
-    runStart = -1;
-  };
+  const runs = new OverflowRuns(page, base, overflow);
 
   // Four entries a word, each a byte of the page (one per u32 word byte on a little-endian host).
   const words = LITTLE_ENDIAN ? (len >>> 2) : 0;
@@ -67,7 +72,7 @@ export function packBitmap(
     if (w === 0) {
       // An unused stretch: the bitmap's byte stays zero.
       if (firstFree < 0) firstFree = 4 * j;
-      if (runStart >= 0) endRun(4 * j);
+      runs.end(4 * j);
       continue;
     }
     // Bit 7 of each byte: count >= 1, count >= 3 (no carry crosses a byte: at most 0x7f + 0x7f).
@@ -84,20 +89,20 @@ export function packBitmap(
     }
     if (high === HIGH1 && ((~w - BYTES1) & w & HIGH1) === 0) {
       // All four in the tree, none spilled past 254: the run goes on.
-      if (runStart < 0) runStart = 4 * j;
+      if (runs.start < 0) runs.start = 4 * j;
       continue;
     }
     for (let k = 0; k < 4; k++) {
       const i = 4 * j + k;
       if ((high >>> (8 * k + 7)) & 1) {
         if (page[i] !== SPILLED) {
-          if (runStart < 0) runStart = i;
+          if (runs.start < 0) runs.start = i;
           continue;
         }
-        endRun(i);
+        runs.end(i);
         overflow?.pushU32(base + i, counts.get(base + i));
-      } else if (runStart >= 0) {
-        endRun(i);
+      } else {
+        runs.end(i);
       }
     }
   }
@@ -112,18 +117,18 @@ export function packBitmap(
     }
     if (c >= OVERFLOW_COUNT) {
       if (c !== SPILLED) {
-        if (runStart < 0) runStart = i;
+        if (runs.start < 0) runs.start = i;
       } else {
-        endRun(i);
+        runs.end(i);
         overflow?.pushU32(base + i, counts.get(base + i));
       }
       c = OVERFLOW_COUNT;
-    } else if (runStart >= 0) {
-      endRun(i);
+    } else {
+      runs.end(i);
     }
     buf[BITMAP_HEADER_SIZE + (i >>> 2)] |= ENCODE[c] << (2 * (i & 3));
   }
-  endRun(len);
+  runs.end(len);
   return seal(buf, location, nrFree, firstFree < 0 ? len : firstFree);
 }
 
