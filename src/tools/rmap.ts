@@ -12,7 +12,7 @@ import { ascii, putAscii } from '../formats/ascii.js';
 import { FdSink, NUMBER_ROOM, putNumber } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
-import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
+import { U64, parseU64, toU64, u64Add } from '../pdata/le.js';
 import { MAPPING_VALUE_SIZE, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
 import { readSuperblock } from '../thin/superblock.js';
 import { stdSort } from './rmap-order.js';
@@ -57,65 +57,75 @@ const bound = (b: U64): number => (typeof b === 'number' ? b : Infinity);
 const TWO_32 = 0x100000000;
 /** High words of thin blocks below 2^53, which fit a number exactly. */
 const SAFE_HI = 0x200000;
+const INT32_MAX = 0x7fffffff;
 
-/** Records reserved before the walk at most (224 MiB of address space); past that they grow. */
+/** Records reserved before the walk at most (160 MiB of address space); past that they grow. */
 const MAX_INITIAL_RECORDS = 1 << 23;
 
-/** The reverse map in the making: one record per region of consecutive mappings. */
+/**
+ * The reverse map in the making: one record per region of consecutive mappings, 20 bytes each
+ * with the sort's order (a thin block's high word adds 4 only once one is past 2^32).
+ */
 class RmapRecords {
   count = 0;
-  dataBegin: Float64Array;
-  length: Float64Array;
+  /** First data blocks, the sort keys: int32 while they fit (any pool below 2^31 blocks). */
+  dataBegin: Int32Array | Float64Array;
+  length: Uint32Array;
   devId: Uint32Array;
-  /** Thin blocks; a NaN marks one past 2^53, kept exactly in `bigThin`. */
-  thinBegin: Float64Array;
-  readonly bigThin = new Map<number, bigint>();
+  /** Thin blocks as u32 words, exact to 2^64; the high words only once one is past 2^32. */
+  thinLow: Uint32Array;
+  thinHigh: Uint32Array | null = null;
+  /** Lengths past 2^32 - 1, which real metadata (at most 16 GiB) cannot hold. */
+  readonly longLength = new Map<number, number>();
 
   /**
    * Room for `capacity` records from the start: pages never written are never touched, so an
    * estimate above the count costs address space only, and the arrays are not copied as they grow.
    */
   constructor(capacity: number) {
-    this.dataBegin = new Float64Array(capacity);
-    this.length = new Float64Array(capacity);
+    this.dataBegin = new Int32Array(capacity);
+    this.length = new Uint32Array(capacity);
     this.devId = new Uint32Array(capacity);
-    this.thinBegin = new Float64Array(capacity);
+    this.thinLow = new Uint32Array(capacity);
   }
 
-  /** Starts a record (the caller found the mapping does not continue the last one). */
-  start(devId: number, thin: U64, data: number): void {
-    if (this.count === this.dataBegin.length) this.grow();
+  /** Starts record `count` (the caller found the mapping does not continue the last one). */
+  start(devId: number, thinLow: number, thinHigh: number, data: number): void {
+    if (this.count === this.length.length) this.grow();
+    if (data > INT32_MAX && this.dataBegin instanceof Int32Array) this.dataBegin = Float64Array.from(this.dataBegin);
     const j = this.count++;
     this.devId[j] = devId;
     this.dataBegin[j] = data;
-    this.length[j] = 1;
-    if (typeof thin === 'number') {
-      this.thinBegin[j] = thin;
-    } else {
-      this.thinBegin[j] = NaN;
-      this.bigThin.set(j, thin);
-    }
+    this.thinLow[j] = thinLow;
+    if (thinHigh !== 0) (this.thinHigh ??= new Uint32Array(this.length.length))[j] = thinHigh;
+  }
+
+  /** Ends record `count - 1` at `length` mappings. */
+  end(length: number): void {
+    const j = this.count - 1;
+    if (length > 0xffffffff) this.longLength.set(j, length);
+    else this.length[j] = length;
+  }
+
+  lengthOf(i: number): number {
+    const len = this.length[i];
+    return this.longLength.size === 0 ? len : this.longLength.get(i) ?? len;
   }
 
   thin(i: number): U64 {
-    const t = this.thinBegin[i];
-    return Number.isNaN(t) ? this.bigThin.get(i)! : t;
-  }
-
-  /** Whether record `i` goes on with thin block `thin` (one past 2^53 is compared exactly). */
-  continuesAt(i: number, thin: U64): boolean {
-    const t = this.thinBegin[i] + this.length[i];
-    if (t <= Number.MAX_SAFE_INTEGER && typeof thin === 'number') return t === thin;
-    return u64Add(this.thin(i), this.length[i]) === thin;
+    const high = this.thinHigh === null ? 0 : this.thinHigh[i];
+    const low = this.thinLow[i];
+    return high < SAFE_HI ? high * TWO_32 + low : toU64((BigInt(high) << 32n) | BigInt(low));
   }
 
   private grow(): void {
-    const n = this.dataBegin.length * 2;
-    const grown = <T extends Float64Array | Uint32Array>(a: T, b: T): T => (b.set(a), b);
-    this.dataBegin = grown(this.dataBegin, new Float64Array(n));
-    this.length = grown(this.length, new Float64Array(n));
+    const n = this.length.length * 2;
+    const grown = <T extends Int32Array | Float64Array | Uint32Array>(a: T, b: T): T => (b.set(a), b);
+    this.dataBegin = this.dataBegin instanceof Int32Array ? grown(this.dataBegin, new Int32Array(n)) : grown(this.dataBegin, new Float64Array(n));
+    this.length = grown(this.length, new Uint32Array(n));
     this.devId = grown(this.devId, new Uint32Array(n));
-    this.thinBegin = grown(this.thinBegin, new Float64Array(n));
+    this.thinLow = grown(this.thinLow, new Uint32Array(n));
+    if (this.thinHigh) this.thinHigh = grown(this.thinHigh, new Uint32Array(n));
   }
 }
 
@@ -127,7 +137,7 @@ export function reverseMap(
   io: BlockReader,
   regions: readonly Region[],
   onProgress?: (done: number, total: number) => void,
-): { records: RmapRecords; order: Int32Array; dataBegin: Float64Array } {
+): { records: RmapRecords; order: Int32Array; dataBegin: Int32Array | Float64Array } {
   const merged = mergeRegions(regions);
   const begins = Float64Array.from(merged, (r) => bound(r.begin));
   const ends = Float64Array.from(merged, (r) => bound(r.end));
@@ -162,34 +172,53 @@ export function reverseMap(
     most += Math.min(Number(d.mappedBlocks), regionBlocks);
   }
   const records = new RmapRecords(most > 1024 ? Math.min(most, MAX_INITIAL_RECORDS) : 1024);
+  // The record in the making: it goes on while a device maps the next thin block (u32 words,
+  // exact to 2^64) to the next data block.
+  let runLength = 0;
+  let nextData = -1;
+  let nextThinLow = 0;
+  let nextThinHigh = 0;
   // As the reference, a node is visited once in the whole walk: a subtree devices share is
   // reported for the first of them (in dev_id order) only.
   const memo: SubtreeMemo = new Map();
   let done = 0;
   for (const { devId, root } of readDeviceRoots(io, sb.dataMappingRoot, fail)) {
+    nextData = -1; // a new device starts a new record
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
       leaf(node: BTreeNode) {
         const words = node.words;
         const n = node.nrEntries;
+        let length = runLength;
+        let dataNext = nextData;
+        let thinLowNext = nextThinLow;
+        let thinHighNext = nextThinHigh;
         for (let i = 0, k = NODE_HEADER_SIZE / 4, v = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < n; i++, k += 2, v += 2) {
           const data = words[v + 1] * 256 + (words[v] >>> 24);
           if (data < lowest || data >= highest || !(single || inRegions(data))) continue;
-          const hi = words[k + 1];
-          const thin = hi < SAFE_HI ? hi * TWO_32 + words[k] : readU64(node.buf, NODE_HEADER_SIZE + 8 * i);
-          // The mapping continues the last record (same device, next thin and data blocks), or starts one.
-          const last = records.count - 1;
-          if (last >= 0 && records.devId[last] === devId && records.dataBegin[last] + records.length[last] === data && records.continuesAt(last, thin)) {
-            records.length[last]++;
+          const thinLow = words[k];
+          const thinHigh = words[k + 1];
+          if (data === dataNext && thinLow === thinLowNext && thinHigh === thinHighNext) {
+            length++;
           } else {
-            records.start(devId, thin, data);
+            if (length > 0) records.end(length);
+            records.start(devId, thinLow, thinHigh, data);
+            length = 1;
           }
+          dataNext = data + 1;
+          thinLowNext = (thinLow + 1) >>> 0;
+          thinHighNext = thinLowNext === 0 ? (thinHigh + 1) >>> 0 : thinHigh;
         }
+        runLength = length;
+        nextData = dataNext;
+        nextThinLow = thinLowNext;
+        nextThinHigh = thinHighNext;
         done += n;
         onProgress?.(done, total);
       },
       error: fail,
     }, { memo });
   }
+  if (runLength > 0) records.end(runLength);
   const order = new Int32Array(records.count);
   for (let i = 0; i < order.length; i++) order[i] = i;
   // Sorted in place along with the order: the records' first data blocks are not needed unsorted.
@@ -228,7 +257,7 @@ export function rmapPool(
     for (let k = 0; k < order.length; k++) {
       const i = order[k];
       const data = dataBegin[k];
-      const len = records.length[i];
+      const len = records.lengthOf(i);
       const thin = records.thin(i);
       const thinEnd = typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : thinEndPast2To53(thin, len);
       if (typeof thin === 'number' && typeof thinEnd === 'number') {
