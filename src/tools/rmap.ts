@@ -227,8 +227,8 @@ export function reverseMap(
   return { records, order, dataBegin };
 }
 
-/** The end of a region ending past 2^53, as the reference's u64 arithmetic has it: 2^64 wraps to 0. */
-function thinEndPast2To53(thin: U64, len: number): U64 {
+/** The end of a region, as the reference's u64 arithmetic has it: 2^64 wraps to 0. */
+function thinEnd(thin: U64, len: number): U64 {
   const end = u64Add(thin, len);
   return end === 2n ** 64n ? 0 : end;
 }
@@ -254,39 +254,78 @@ export function rmapPool(
     const { records, order, dataBegin } = reverseMap(io, regions, onProgress);
     const out = new FdSink(stdoutFd);
     const { buf, view } = out;
+    const { length: lengths, devId: devIds, thinLow } = records;
+    // Every number below 2^31, the common case: each line is formatted in place. Otherwise (a
+    // thin block past 2^32, a length past 2^32 - 1) line by line through the U64 path.
+    const plain = records.thinHigh === null && records.longLength.size === 0;
+    // Lines with the same first data block and length (snapshots sharing a run) have the same
+    // `data B..E -> thin(` prefix: copied from the line before while it is still in the buffer.
+    let prevData = -1;
+    let prevLen = 0;
+    let prevStart = 0;
+    let prevArrowEnd = 0;
+    let prevThin = -1;
+    let prevCloseStart = 0;
+    let prevEnd = 0;
     for (let k = 0; k < order.length; k++) {
       const i = order[k];
       const data = dataBegin[k];
-      const len = records.lengthOf(i);
-      const thin = records.thin(i);
-      const thinEnd = typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : thinEndPast2To53(thin, len);
-      if (typeof thin === 'number' && typeof thinEnd === 'number') {
-        // The whole line formatted in place.
+      const len = lengths[i];
+      const thin = thinLow[i];
+      const dev = devIds[i];
+      if (plain && data + len <= INT32_MAX && thin + len <= INT32_MAX && dev <= INT32_MAX) {
         let p = out.reserve(LINE_ROOM);
-        putAscii(view, buf, p, DATA);
-        p = putNumber(view, buf, p + DATA.length, data);
-        putAscii(view, buf, p, DOTS);
-        p = putNumber(view, buf, p + DOTS.length, data + len);
-        putAscii(view, buf, p, ARROW);
-        p = putNumber(view, buf, p + ARROW.length, records.devId[i]);
-        putAscii(view, buf, p, CLOSE);
-        p = putNumber(view, buf, p + CLOSE.length, thin);
-        putAscii(view, buf, p, DOTS);
-        p = putNumber(view, buf, p + DOTS.length, thinEnd);
-        buf[p] = 0x0a;
-        out.advance(p + 1);
+        const lineStart = p;
+        const copied = data === prevData && len === prevLen && p > prevArrowEnd;
+        if (copied) {
+          const n = prevArrowEnd - prevStart;
+          for (let c = 0; c < n; c += 4) view.setUint32(p + c, view.getUint32(prevStart + c, true), true);
+          p += n;
+        } else {
+          putAscii(view, buf, p, DATA);
+          p = putNumber(view, buf, p + DATA.length, data);
+          putAscii(view, buf, p, DOTS);
+          p = putNumber(view, buf, p + DOTS.length, data + len);
+          putAscii(view, buf, p, ARROW);
+          p += ARROW.length;
+          prevData = data;
+          prevLen = len;
+        }
+        prevStart = lineStart;
+        prevArrowEnd = p;
+        p = putNumber(view, buf, p, dev);
+        if (thin === prevThin && copied) {
+          // The same thin blocks too (a snapshot's unbroken sharing): the rest of the line as well.
+          const n = prevEnd - prevCloseStart;
+          for (let c = 0; c < n; c += 4) view.setUint32(p + c, view.getUint32(prevCloseStart + c, true), true);
+          prevCloseStart = p;
+          p += n;
+        } else {
+          prevCloseStart = p;
+          putAscii(view, buf, p, CLOSE);
+          p = putNumber(view, buf, p + CLOSE.length, thin);
+          putAscii(view, buf, p, DOTS);
+          p = putNumber(view, buf, p + DOTS.length, thin + len);
+          buf[p++] = 0x0a;
+          prevThin = thin;
+        }
+        prevEnd = p;
+        out.advance(p);
       } else {
+        const thin = records.thin(i);
+        const len = records.lengthOf(i);
         out.bytes(DATA);
         out.number(data);
         out.bytes(DOTS);
         out.number(data + len);
         out.bytes(ARROW);
-        out.number(records.devId[i]);
+        out.number(dev);
         out.bytes(CLOSE);
         out.number(thin);
         out.bytes(DOTS);
-        out.number(thinEnd);
+        out.number(thinEnd(thin, len));
         out.bytes(NEWLINE);
+        prevData = -1;
       }
     }
     out.flush();
