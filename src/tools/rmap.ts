@@ -59,7 +59,7 @@ const TWO_32 = 0x100000000;
 const SAFE_HI = 0x200000;
 const INT32_MAX = 0x7fffffff;
 
-/** Records reserved before the walk at most (160 MiB of address space); past that they grow. */
+/** Records reserved before the walk at most (128 MiB of address space); past that they grow. */
 const MAX_INITIAL_RECORDS = 1 << 23;
 
 /**
