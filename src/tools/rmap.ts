@@ -5,7 +5,8 @@
 // device, next thin block, next data block) or starts a new one; the regions are then sorted by
 // first data block, ties in the reference's order (rmap-order.ts), and printed as
 // `data B..E -> thin(D) T..U`. Memory grows with the output, not with the pool: the records
-// live in typed arrays, and the walk remembers which nodes it has seen.
+// live in typed arrays (20 bytes a region with the sort's order), and the walk remembers which
+// nodes it has seen.
 import { BlockReader } from '../io/block-io.js';
 import { openMetadataInput } from '../io/open.js';
 import { ascii, putAscii } from '../formats/ascii.js';
