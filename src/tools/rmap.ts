@@ -256,8 +256,9 @@ export function rmapPool(
     const out = new FdSink(stdoutFd);
     const { buf, view } = out;
     const { length: lengths, devId: devIds, thinLow } = records;
-    // Every number below 2^31, the common case: each line is formatted in place. Otherwise (a
-    // thin block past 2^32, a length past 2^32 - 1) line by line through the U64 path.
+    // A line whose numbers are all below 2^31, the common case, is formatted in place; any other
+    // goes through the U64 path (every line does once a thin block passes 2^32 or a length
+    // 2^32 - 1: their high parts live outside the arrays read here).
     const plain = records.thinHigh === null && records.longLength.size === 0;
     // Lines with the same first data block and length (snapshots sharing a run) have the same
     // `data B..E -> thin(` prefix: copied from the line before while it is still in the buffer.
