@@ -242,6 +242,21 @@ const NEWLINE = ascii('\n');
 /** The longest line: five numbers of up to 20 digits and the text between them. */
 const LINE_ROOM = 5 * NUMBER_ROOM + 32;
 
+/** A line with a number past 2^31, through the U64 path (rare: kept out of the hot loop). */
+function printWideLine(out: FdSink, data: number, len: number, dev: number, thin: U64): void {
+  out.bytes(DATA);
+  out.number(data);
+  out.bytes(DOTS);
+  out.number(data + len);
+  out.bytes(ARROW);
+  out.number(dev);
+  out.bytes(CLOSE);
+  out.number(thin);
+  out.bytes(DOTS);
+  out.number(thinEnd(thin, len));
+  out.bytes(NEWLINE);
+}
+
 /** Prints the reverse map of `regions` of the pool at `input`. */
 export function rmapPool(
   input: string,
@@ -314,19 +329,7 @@ export function rmapPool(
         prevEnd = p;
         out.advance(p);
       } else {
-        const thin = records.thin(i);
-        const len = records.lengthOf(i);
-        out.bytes(DATA);
-        out.number(data);
-        out.bytes(DOTS);
-        out.number(data + len);
-        out.bytes(ARROW);
-        out.number(dev);
-        out.bytes(CLOSE);
-        out.number(thin);
-        out.bytes(DOTS);
-        out.number(thinEnd(thin, len));
-        out.bytes(NEWLINE);
+        printWideLine(out, data, records.lengthOf(i), dev, records.thin(i));
         prevData = -1;
       }
     }
