@@ -149,6 +149,8 @@ describe('thin_rmap matches the reference on repeated and wide lines', () => {
       const out = expectSameRmap(img, ALL);
       expect(out).toMatch(new RegExp(`^data ${by}\\.\\.`));
       expectSameRmap(img, `${by + 1000}..${by + 2000}`);
+      for (const devId of devIdsOf(img)) setMappedBlocks(img, devId, 1);
+      expect(expectSameRmap(img, ALL)).toBe(out);
     }
   });
 });
