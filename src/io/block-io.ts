@@ -101,11 +101,52 @@ function blockNrText(b: number): string {
   return b <= Number.MAX_SAFE_INTEGER ? String(b) : 'past 2^53';
 }
 
-/** Reads whole blocks; opened read-only so check/dump can never change their input. */
+/** Blocks a sequential stream reads ahead at first, and at most (128 KiB): measured in docs/benchmarks.md. */
+const READAHEAD_FIRST = 4;
+const READAHEAD_MAX = 32;
+/** Sequential streams followed at once: a walk of two trees side by side, each leaves and internal nodes. */
+const STREAMS = 4;
+/**
+ * How far ahead of a stream's last block a read still continues it: 0.9.0's restore leaves a
+ * block between one leaf and the next at one step in ten, which would end a run each time.
+ */
+const READAHEAD_GAP = 2;
+
+/**
+ * Where a reader was reading: the last block read, how many reads in a row climbed to it (each at
+ * most READAHEAD_GAP past the one before), and the window read ahead. The third read of a run
+ * reads a window ahead in one pread (pairs of blocks are common in kernel-written metadata and
+ * would waste a window each); a run that goes on past the window's end doubles the next one, up
+ * to READAHEAD_MAX.
+ */
+class Stream {
+  last = -2;
+  run = 0;
+  /** The blocks in `window`: [start, end). */
+  start = 0;
+  end = 0;
+  window: Buffer | null = null;
+  /** The window's blocks, one view each (made once: a view per read would be garbage). */
+  readonly views: Buffer[] = [];
+  /** When this stream was last read from, for replacing the least recently used. */
+  used = 0;
+}
+
+/**
+ * Reads whole blocks; opened read-only so check/dump can never change their input. Runs of
+ * rising blocks (a tree's leaves as restore lays them out), up to STREAMS of them read in turn,
+ * are read ahead a window at a time; reads that jump (kernel-written metadata) stay one
+ * block each. A window holds the blocks as they were when read: a file written since is read
+ * through a new reader (no tool reads a file through a reader while it writes that file).
+ */
 export class BlockReader {
   readonly path: string;
   readonly nrBlocks: number;
   private readonly fd: number;
+  private readonly streams: Stream[] = [];
+  private clock = 0;
+  /** System calls that read blocks, for the tests and benchmarks. */
+  preads = 0;
 
   /** Reads the metadata at `source` (a path, opened here, or a file already opened to read). */
   constructor(source: string | OpenedFile) {
@@ -113,6 +154,7 @@ export class BlockReader {
     this.path = file.path;
     this.fd = file.fd;
     this.nrBlocks = Math.floor(file.size / BLOCK_SIZE);
+    for (let i = 0; i < STREAMS; i++) this.streams.push(new Stream());
   }
 
   /** Reads block `b` into a fresh buffer. */
@@ -125,14 +167,72 @@ export class BlockReader {
     if (b >= this.nrBlocks || b < 0) {
       throw new InputError(`${this.path}: block ${blockNrText(b)} is beyond the end of the metadata (${this.nrBlocks} blocks)`);
     }
+    const streams = this.streams;
+    let follows: Stream | null = null;
+    let oldest = streams[0];
+    for (let i = 0; i < STREAMS; i++) {
+      const s = streams[i];
+      if (b >= s.start && b < s.end) {
+        if (b > s.last) s.run++;
+        s.last = b;
+        s.used = ++this.clock;
+        buf.set(s.views[b - s.start]);
+        return buf;
+      }
+      if (b > s.last && b - s.last <= READAHEAD_GAP) follows = s;
+      if (s.used < oldest.used) oldest = s;
+    }
+    if (follows !== null && follows.run >= 2 && this.readAhead(follows, b)) {
+      buf.set(follows.views[0]);
+      return buf;
+    }
+    // A jump starts a new stream in place of the least recently used; the second read of a run
+    // continues its stream; both read that block alone.
+    const s = follows ?? oldest;
+    s.run = follows ? s.run + 1 : 1;
+    s.last = b;
+    s.start = s.end = 0;
+    s.used = ++this.clock;
+    this.preads++;
     const n = fs.readSync(this.fd, buf, 0, BLOCK_SIZE, b * BLOCK_SIZE);
     if (n !== BLOCK_SIZE) throw new InputError(`${this.path}: short read at block ${b}`);
     return buf;
   }
 
+  /**
+   * Reads `s`'s window anew from `b` (just after `s.last`) on, up to the device's end. False when
+   * the read failed (an unreadable sector somewhere in the window): `b` is then read alone, so
+   * only an error in `b` itself is reported, as without read-ahead.
+   */
+  private readAhead(s: Stream, b: number): boolean {
+    const size = b >= s.end && b - s.end < READAHEAD_GAP && s.end > s.start ? Math.min(2 * (s.end - s.start), READAHEAD_MAX) : READAHEAD_FIRST;
+    const count = Math.min(size, this.nrBlocks - b);
+    if (s.window === null) {
+      s.window = Buffer.allocUnsafe(READAHEAD_MAX * BLOCK_SIZE);
+      for (let i = 0; i < READAHEAD_MAX; i++) s.views.push(s.window.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE));
+    }
+    s.start = s.end = 0;
+    this.preads++;
+    let n: number;
+    try {
+      n = fs.readSync(this.fd, s.window, 0, count * BLOCK_SIZE, b * BLOCK_SIZE);
+    } catch {
+      return false;
+    }
+    // A file cut short since it was opened: what was read still serves, `b` itself must be there.
+    if (n < BLOCK_SIZE) throw new InputError(`${this.path}: short read at block ${b}`);
+    s.start = b;
+    s.end = b + Math.floor(n / BLOCK_SIZE);
+    s.last = b;
+    s.run++;
+    s.used = ++this.clock;
+    return true;
+  }
+
   /** Reads `count` consecutive blocks starting at `b` in one system call. */
   readRun(b: number, count: number, buf: Buffer = Buffer.allocUnsafe(count * BLOCK_SIZE)): Buffer {
     const len = count * BLOCK_SIZE;
+    this.preads++;
     const n = fs.readSync(this.fd, buf, 0, len, b * BLOCK_SIZE);
     if (n !== len) throw new InputError(`${this.path}: short read at block ${b}`);
     return buf;
