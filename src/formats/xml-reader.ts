@@ -173,6 +173,13 @@ const ELEMENTS: ElementSpec[] = [
   element('ref', true, [['name', 'text', true]]),
 ];
 
+/** By element kind (NO_ELEMENT: none open), whether mappings may appear inside. */
+const NO_ELEMENT = ELEMENTS.length;
+const HOLDS_MAPPINGS = new Uint8Array(NO_ELEMENT + 1);
+HOLDS_MAPPINGS[DEVICE] = HOLDS_MAPPINGS[DEF] = 1;
+/** By the byte after a '<': itself if it may start a mapping, else 0 (a table, like HOLDS_MAPPINGS). */
+const MAPPING_TAG = new Uint8Array(256);
+
 const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
 /**
@@ -181,9 +188,22 @@ const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"'
  * the literal bytes four at a time, without looking attributes up; anything else goes the
  * general way.
  */
-const SINGLE_TEMPLATE = ['single_mapping origin_block="', '" data_block="', '" time="', '"/>'].map(ascii);
-const RANGE_TEMPLATE = ['range_mapping origin_begin="', '" data_begin="', '" length="', '" time="', '"/>'].map(ascii);
+interface MappingTemplate {
+  literals: Ascii[];
+  /** What each number is: 0 thin block, 1 data block, 2 length, 3 time; a single's length is 1. */
+  slots: number[];
+}
+const SINGLE_TEMPLATE: MappingTemplate = {
+  literals: ['single_mapping origin_block="', '" data_block="', '" time="', '"/>'].map(ascii),
+  slots: [0, 1, 3],
+};
+const RANGE_TEMPLATE: MappingTemplate = {
+  literals: ['range_mapping origin_begin="', '" data_begin="', '" length="', '" time="', '"/>'].map(ascii),
+  slots: [0, 1, 2, 3],
+};
 const LOWER_S = 0x73, LOWER_R = 0x72;
+MAPPING_TAG[LOWER_S] = LOWER_S;
+MAPPING_TAG[LOWER_R] = LOWER_R;
 
 class Parser {
   /** Line of the byte being scanned. */
@@ -207,8 +227,6 @@ class Parser {
   private readonly bigs: U64[] = [];
   private bigMask = 0;
   private seen = 0;
-  /** The numbers of a mapping read by `fastMapping`. */
-  private readonly fastNums = new Float64Array(4);
   /** The buffer being fed, for reading four bytes at once. */
   private view: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
 
@@ -260,6 +278,8 @@ class Parser {
       if (this.inComment) return pos;
     }
     while (pos < len) {
+      pos = this.mappingLines(buf, pos);
+      if (pos >= len) break;
       const c = buf[pos];
       if (c === LT) {
         this.at = this.line;
@@ -302,51 +322,70 @@ class Parser {
     }
     if (c1 === QM) return this.declaration(buf, start);
     if (c1 === SLASH) return this.endTag(buf, start);
-    if (c1 === LOWER_S || c1 === LOWER_R) {
-      const end = this.fastMapping(buf, start, c1 === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE);
-      if (end >= 0) return end;
-    }
     return this.startTag(buf, start);
   }
 
   /**
-   * A mapping in thin_dump's own layout inside a <device> or <def>, every number plain and in
-   * range: emitted, and the position after it returned. Anything else (other spacing or order,
-   * a bad value, the tag cut off by the chunk's end) returns -1, for `startTag` to read the
-   * general way and word any error.
+   * Inside a <device> or <def>: the whitespace and the mappings in thin_dump's own layout from
+   * `pos` on, every number plain and in range, emitted; returns the position of the first other
+   * construct (other spacing or order, a bad value, a tag cut off by the chunk's end, any other
+   * element), for `scan` to read the general way and word any error.
+   *
+   * Nearly all of a dump goes through this one loop, so V8 optimises it early, and no rare
+   * construct (a device's end, a comment) ever runs inside its optimised code and throws that
+   * code away. Singles and ranges take the same steps (a single's length is preset), so V8's
+   * feedback for one serves the other. The mapping is parsed here rather than in a function of
+   * its own: inlined into this loop, such a function had V8 box a number per mapping.
    */
-  private fastMapping(buf: Buffer, start: number, tmpl: Ascii[]): number {
-    const open = this.stack.length;
-    const parent = open > 0 ? this.stack[open - 1] : -1;
-    if (parent !== DEVICE && parent !== DEF) return -1;
+  private mappingLines(buf: Buffer, pos: number): number {
+    // A table, not comparisons: a comparison first made after V8 optimised this would undo it.
+    if (!HOLDS_MAPPINGS[this.stack.length > 0 ? this.stack[this.stack.length - 1] : NO_ELEMENT]) return pos;
     const len = buf.length;
     const view = this.view;
-    const nums = this.fastNums;
-    let p = start + 1;
-    for (let k = 0; ; k++) {
-      const lit = tmpl[k];
-      if (p + lit.length > len || !asciiAt(view, buf, p, lit)) return -1;
-      p += lit.length;
-      if (k === tmpl.length - 1) break;
-      const digits = p;
-      let v = 0;
-      for (; p < len; p++) {
-        const d = buf[p] - 0x30;
-        if (d < 0 || d > 9) break;
-        v = v * 10 + d;
+    while (pos < len) {
+      const c = buf[pos];
+      if (c === SP) {
+        pos++;
+        continue;
       }
-      if (p === digits || p - digits > EXACT_DIGITS) return -1;
-      nums[k] = v;
+      if (c === NL) {
+        this.line++;
+        pos++;
+        continue;
+      }
+      if (c !== LT || pos + 1 >= len) return pos;
+      const tag = MAPPING_TAG[buf[pos + 1]];
+      if (tag === 0) return pos;
+      const tmpl = tag === LOWER_S ? SINGLE_TEMPLATE : RANGE_TEMPLATE;
+      const literals = tmpl.literals;
+      const slots = tmpl.slots;
+      let thinBlock = 0, dataBlock = 0, length = 1, time = 0;
+      let p = pos + 1;
+      for (let k = 0; ; k++) {
+        const lit = literals[k];
+        if (p + lit.length > len || !asciiAt(view, buf, p, lit)) return pos;
+        p += lit.length;
+        if (k === slots.length) break;
+        const digits = p;
+        let v = 0;
+        for (; p < len; p++) {
+          const d = buf[p] - 0x30;
+          if (d < 0 || d > 9) break;
+          v = v * 10 + d;
+        }
+        if (p === digits || p - digits > EXACT_DIGITS) return pos;
+        const slot = slots[k];
+        if (slot === 0) thinBlock = v;
+        else if (slot === 1) dataBlock = v;
+        else if (slot === 2) length = v;
+        else time = v;
+      }
+      if (dataBlock > MAX_DATA_BLOCK || length < 1 || time > MAX_TIME) return pos;
+      this.at = this.line;
+      this.visitor.mapRun(thinBlock, dataBlock, length, time);
+      pos = p;
     }
-    if (nums[1] > MAX_DATA_BLOCK) return -1;
-    if (tmpl === SINGLE_TEMPLATE) {
-      if (nums[2] > MAX_TIME) return -1;
-      this.visitor.mapRun(nums[0], nums[1], 1, nums[2]);
-    } else {
-      if (nums[2] < 1 || nums[3] > MAX_TIME) return -1;
-      this.visitor.mapRun(nums[0], nums[1], nums[2], nums[3]);
-    }
-    return p;
+    return pos;
   }
 
   /** Skips comment text up to and including "-->"; returns how far it got. */

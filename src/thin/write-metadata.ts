@@ -7,7 +7,7 @@
 //
 // Memory: a builder holds a few nodes per tree level; per data block one byte of reference count.
 import { BLOCK_SIZE, BlockWriter, InputError } from '../io/block-io.js';
-import { BTreeBuilder, NodeSummary, RunValues } from '../pdata/btree/builder.js';
+import { BTreeBuilder, BuilderOptions, NodeSummary, RunValues } from '../pdata/btree/builder.js';
 import { NODE_HEADER_SIZE, maxEntriesFor } from '../pdata/btree/node.js';
 import { BlockAllocator, OutputTooSmallError } from '../pdata/block-allocator.js';
 import { RefCounts } from '../pdata/ref-counts.js';
@@ -62,6 +62,17 @@ export class MetadataWriter implements MetadataVisitor {
   private readonly mapping = Buffer.alloc(MAPPING_VALUE_SIZE);
   /** The run being pushed, as the builder's fast path asks for its values. */
   private readonly run = new MappingRun();
+  /**
+   * Every mapping builder's options, made once: the same functions at each call site keep V8's
+   * optimised code valid from one device to the next (a new closure per device deoptimises it).
+   */
+  private readonly mappingOptions: BuilderOptions = {
+    valueSize: MAPPING_VALUE_SIZE,
+    refValues: (values, n) => forEachDataRun(values, n, this.incDataRange),
+    unrefValues: (values, n) => forEachDataRun(values, n, this.decDataRange),
+  };
+  private readonly incDataRange = (first: number, n: number): void => this.dataCounts!.incRange(first, n);
+  private readonly decDataRange = (first: number, n: number): void => this.dataCounts!.decRange(first, n);
   private finished = false;
 
   constructor(
@@ -150,19 +161,25 @@ export class MetadataWriter implements MetadataVisitor {
     if (!builder) throw new WriteMetadataError('mappings outside a device or def');
     this.releaseHeldRef();
     this.builderEmpty = false;
-    const nrDataBlocks = this.pool!.nrDataBlocks;
-    if (dataBegin + length > nrDataBlocks) {
-      throw new WriteMetadataError(
-        `data block ${dataBegin + length - 1} is beyond the end of the pool (nr_data_blocks ${nrDataBlocks})`,
-      );
-    }
+    if (dataBegin + length > this.pool!.nrDataBlocks) this.beyondPool(dataBegin + length - 1);
     if (typeof thinBegin === 'number' && Number.isSafeInteger(thinBegin + length)) {
       this.run.dataBegin = dataBegin;
       this.run.time = time;
       builder.pushRun(thinBegin, length, this.run);
-      return;
+    } else {
+      this.pushExact(builder, thinBegin, dataBegin, length, time);
     }
-    // Thin blocks at or past 2^53: exact u64 keys, one at a time.
+  }
+
+  // The rare cases of mapRun apart, so that it stays small enough for V8 to inline.
+  private beyondPool(dataBlock: number): never {
+    throw new WriteMetadataError(
+      `data block ${dataBlock} is beyond the end of the pool (nr_data_blocks ${this.pool!.nrDataBlocks})`,
+    );
+  }
+
+  /** Thin blocks at or past 2^53: exact u64 keys, one at a time. */
+  private pushExact(builder: BTreeBuilder, thinBegin: U64, dataBegin: number, length: number, time: number): void {
     const value = this.mapping;
     for (let i = 0; i < length; i++) {
       writeMapping(value, 0, dataBegin + i, time);
@@ -196,6 +213,9 @@ export class MetadataWriter implements MetadataVisitor {
     alloc.refCounts.inc(detailsRoot);
     alloc.refCounts.inc(mappingRoot);
     this.releaseUnusedDefLeaves();
+    // The trees, nearly all of the metadata, start for the disk while the space maps are worked out.
+    alloc.flush();
+    this.out.startSync();
 
     const dataRoot = writeDataSpaceMap(alloc, this.dataCounts!, Number(pool.nrDataBlocks));
     const metadataRoot = writeMetadataSpaceMap(alloc);
@@ -255,18 +275,7 @@ export class MetadataWriter implements MetadataVisitor {
 
   /** Builder of a device's tree (or a def's leaves): each leaf counts once per data block it maps. */
   private mappingBuilder(leavesOnly: boolean): BTreeBuilder {
-    const counts = this.dataCounts!;
-    const incRange = (first: number, n: number): void => counts.incRange(first, n);
-    const decRange = (first: number, n: number): void => counts.decRange(first, n);
-    return new BTreeBuilder(
-      this.alloc,
-      {
-        valueSize: MAPPING_VALUE_SIZE,
-        refValues: (values, n) => forEachDataRun(values, n, incRange),
-        unrefValues: (values, n) => forEachDataRun(values, n, decRange),
-      },
-      leavesOnly,
-    );
+    return new BTreeBuilder(this.alloc, this.mappingOptions, leavesOnly);
   }
 
   /**

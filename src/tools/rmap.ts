@@ -5,14 +5,15 @@
 // device, next thin block, next data block) or starts a new one; the regions are then sorted by
 // first data block, ties in the reference's order (rmap-order.ts), and printed as
 // `data B..E -> thin(D) T..U`. Memory grows with the output, not with the pool: the records
-// live in typed arrays, and the walk remembers which nodes it has seen.
+// live in typed arrays (20 bytes a region with the sort's order), and the walk remembers which
+// nodes it has seen.
 import { BlockReader } from '../io/block-io.js';
 import { openMetadataInput } from '../io/open.js';
 import { ascii, putAscii } from '../formats/ascii.js';
 import { FdSink, NUMBER_ROOM, putNumber } from '../formats/output.js';
 import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
-import { U64, parseU64, readU64, u64Add } from '../pdata/le.js';
+import { U64, parseU64, toU64, u64Add } from '../pdata/le.js';
 import { MAPPING_VALUE_SIZE, readDeviceDetails, readDeviceRoots } from '../thin/mapping-tree.js';
 import { readSuperblock } from '../thin/superblock.js';
 import { stdSort } from './rmap-order.js';
@@ -57,65 +58,75 @@ const bound = (b: U64): number => (typeof b === 'number' ? b : Infinity);
 const TWO_32 = 0x100000000;
 /** High words of thin blocks below 2^53, which fit a number exactly. */
 const SAFE_HI = 0x200000;
+const INT32_MAX = 0x7fffffff;
 
-/** Records reserved before the walk at most (224 MiB of address space); past that they grow. */
+/** Records reserved before the walk at most (128 MiB of address space); past that they grow. */
 const MAX_INITIAL_RECORDS = 1 << 23;
 
-/** The reverse map in the making: one record per region of consecutive mappings. */
+/**
+ * The reverse map in the making: one record per region of consecutive mappings, 20 bytes each
+ * with the sort's order (a thin block's high word adds 4 only once one is past 2^32).
+ */
 class RmapRecords {
   count = 0;
-  dataBegin: Float64Array;
-  length: Float64Array;
+  /** First data blocks, the sort keys: int32 while they fit (any pool below 2^31 blocks). */
+  dataBegin: Int32Array | Float64Array;
+  length: Uint32Array;
   devId: Uint32Array;
-  /** Thin blocks; a NaN marks one past 2^53, kept exactly in `bigThin`. */
-  thinBegin: Float64Array;
-  readonly bigThin = new Map<number, bigint>();
+  /** Thin blocks as u32 words, exact to 2^64; the high words only once one is past 2^32. */
+  thinLow: Uint32Array;
+  thinHigh: Uint32Array | null = null;
+  /** Lengths past 2^32 - 1, which real metadata (at most 16 GiB) cannot hold. */
+  readonly longLength = new Map<number, number>();
 
   /**
    * Room for `capacity` records from the start: pages never written are never touched, so an
    * estimate above the count costs address space only, and the arrays are not copied as they grow.
    */
   constructor(capacity: number) {
-    this.dataBegin = new Float64Array(capacity);
-    this.length = new Float64Array(capacity);
+    this.dataBegin = new Int32Array(capacity);
+    this.length = new Uint32Array(capacity);
     this.devId = new Uint32Array(capacity);
-    this.thinBegin = new Float64Array(capacity);
+    this.thinLow = new Uint32Array(capacity);
   }
 
-  /** Starts a record (the caller found the mapping does not continue the last one). */
-  start(devId: number, thin: U64, data: number): void {
-    if (this.count === this.dataBegin.length) this.grow();
+  /** Starts record `count` (the caller found the mapping does not continue the last one). */
+  start(devId: number, thinLow: number, thinHigh: number, data: number): void {
+    if (this.count === this.length.length) this.grow();
+    if (data > INT32_MAX && this.dataBegin instanceof Int32Array) this.dataBegin = Float64Array.from(this.dataBegin);
     const j = this.count++;
     this.devId[j] = devId;
     this.dataBegin[j] = data;
-    this.length[j] = 1;
-    if (typeof thin === 'number') {
-      this.thinBegin[j] = thin;
-    } else {
-      this.thinBegin[j] = NaN;
-      this.bigThin.set(j, thin);
-    }
+    this.thinLow[j] = thinLow;
+    if (thinHigh !== 0) (this.thinHigh ??= new Uint32Array(this.length.length))[j] = thinHigh;
+  }
+
+  /** Ends record `count - 1` at `length` mappings. */
+  end(length: number): void {
+    const j = this.count - 1;
+    if (length > 0xffffffff) this.longLength.set(j, length);
+    else this.length[j] = length;
+  }
+
+  lengthOf(i: number): number {
+    const len = this.length[i];
+    return this.longLength.size === 0 ? len : this.longLength.get(i) ?? len;
   }
 
   thin(i: number): U64 {
-    const t = this.thinBegin[i];
-    return Number.isNaN(t) ? this.bigThin.get(i)! : t;
-  }
-
-  /** Whether record `i` goes on with thin block `thin` (one past 2^53 is compared exactly). */
-  continuesAt(i: number, thin: U64): boolean {
-    const t = this.thinBegin[i] + this.length[i];
-    if (t <= Number.MAX_SAFE_INTEGER && typeof thin === 'number') return t === thin;
-    return u64Add(this.thin(i), this.length[i]) === thin;
+    const high = this.thinHigh === null ? 0 : this.thinHigh[i];
+    const low = this.thinLow[i];
+    return high < SAFE_HI ? high * TWO_32 + low : toU64((BigInt(high) << 32n) | BigInt(low));
   }
 
   private grow(): void {
-    const n = this.dataBegin.length * 2;
-    const grown = <T extends Float64Array | Uint32Array>(a: T, b: T): T => (b.set(a), b);
-    this.dataBegin = grown(this.dataBegin, new Float64Array(n));
-    this.length = grown(this.length, new Float64Array(n));
+    const n = this.length.length * 2;
+    const grown = <T extends Int32Array | Float64Array | Uint32Array>(a: T, b: T): T => (b.set(a), b);
+    this.dataBegin = this.dataBegin instanceof Int32Array ? grown(this.dataBegin, new Int32Array(n)) : grown(this.dataBegin, new Float64Array(n));
+    this.length = grown(this.length, new Uint32Array(n));
     this.devId = grown(this.devId, new Uint32Array(n));
-    this.thinBegin = grown(this.thinBegin, new Float64Array(n));
+    this.thinLow = grown(this.thinLow, new Uint32Array(n));
+    if (this.thinHigh) this.thinHigh = grown(this.thinHigh, new Uint32Array(n));
   }
 }
 
@@ -127,7 +138,7 @@ export function reverseMap(
   io: BlockReader,
   regions: readonly Region[],
   onProgress?: (done: number, total: number) => void,
-): { records: RmapRecords; order: Int32Array; dataBegin: Float64Array } {
+): { records: RmapRecords; order: Int32Array; dataBegin: Int32Array | Float64Array } {
   const merged = mergeRegions(regions);
   const begins = Float64Array.from(merged, (r) => bound(r.begin));
   const ends = Float64Array.from(merged, (r) => bound(r.end));
@@ -162,34 +173,53 @@ export function reverseMap(
     most += Math.min(Number(d.mappedBlocks), regionBlocks);
   }
   const records = new RmapRecords(most > 1024 ? Math.min(most, MAX_INITIAL_RECORDS) : 1024);
+  // The record in the making: it goes on while a device maps the next thin block (u32 words,
+  // exact to 2^64) to the next data block.
+  let runLength = 0;
+  let nextData = -1;
+  let nextThinLow = 0;
+  let nextThinHigh = 0;
   // As the reference, a node is visited once in the whole walk: a subtree devices share is
   // reported for the first of them (in dev_id order) only.
   const memo: SubtreeMemo = new Map();
   let done = 0;
   for (const { devId, root } of readDeviceRoots(io, sb.dataMappingRoot, fail)) {
+    nextData = -1; // a new device starts a new record
     walkBTree(io, root, MAPPING_VALUE_SIZE, {
       leaf(node: BTreeNode) {
         const words = node.words;
         const n = node.nrEntries;
+        let length = runLength;
+        let dataNext = nextData;
+        let thinLowNext = nextThinLow;
+        let thinHighNext = nextThinHigh;
         for (let i = 0, k = NODE_HEADER_SIZE / 4, v = (NODE_HEADER_SIZE + 8 * node.maxEntries) / 4; i < n; i++, k += 2, v += 2) {
           const data = words[v + 1] * 256 + (words[v] >>> 24);
           if (data < lowest || data >= highest || !(single || inRegions(data))) continue;
-          const hi = words[k + 1];
-          const thin = hi < SAFE_HI ? hi * TWO_32 + words[k] : readU64(node.buf, NODE_HEADER_SIZE + 8 * i);
-          // The mapping continues the last record (same device, next thin and data blocks), or starts one.
-          const last = records.count - 1;
-          if (last >= 0 && records.devId[last] === devId && records.dataBegin[last] + records.length[last] === data && records.continuesAt(last, thin)) {
-            records.length[last]++;
+          const thinLow = words[k];
+          const thinHigh = words[k + 1];
+          if (data === dataNext && thinLow === thinLowNext && thinHigh === thinHighNext) {
+            length++;
           } else {
-            records.start(devId, thin, data);
+            if (length > 0) records.end(length);
+            records.start(devId, thinLow, thinHigh, data);
+            length = 1;
           }
+          dataNext = data + 1;
+          thinLowNext = (thinLow + 1) >>> 0;
+          thinHighNext = thinLowNext === 0 ? (thinHigh + 1) >>> 0 : thinHigh;
         }
+        runLength = length;
+        nextData = dataNext;
+        nextThinLow = thinLowNext;
+        nextThinHigh = thinHighNext;
         done += n;
         onProgress?.(done, total);
       },
       error: fail,
     }, { memo });
   }
+  if (runLength > 0) records.end(runLength);
   const order = new Int32Array(records.count);
   for (let i = 0; i < order.length; i++) order[i] = i;
   // Sorted in place along with the order: the records' first data blocks are not needed unsorted.
@@ -198,8 +228,8 @@ export function reverseMap(
   return { records, order, dataBegin };
 }
 
-/** The end of a region ending past 2^53, as the reference's u64 arithmetic has it: 2^64 wraps to 0. */
-function thinEndPast2To53(thin: U64, len: number): U64 {
+/** The end of a region, as the reference's u64 arithmetic has it: 2^64 wraps to 0. */
+function thinEnd(thin: U64, len: number): U64 {
   const end = u64Add(thin, len);
   return end === 2n ** 64n ? 0 : end;
 }
@@ -211,6 +241,21 @@ const CLOSE = ascii(') ');
 const NEWLINE = ascii('\n');
 /** The longest line: five numbers of up to 20 digits and the text between them. */
 const LINE_ROOM = 5 * NUMBER_ROOM + 32;
+
+/** A line with a number past 2^31, through the U64 path (rare: kept out of the hot loop). */
+function printWideLine(out: FdSink, data: number, len: number, dev: number, thin: U64): void {
+  out.bytes(DATA);
+  out.number(data);
+  out.bytes(DOTS);
+  out.number(data + len);
+  out.bytes(ARROW);
+  out.number(dev);
+  out.bytes(CLOSE);
+  out.number(thin);
+  out.bytes(DOTS);
+  out.number(thinEnd(thin, len));
+  out.bytes(NEWLINE);
+}
 
 /** Prints the reverse map of `regions` of the pool at `input`. */
 export function rmapPool(
@@ -225,39 +270,67 @@ export function rmapPool(
     const { records, order, dataBegin } = reverseMap(io, regions, onProgress);
     const out = new FdSink(stdoutFd);
     const { buf, view } = out;
+    const { length: lengths, devId: devIds, thinLow } = records;
+    // A line whose numbers are all below 2^31, the common case, is formatted in place; any other
+    // goes through the U64 path (every line does once a thin block passes 2^32 or a length
+    // 2^32 - 1: their high parts live outside the arrays read here).
+    const plain = records.thinHigh === null && records.longLength.size === 0;
+    // Lines with the same first data block and length (snapshots sharing a run) have the same
+    // `data B..E -> thin(` prefix: copied from the line before while it is still in the buffer.
+    let prevData = -1;
+    let prevLen = 0;
+    let prevStart = 0;
+    let prevArrowEnd = 0;
+    let prevThin = -1;
+    let prevCloseStart = 0;
+    let prevEnd = 0;
     for (let k = 0; k < order.length; k++) {
       const i = order[k];
       const data = dataBegin[k];
-      const len = records.length[i];
-      const thin = records.thin(i);
-      const thinEnd = typeof thin === 'number' && thin + len <= Number.MAX_SAFE_INTEGER ? thin + len : thinEndPast2To53(thin, len);
-      if (typeof thin === 'number' && typeof thinEnd === 'number') {
-        // The whole line formatted in place.
+      const len = lengths[i];
+      const thin = thinLow[i];
+      const dev = devIds[i];
+      if (plain && data + len <= INT32_MAX && thin + len <= INT32_MAX && dev <= INT32_MAX) {
         let p = out.reserve(LINE_ROOM);
-        putAscii(view, buf, p, DATA);
-        p = putNumber(view, buf, p + DATA.length, data);
-        putAscii(view, buf, p, DOTS);
-        p = putNumber(view, buf, p + DOTS.length, data + len);
-        putAscii(view, buf, p, ARROW);
-        p = putNumber(view, buf, p + ARROW.length, records.devId[i]);
-        putAscii(view, buf, p, CLOSE);
-        p = putNumber(view, buf, p + CLOSE.length, thin);
-        putAscii(view, buf, p, DOTS);
-        p = putNumber(view, buf, p + DOTS.length, thinEnd);
-        buf[p] = 0x0a;
-        out.advance(p + 1);
+        const lineStart = p;
+        const copied = data === prevData && len === prevLen && p > prevArrowEnd;
+        if (copied) {
+          const n = prevArrowEnd - prevStart;
+          for (let c = 0; c < n; c += 4) view.setUint32(p + c, view.getUint32(prevStart + c, true), true);
+          p += n;
+        } else {
+          putAscii(view, buf, p, DATA);
+          p = putNumber(view, buf, p + DATA.length, data);
+          putAscii(view, buf, p, DOTS);
+          p = putNumber(view, buf, p + DOTS.length, data + len);
+          putAscii(view, buf, p, ARROW);
+          p += ARROW.length;
+          prevData = data;
+          prevLen = len;
+        }
+        prevStart = lineStart;
+        prevArrowEnd = p;
+        p = putNumber(view, buf, p, dev);
+        if (thin === prevThin && copied) {
+          // The same thin blocks too (a snapshot's unbroken sharing): the rest of the line as well.
+          const n = prevEnd - prevCloseStart;
+          for (let c = 0; c < n; c += 4) view.setUint32(p + c, view.getUint32(prevCloseStart + c, true), true);
+          prevCloseStart = p;
+          p += n;
+        } else {
+          prevCloseStart = p;
+          putAscii(view, buf, p, CLOSE);
+          p = putNumber(view, buf, p + CLOSE.length, thin);
+          putAscii(view, buf, p, DOTS);
+          p = putNumber(view, buf, p + DOTS.length, thin + len);
+          buf[p++] = 0x0a;
+          prevThin = thin;
+        }
+        prevEnd = p;
+        out.advance(p);
       } else {
-        out.bytes(DATA);
-        out.number(data);
-        out.bytes(DOTS);
-        out.number(data + len);
-        out.bytes(ARROW);
-        out.number(records.devId[i]);
-        out.bytes(CLOSE);
-        out.number(thin);
-        out.bytes(DOTS);
-        out.number(thinEnd);
-        out.bytes(NEWLINE);
+        printWideLine(out, data, records.lengthOf(i), dev, records.thin(i));
+        prevData = -1;
       }
     }
     out.flush();

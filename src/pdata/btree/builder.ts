@@ -8,6 +8,7 @@
 // Subtrees are shared at the leaf level: a set of leaves built once (a `<def>`) can be pushed
 // into any number of trees, which point at the same leaf blocks. Internal nodes are never shared,
 // so pushing leaves never disturbs another tree.
+import { BLOCK_SIZE } from '../../io/block-io.js';
 import { BTREE_CSUM_XOR, sealBlock } from '../checksum.js';
 import { U64, readBlockNr, readU64, u64Add, writeU64 } from '../le.js';
 import { MetadataAllocator } from '../block-allocator.js';
@@ -60,12 +61,16 @@ class Level {
   /** Keys as they go on disk (u64 little-endian), so any u64 is kept exactly. */
   readonly keys: Buffer;
   readonly values: Buffer;
-  /** The same bytes as u32 words, for runs (`Buffer.alloc` gives each its own aligned memory). */
+  /** The same bytes as u32 words (`Buffer.alloc` gives each its own aligned memory; every value size of the format is whole words). */
   readonly keyWords: Uint32Array;
   readonly valueWords: Uint32Array;
   len = 0;
   /** Nodes handed to the sink. */
   nodesOut = 0;
+  /** The node being written, before it goes to the allocator's batch. */
+  private readonly node = Buffer.alloc(BLOCK_SIZE);
+  private readonly nodeWords = new Uint32Array(this.node.buffer, this.node.byteOffset, BLOCK_SIZE >>> 2);
+  private readonly nodeHeader = new DataView(this.node.buffer, this.node.byteOffset, NODE_HEADER_SIZE);
 
   constructor(
     private readonly alloc: MetadataAllocator,
@@ -74,12 +79,13 @@ class Level {
     private readonly sink: () => NodeSink,
     private readonly refValues?: (values: Buffer, n: number) => void,
   ) {
+    if (valueSize % 4 !== 0) throw new RangeError(`values of ${valueSize} bytes: the builder takes whole u32 words`);
     this.maxEntries = maxEntriesFor(valueSize);
     // Two nodes' worth are held back; a merge or rebalance can add up to one more node.
     this.keys = Buffer.alloc(3 * this.maxEntries * 8);
     this.values = Buffer.alloc(3 * this.maxEntries * valueSize);
     this.keyWords = new Uint32Array(this.keys.buffer, this.keys.byteOffset, this.keys.length / 4);
-    this.valueWords = new Uint32Array(this.values.buffer, this.values.byteOffset, Math.floor(this.values.length / 4));
+    this.valueWords = new Uint32Array(this.values.buffer, this.values.byteOffset, this.values.length / 4);
   }
 
   /**
@@ -113,37 +119,70 @@ class Level {
   /** Appends an entry (keys are checked by the caller), first writing a node if two are held. */
   push(key: U64, src: Buffer, srcOff: number): void {
     if (this.len >= 2 * this.maxEntries) this.emit(this.maxEntries);
-    writeU64(this.keys, this.len * 8, key);
-    src.copy(this.values, this.len * this.valueSize, srcOff, srcOff + this.valueSize);
+    this.setKey(key);
+    const vs = this.valueSize;
+    const values = this.values;
+    // Values are a few bytes: a byte loop beats Buffer.copy's bounds checks and call.
+    for (let i = 0, to = this.len * vs; i < vs; i++) values[to + i] = src[srcOff + i];
     this.len++;
+  }
+
+  /** `push` of a 4-byte value given as a number (ref counts), without a buffer. */
+  pushU32(key: number, value: number): void {
+    if (this.len >= 2 * this.maxEntries) this.emit(this.maxEntries);
+    this.setKey(key);
+    if (LITTLE_ENDIAN) this.valueWords[this.len] = value;
+    else this.values.writeUInt32LE(value, this.len * 4);
+    this.len++;
+  }
+
+  /** Key slot `len`: a number as two u32 words (exact below 2^53), a bigint through writeU64. */
+  private setKey(key: U64): void {
+    if (typeof key === 'number' && LITTLE_ENDIAN) {
+      const lo = key >>> 0;
+      this.keyWords[2 * this.len] = lo;
+      this.keyWords[2 * this.len + 1] = (key - lo) / TWO_32;
+    } else {
+      writeU64(this.keys, this.len * 8, key);
+    }
   }
 
   /** Writes a node from the first `n` buffered entries. */
   emit(n: number): void {
-    const { block, buf } = this.alloc.newBlock();
+    const block = this.alloc.alloc();
     const vs = this.valueSize;
-    buf.writeUInt32LE(this.isLeaf ? LEAF_NODE : INTERNAL_NODE, 4);
-    writeU64(buf, 8, block);
-    buf.writeUInt32LE(n, 16);
-    buf.writeUInt32LE(this.maxEntries, 20);
-    buf.writeUInt32LE(vs, 24);
-    this.keys.copy(buf, NODE_HEADER_SIZE, 0, n * 8);
-    const valuesOff = NODE_HEADER_SIZE + 8 * this.maxEntries;
-    this.values.copy(buf, valuesOff, 0, n * vs);
-    sealBlock(buf, BTREE_CSUM_XOR);
+    // Laid out in this level's own block through u32 words (TypedArray builtins, fast from the
+    // first node), the unused space between keys and values and after the values zeroed.
+    const node = this.node;
+    const words = this.nodeWords;
+    const valuesAt = (NODE_HEADER_SIZE >>> 2) + 2 * this.maxEntries;
+    const valuesEnd = valuesAt + n * (vs >>> 2);
+    const header = this.nodeHeader;
+    header.setUint32(4, this.isLeaf ? LEAF_NODE : INTERNAL_NODE, true);
+    header.setUint32(8, block % TWO_32, true);
+    header.setUint32(12, Math.floor(block / TWO_32), true);
+    header.setUint32(16, n, true);
+    header.setUint32(20, this.maxEntries, true);
+    header.setUint32(24, vs, true);
+    words.set(this.keyWords.subarray(0, 2 * n), NODE_HEADER_SIZE >>> 2);
+    words.fill(0, (NODE_HEADER_SIZE >>> 2) + 2 * n, valuesAt);
+    words.set(this.valueWords.subarray(0, valuesEnd - valuesAt), valuesAt);
+    words.fill(0, valuesEnd);
+    sealBlock(node, BTREE_CSUM_XOR);
+    this.alloc.writeAt(block, node);
     this.refValues?.(this.values, n);
     if (!this.isLeaf) for (let i = 0; i < n; i++) this.alloc.refCounts.inc(readBlockNr(this.values, i * vs));
-    const node: NodeSummary = {
+    const summary: NodeSummary = {
       block,
       firstKey: n > 0 ? readU64(this.keys, 0) : 0,
       lastKey: n > 0 ? readU64(this.keys, (n - 1) * 8) : 0,
       nrEntries: n,
     };
-    this.keys.copyWithin(0, n * 8, this.len * 8);
-    this.values.copyWithin(0, n * vs, this.len * vs);
+    this.keyWords.copyWithin(0, 2 * n, 2 * this.len);
+    this.valueWords.copyWithin(0, n * (vs >>> 2), this.len * (vs >>> 2));
     this.len -= n;
     this.nodesOut++;
-    this.sink().add(node);
+    this.sink().add(summary);
   }
 
   /** Writes every buffered entry, as one node or two balanced ones. */
@@ -245,6 +284,16 @@ export class BTreeBuilder {
     this.leaves.push(key, value, valueOff);
   }
 
+  /** `push` for a tree of 4-byte values (the space maps' ref counts): the value as a u32. */
+  pushU32(key: number, value: number): void {
+    if (this.valueSize !== 4) throw new RangeError(`pushU32 into a tree of ${this.valueSize}-byte values`);
+    if (key <= this.lastKey) {
+      throw new KeyOrderError(`key ${key} out of order: it follows key ${this.lastKey}`);
+    }
+    this.lastKey = key;
+    this.leaves.pushU32(key, value);
+  }
+
   /**
    * Adds `count` entries keyed `firstKey` .. `firstKey + count - 1`, above every key pushed
    * before, with values filled by `values` straight into the node buffers (no per-entry call):
@@ -255,19 +304,23 @@ export class BTreeBuilder {
       throw new KeyOrderError(`key ${firstKey} out of order: it follows key ${this.lastKey}`);
     }
     if (!Number.isSafeInteger(firstKey + count) || count < 1) throw new RangeError(`a run of ${count} keys from ${firstKey}`);
-    if (!LITTLE_ENDIAN) {
-      // Words in the host's order are not the disk's: one entry at a time, through `push`.
-      const words = new Uint32Array(this.valueSize >>> 2);
-      const value = Buffer.from(words.buffer);
-      for (let i = 0; i < count; i++) {
-        values.fill(words, 0, i, 1);
-        for (let w = 0; w < words.length; w++) value.writeUInt32LE(words[w], 4 * w);
-        this.push(firstKey + i, value);
-      }
-      return;
-    }
+    if (!LITTLE_ENDIAN) return this.pushRunByEntry(firstKey, count, values);
     this.lastKey = firstKey + count - 1;
     this.leaves.pushRun(firstKey, count, values);
+  }
+
+  /**
+   * `pushRun` where words in the host's order are not the disk's: one entry at a time, through
+   * `push` (apart, so that `pushRun` stays small enough for V8 to inline into its callers).
+   */
+  private pushRunByEntry(firstKey: number, count: number, values: RunValues): void {
+    const words = new Uint32Array(this.valueSize >>> 2);
+    const value = Buffer.from(words.buffer);
+    for (let i = 0; i < count; i++) {
+      values.fill(words, 0, i, 1);
+      for (let w = 0; w < words.length; w++) value.writeUInt32LE(words[w], 4 * w);
+      this.push(firstKey + i, value);
+    }
   }
 
   /**

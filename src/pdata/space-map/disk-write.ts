@@ -1,5 +1,6 @@
 // Writes the data space map: a bitmap per 16320 data blocks, an index B-tree (bitmap number ->
 // index entry) locating them, and a B-tree of the counts of 3 and more.
+import { BLOCK_SIZE } from '../../io/block-io.js';
 import { BTreeBuilder } from '../btree/builder.js';
 import { MetadataAllocator } from '../block-allocator.js';
 import { RefCounts } from '../ref-counts.js';
@@ -15,22 +16,18 @@ export function writeDataSpaceMap(alloc: MetadataAllocator, counts: RefCounts, n
   const index = new BTreeBuilder(alloc, { valueSize: INDEX_ENTRY_SIZE });
   const overflowTree = new BTreeBuilder(alloc, { valueSize: REF_COUNT_VALUE_SIZE });
   const entry = Buffer.alloc(INDEX_ENTRY_SIZE);
-  const count = Buffer.alloc(REF_COUNT_VALUE_SIZE);
-  const overflow: number[] = [];
+  // Packed apart from the write batch, so the ref-count tree can take blocks meanwhile.
+  const bitmap = Buffer.alloc(BLOCK_SIZE);
   let nrAllocated = 0;
 
   for (let bm = 0; bm < bitmapsFor(nrBlocks); bm++) {
     const len = Math.min(ENTRIES_PER_BITMAP, nrBlocks - bm * ENTRIES_PER_BITMAP);
-    const { block, buf } = alloc.newBlock();
-    const ie = packBitmap(buf, block, counts, bm, len, (b, c) => overflow.push(b, c));
+    const block = alloc.alloc();
     alloc.refCounts.inc(block);
+    bitmap.fill(0);
+    const ie = packBitmap(bitmap, block, counts, bm, len, overflowTree);
+    alloc.writeAt(block, bitmap);
     nrAllocated += ENTRIES_PER_BITMAP - ie.nrFree;
-    // The bitmap is sealed: the trees may allocate now.
-    for (let i = 0; i < overflow.length; i += 2) {
-      count.writeUInt32LE(overflow[i + 1], 0);
-      overflowTree.push(overflow[i], count);
-    }
-    overflow.length = 0;
     encodeIndexEntry(entry, 0, ie);
     index.push(bm, entry);
   }

@@ -38,7 +38,6 @@ export function writeMetadataSpaceMap(alloc: MetadataAllocator): SpaceMapRoot {
 
   // Shared blocks (snapshot leaves, ...) referenced 3 times or more.
   const overflowTree = new BTreeBuilder(alloc, { valueSize: REF_COUNT_VALUE_SIZE });
-  const value = Buffer.alloc(REF_COUNT_VALUE_SIZE);
   const used = alloc.used;
   for (let bm = 0; bm * ENTRIES_PER_BITMAP < used; bm++) {
     const page = counts.page(bm);
@@ -46,8 +45,7 @@ export function writeMetadataSpaceMap(alloc: MetadataAllocator): SpaceMapRoot {
     for (let i = 0; i < ENTRIES_PER_BITMAP; i++) {
       if (page[i] < OVERFLOW_COUNT) continue;
       const b = bm * ENTRIES_PER_BITMAP + i;
-      value.writeUInt32LE(counts.get(b), 0);
-      overflowTree.push(b, value);
+      overflowTree.pushU32(b, counts.get(b));
     }
   }
   const refCountRoot = overflowTree.complete();
@@ -69,7 +67,7 @@ export function writeMetadataSpaceMap(alloc: MetadataAllocator): SpaceMapRoot {
   for (let bm = 0; bm < nrBitmaps; bm++) {
     bitmap.fill(0);
     const len = Math.min(ENTRIES_PER_BITMAP, nrBlocks - bm * ENTRIES_PER_BITMAP);
-    const ie = packBitmap(bitmap, bitmapBlocks[bm], counts, bm, len, () => {});
+    const ie = packBitmap(bitmap, bitmapBlocks[bm], counts, bm, len);
     alloc.writeAt(bitmapBlocks[bm], bitmap);
     nrAllocated += ENTRIES_PER_BITMAP - ie.nrFree;
     encodeIndexEntry(index, INDEX_HEADER_SIZE + bm * INDEX_ENTRY_SIZE, ie);
