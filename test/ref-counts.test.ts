@@ -1,6 +1,7 @@
-// RefCounts packs counts in 2, 4 or 8 bits a block (and a map past 254), widening a page as its
-// counts grow: every operation is checked against a plain array of counts, across each widening,
-// the spill to the map and back, page boundaries and the last, partial bitmap.
+// RefCounts holds its first pages a byte a count and packs the later ones in 2, 4 or 8 bits a
+// block (and a map past 254), widening a page as its counts grow: every operation is checked
+// against a plain array of counts, across each widening, the spill to the map and back, page
+// boundaries and the last, partial bitmap, with every page packed, none, and a mix.
 import { describe, expect, it } from 'vitest';
 import { RefCounts } from '../src/pdata/ref-counts.js';
 import { ENTRIES_PER_BITMAP } from '../src/pdata/space-map/common.js';
@@ -39,9 +40,16 @@ function expectSame(counts: RefCounts, model: number[]): void {
   }
 }
 
-describe('RefCounts', () => {
+/** Budgets for pages of bytes: none (every page packed), one page (a mix), the default (no packing here). */
+const BUDGETS: [string, number | undefined][] = [
+  ['every page packed', 0],
+  ['the first page in bytes, the others packed', ENTRIES_PER_BITMAP],
+  ['every page in bytes (the default budget)', undefined],
+];
+
+describe.each(BUDGETS)('RefCounts, %s', (_, budget) => {
   it('holds exact counts through every widening, the spill past 254 and decrements', () => {
-    const counts = new RefCounts();
+    const counts = new RefCounts(budget);
     const model = new Array<number>(NR_BLOCKS).fill(0);
     const next = rng(9);
     // Blocks that will be counted high: past 3, past 15, past 254 (spilled) in different pages.
@@ -75,7 +83,7 @@ describe('RefCounts', () => {
   });
 
   it('a page in 2-bit counts widens when a count passes 3, without touching its neighbours', () => {
-    const counts = new RefCounts();
+    const counts = new RefCounts(budget);
     const model = new Array<number>(NR_BLOCKS).fill(0);
     // Every block of the first page at 1, 2 or 3, then one past 3, then one past 15.
     for (let i = 0; i < ENTRIES_PER_BITMAP; i++) {

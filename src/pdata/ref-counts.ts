@@ -1,17 +1,20 @@
 // Reference counts of the blocks a space map describes, as the tools compute them (from trees,
 // or while building metadata): they must be kept whole (the trees are walked device by device,
-// the space map is in block order), so they are packed as small as the pool allows. Pages of one
-// bitmap's span are allocated only where a count is set (nr_data_blocks can be huge and sparsely
-// used); a page holds its counts in 2 bits until one would pass 3, then in 4 bits until one would
-// pass 15, then in a byte, with a map for the rare counts above 254. A pool without snapshots
-// takes 2 bits a block, one whose blocks a few snapshots share 4 bits (a byte a block was 5.7 MB
-// for the 20M-mapping bench pool).
+// the space map is in block order). Pages of one bitmap's span are allocated only where a count
+// is set (nr_data_blocks can be huge and sparsely used). The first pages hold a byte a count, up
+// to BYTE_PAGES_BUDGET: a small pool never meets the packed code (whose first widening costs V8 a
+// deoptimisation, measurable on a pool of 1M mappings). Past it, a page holds its counts in 2
+// bits until one would pass 3, then in 4 bits until one would pass 15, then in a byte: a pool
+// whose blocks a few snapshots share takes 4 bits a block (a byte a block was 5.7 MB for the
+// 20M-mapping bench pool). Counts above 254 are kept in a map.
 import { ENTRIES_PER_BITMAP } from './space-map/common.js';
 
 /** Entries of a page: the span of one bitmap. */
 const SPAN = ENTRIES_PER_BITMAP;
 /** In a page of bytes, a count above 254: the map holds it. */
 const SPILLED = 255;
+/** Bytes of pages allocated a byte a count before new pages start packed (64 pages, 1 MiB). */
+const BYTE_PAGES_BUDGET = 1 << 20;
 
 /** log2 of the counts a byte of `page` holds: 2 (2-bit counts), 1 (4-bit) or 0 (bytes). */
 function packing(page: Uint8Array): number {
@@ -35,6 +38,11 @@ export class RefCounts {
   private readonly big = new Map<number, number>();
   /** page()'s answer for a page not held in bytes. */
   private unpacked: Uint8Array | undefined;
+  /** Pages allocated a byte a count so far (pages of bytes made by widening are not counted). */
+  private bytePages = 0;
+
+  /** `byteBudget`: bytes of pages held a byte a count before new pages start packed. */
+  constructor(private readonly byteBudget = BYTE_PAGES_BUDGET) {}
 
   get(b: number): number {
     const p = Math.floor(b / SPAN);
@@ -56,7 +64,7 @@ export class RefCounts {
       const p = Math.floor(b / SPAN);
       const base = p * SPAN;
       const stop = end - base < SPAN ? end - base : SPAN;
-      let page = this.pages[p] ?? (this.pages[p] = new Uint8Array(SPAN >>> 2));
+      let page = this.pages[p] ?? this.newPage(p);
       let i = b - base;
       for (;;) {
         const len = page.length;
@@ -77,6 +85,13 @@ export class RefCounts {
       }
       b = base + stop;
     }
+  }
+
+  /** Page `p`, all zero: a byte a count while within the budget, else 2 bits. */
+  private newPage(p: number): Uint8Array {
+    if ((this.bytePages + 1) * SPAN > this.byteBudget) return (this.pages[p] = new Uint8Array(SPAN >>> 2));
+    this.bytePages++;
+    return (this.pages[p] = new Uint8Array(SPAN));
   }
 
   /** Page `p` (packed `l`) repacked in twice the bits a count. */
