@@ -35,10 +35,20 @@ export function withNumbers(sink: TextSink): Required<TextSink> {
 /** "00" .. "99" as little-endian u16s: numbers are written two digits at a store. */
 const DIGIT_PAIRS = Uint16Array.from({ length: 100 }, (_, i) => (0x30 + ((i / 10) | 0)) | ((0x30 + (i % 10)) << 8));
 
-/** Decimal digits of a non-negative int32. */
+/** 10^i, for digitCount. */
+const POWERS_OF_TEN = Int32Array.from({ length: 10 }, (_, i) => 10 ** i);
+
+/**
+ * Decimal digits of a non-negative int32. The same steps for every value, no branch per range:
+ * output numbers grow as it goes, and a branch first taken when they pass a power of ten (late)
+ * would throw away the optimised code of every writer it is inlined into.
+ */
 function digitCount(v: number): number {
-  if (v < 100000) return v < 100 ? (v < 10 ? 1 : 2) : v < 1000 ? 3 : v < 10000 ? 4 : 5;
-  return v < 10000000 ? (v < 1000000 ? 6 : 7) : v < 100000000 ? 8 : v < 1000000000 ? 9 : 10;
+  // floor(log10(2) x bit length) is the digit count or one short of it (v | 1: 0 has a digit; an
+  // even v and v + 1 lie on one side of every power of ten from 10 on).
+  const u = v | 1;
+  const t = ((32 - Math.clz32(u)) * 1233) >>> 12;
+  return t + (((u - POWERS_OF_TEN[t]) >>> 31) ^ 1);
 }
 
 /** Writes the digits of `v` (a non-negative int32) so that they end just before `end`. */
@@ -109,7 +119,11 @@ export class FdSink implements Required<TextSink> {
   readonly view = new DataView(this.buf.buffer, this.buf.byteOffset, CHUNK_BYTES);
   private pos = 0;
 
-  constructor(readonly fd: number) {}
+  constructor(readonly fd: number) {
+    // reserve's flush is first taken after a megabyte, late in a run: taken once here (nothing to
+    // write yet), so code inlining reserve never meets it untried and is not thrown away for it.
+    this.reserve(CHUNK_BYTES + 1);
+  }
 
   /** Where the next `n` bytes (at most the buffer's size) go in `buf`: write them, then `advance`. */
   reserve(n: number): number {
@@ -144,17 +158,14 @@ export class FdSink implements Required<TextSink> {
   number(n: U64): void {
     // A bigint is past 2^53: rare enough for a string.
     if (typeof n !== 'number') return this.write(String(n));
-    if (this.pos + NUMBER_ROOM > CHUNK_BYTES) this.flush();
-    this.pos = putNumber(this.view, this.buf, this.pos, n);
+    this.pos = putNumber(this.view, this.buf, this.reserve(NUMBER_ROOM), n);
   }
 
   bytes(a: Ascii): void {
-    if (this.pos + a.length > CHUNK_BYTES) {
-      this.flush();
-      if (a.length > CHUNK_BYTES) return this.write(a.text);
-    }
-    putAscii(this.view, this.buf, this.pos, a);
-    this.pos += a.length;
+    if (a.length > CHUNK_BYTES) return this.write(a.text);
+    const pos = this.reserve(a.length);
+    putAscii(this.view, this.buf, pos, a);
+    this.pos = pos + a.length;
   }
 
   /** Writes out everything buffered so far (also what a failed dump printed before its error). */

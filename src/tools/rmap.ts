@@ -130,6 +130,13 @@ class RmapRecords {
   }
 }
 
+/** The records of a reverse map and their order by first data block (`dataBegin`, sorted). */
+interface ReverseMap {
+  records: RmapRecords;
+  order: Int32Array;
+  dataBegin: Int32Array | Float64Array;
+}
+
 /**
  * The reverse map of `regions`, in the reference's order: record `order[k]` is the k-th to print,
  * and `dataBegin[k]` its first data block. Throws RmapError on damage.
@@ -138,7 +145,7 @@ export function reverseMap(
   io: BlockReader,
   regions: readonly Region[],
   onProgress?: (done: number, total: number) => void,
-): { records: RmapRecords; order: Int32Array; dataBegin: Int32Array | Float64Array } {
+): ReverseMap {
   const merged = mergeRegions(regions);
   const begins = Float64Array.from(merged, (r) => bound(r.begin));
   const ends = Float64Array.from(merged, (r) => bound(r.end));
@@ -220,6 +227,15 @@ export function reverseMap(
     }, { memo });
   }
   if (runLength > 0) records.end(runLength);
+  return sortRecords(records);
+}
+
+/**
+ * The records' order by first data block. A function of its own: reverseMap is optimised during
+ * the walk, and a loop after it, never run by then, would throw that code away and start
+ * interpreted (half a million records at 1M).
+ */
+function sortRecords(records: RmapRecords): ReverseMap {
   const order = new Int32Array(records.count);
   for (let i = 0; i < order.length; i++) order[i] = i;
   // Sorted in place along with the order: the records' first data blocks are not needed unsorted.
