@@ -122,7 +122,7 @@ export class FdSink implements Required<TextSink> {
   constructor(readonly fd: number) {
     // reserve's flush is first taken after a megabyte, late in a run: taken once here (nothing to
     // write yet), so code inlining reserve never meets it untried and is not thrown away for it.
-    this.reserve(CHUNK_BYTES + 1);
+    for (let i = 0; i < 100; i++) this.reserve(CHUNK_BYTES + 1);
   }
 
   /** Where the next `n` bytes (at most the buffer's size) go in `buf`: write them, then `advance`. */

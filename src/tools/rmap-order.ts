@@ -16,6 +16,7 @@ type Keys = Int32Array | Float64Array;
  */
 export function stdSort(v: Int32Array, keys: Keys): void {
   const n = v.length;
+  if (n > PRIME_SIZE && !primed) primeSort();
   // Keys already rising strictly (one device's run of allocations) have one sorted order only,
   // which std::sort leaves too: nothing to move. With ties the sort runs, for their order.
   let rising = 1;
@@ -23,6 +24,28 @@ export function stdSort(v: Int32Array, keys: Keys): void {
   if (rising >= n) return;
   introsortLoop(v, keys, 0, n, 2 * (31 - Math.clz32(n)));
   finalInsertionSort(v, keys, 0, n);
+}
+
+/** Keys in the sample primeSort sorts: a few thousand, well under a millisecond interpreted. */
+const PRIME_SIZE = 2048;
+let primed = false;
+
+/**
+ * Sorts a small made-up sample (ties included) before the first large sort, so that every step
+ * of the sort has run, and V8 has type feedback for it, when the large sort's loops are compiled
+ * on the stack mid-run. Without it the first partition's first scan (over sorted runs: one
+ * device's allocations) is compiled before the second scan ever ran, and reaching that scan
+ * throws the compiled code away; the sort then goes on interpreted until compiled again.
+ */
+function primeSort(): void {
+  primed = true;
+  const v = new Int32Array(PRIME_SIZE);
+  const keys = new Int32Array(PRIME_SIZE);
+  for (let i = 0; i < PRIME_SIZE; i++) {
+    v[i] = i;
+    keys[i] = (i * 2654435761) % 1021; // a scatter with ties
+  }
+  stdSort(v, keys);
 }
 
 function swap(v: Int32Array, keys: Keys, i: number, j: number): void {
