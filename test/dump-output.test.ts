@@ -26,6 +26,8 @@ describe('FdSink', () => {
     const rand = rng(99);
     const numbers = [0, 1, 9, 10, 99, 100, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 12345, 2 ** 53 - 1];
     for (let i = 0; i < 20000; i++) numbers.push(Math.floor(rand() * 2 ** (1 + (i % 53))));
+    // Either side of every power of ten, where the digit count changes.
+    for (let p = 10; p < 2 ** 53; p *= 10) numbers.push(p - 2, p - 1, p, p + 1);
     const expected = numbers.map(String).join(',') + ',';
     expect(through((s) => numbers.forEach((n) => (s.number(n), s.write(','))))).toBe(expected);
   });
