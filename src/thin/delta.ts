@@ -159,31 +159,28 @@ export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: nu
   const L = new Side(new LeafCursor(io, leftRoot, MAPPING_VALUE_SIZE));
   const R = new Side(new LeafCursor(io, rightRoot, MAPPING_VALUE_SIZE));
   for (;;) {
-    // A side whose leaf is done goes down to its next leaf, a node at a time. One path for one
-    // side or both (the first leaves are reached through it), so the optimised loop meets no
-    // code first run late: the leaves of a snapshot and its origin often end together for a long
-    // stretch before one side ends alone.
-    const lDone = L.i === L.n;
-    const rDone = R.i === R.n;
-    if (lDone || rDone) {
-      const ls = lDone ? L.cursor.peek() : null;
-      const rs = rDone ? R.cursor.peek() : null;
-      if ((lDone && ls === null) || (rDone && rs === null)) break;
-      if (ls !== null && rs !== null && ls.block === rs.block) {
-        L.cursor.skip();
-        R.cursor.skip();
-        sharedSubtree(io, ls, rs, L.cursor, R.cursor, ranges);
+    if (L.i === L.n && R.i === R.n) {
+      const ls = L.cursor.peek();
+      const rs = R.cursor.peek();
+      if (ls !== null && rs !== null) {
+        if (ls.block === rs.block) {
+          L.cursor.skip();
+          R.cursor.skip();
+          sharedSubtree(io, ls, rs, L.cursor, R.cursor, ranges);
+          continue;
+        }
+        // Down a level at a time, the taller side first (both when level): a subtree the trees
+        // share may sit at different depths in each (trees of different heights, or split apart).
+        const lh = L.heightOf(ls);
+        const rh = R.heightOf(rs);
+        if (lh >= rh) L.step();
+        if (rh >= lh) R.step();
         continue;
       }
-      // Both done: down a level at a time, the taller side first (both when level), as a subtree
-      // the trees share may sit at different depths in each (trees of different heights, or split
-      // apart). An empty leaf leaves its side done.
-      const lh = ls !== null ? L.heightOf(ls) : -1;
-      const rh = rs !== null ? R.heightOf(rs) : -1;
-      if (lh >= rh) L.step();
-      if (rh >= lh) R.step();
-      continue;
     }
+    if (L.i === L.n && !L.load()) break;
+    if (R.i === R.n && !R.load()) break;
+    if (L.i === L.n || R.i === R.n) continue; // an empty leaf
     // The hot loop, on the two leaves' words, while both keys are below 2^53.
     const lw = L.words;
     const rw = R.words;
@@ -251,23 +248,13 @@ export function diffDeviceTrees(io: BlockReader, leftRoot: number, rightRoot: nu
     }
   }
   // What one tree has past the other's end.
-  addRest(L, LEFT_ONLY, ranges);
-  addRest(R, RIGHT_ONLY, ranges);
-  ranges.flush();
-}
-
-/**
- * Adds every mapping from `side`'s position to its tree's end as `kind`. A function of its own: in
- * diffDeviceTrees, optimised long before either tree ends, this loop would be code never run,
- * and reaching it would throw that code away for the rest of the tree.
- */
-function addRest(side: Side, kind: number, ranges: RangeBuilder): void {
   do {
-    for (; side.i < side.n; side.i++) {
-      const data = side.data();
-      ranges.add(side.key(), kind, kind === RIGHT_ONLY ? 0 : data, kind === LEFT_ONLY ? 0 : data);
-    }
-  } while (side.load());
+    for (; L.i < L.n; L.i++) ranges.add(L.key(), LEFT_ONLY, L.data(), 0);
+  } while (L.load());
+  do {
+    for (; R.i < R.n; R.i++) ranges.add(R.key(), RIGHT_ONLY, 0, R.data());
+  } while (R.load());
+  ranges.flush();
 }
 
 /** A subtree both trees point to at the same place: every mapping in it is the same on both sides. */
@@ -283,7 +270,13 @@ function sharedSubtree(
   const lowKey = ls.lowKey > rs.lowKey ? ls.lowKey : rs.lowKey;
   const highKey = ls.highKey < rs.highKey ? ls.highKey : rs.highKey;
   const sub = new LeafCursor(io, ls.block, MAPPING_VALUE_SIZE, { lowKey, highKey, subtree: ls.depth > 0 || rs.depth > 0 });
-  addRest(new Side(sub), SAME, ranges);
+  const side = new Side(sub);
+  while (side.load()) {
+    for (; side.i < side.n; side.i++) {
+      const data = side.data();
+      ranges.add(side.key(), SAME, data, data);
+    }
+  }
   // Its leaves must sit as deep as the rest of each tree's.
   for (const [cursor, at] of [[left, ls], [right, rs]] as const) {
     const depth = at.depth + sub.leafDepth;
