@@ -134,6 +134,47 @@ describe('B-tree walk', () => {
     expect(walk(uneven, 1).errors.map((e) => e.reason)).toEqual(['leaves at different depths']);
   });
 
+  it('catches a node reached twice through two parents, far apart or past the end, in every walk', () => {
+    // Leaf 2 is reached through 40000 and 3, which lie in different 4 KiB pages of the walk's
+    // bitmap of blocks; 90000 is past the end (a sparse file of 40001 blocks).
+    const f = path.join(dir, 'cross-linked');
+    fs.writeFileSync(f, '');
+    fs.truncateSync(f, 40001 * BLOCK_SIZE);
+    const fd = fs.openSync(f, 'r+');
+    for (const [b, buf] of [
+      [1, node(1, INTERNAL_NODE, [[0, 40000], [100, 3], [200, 90000], [300, 90000]])],
+      [40000, node(40000, INTERNAL_NODE, [[0, 2]])],
+      [2, node(2, LEAF_NODE, [[0, 9]])],
+      [3, node(3, INTERNAL_NODE, [[100, 2]])],
+    ] as const) fs.writeSync(fd, buf, 0, BLOCK_SIZE, b * BLOCK_SIZE);
+    fs.closeSync(fd);
+    const expected = [
+      '2: block referenced twice in one tree (cycle or cross-link)',
+      '90000: block 90000 is beyond the end of the metadata device',
+      '90000: block referenced twice in one tree (cycle or cross-link)',
+    ];
+    const reasons = (r: { errors: BTreeError[] }) => r.errors.map((e) => `${e.block}: ${e.reason}`);
+    // Again and again: each walk starts from an empty set, whatever the walk before it left.
+    expect(reasons(walk(f, 1))).toEqual(expected);
+    expect(reasons(walk(f, 1))).toEqual(expected);
+    expect(reasons(walk(f, 40000))).toEqual([]);
+
+    // A walk stopped by its visitor's throw leaves no block behind for the next walk...
+    const io = new BlockReader(f);
+    expect(() => walkBTree(io, 40000, 8, { leaf() { throw new Error('stop'); }, error() {} }, { allowUnderfull: true })).toThrow('stop');
+    expect(reasons(walk(f, 40000))).toEqual([]);
+    // ...and a walk inside another has a set of its own.
+    const inner: BTreeError[] = [];
+    const outer: BTreeError[] = [];
+    walkBTree(io, 40000, 8, {
+      leaf: () => void walkBTree(io, 1, 8, { leaf() {}, error: (e) => inner.push(e) }, { allowUnderfull: true }),
+      error: (e) => outer.push(e),
+    }, { allowUnderfull: true });
+    io.close();
+    expect(outer).toEqual([]);
+    expect(reasons({ errors: inner })).toEqual(expected);
+  });
+
   it('rejects a non-root node under a third full, as the reference does, but not an underfull root', () => {
     const full = Array.from({ length: 84 }, (_, i): [number, number] => [1000 + i, 9]);
     const f = image('underfull', new Map([

@@ -119,7 +119,84 @@ export function walkBTree(
   visitor: BTreeVisitor,
   opts: WalkOptions = {},
 ): SubtreeSummary | null {
-  const inThisTree = new Set<number>();
+  const inThisTree = TreeBlocks.take(io.nrBlocks);
+  try {
+    return walkTree(io, root, leafValueSize, visitor, opts, inThisTree);
+  } finally {
+    inThisTree.release();
+  }
+}
+
+/**
+ * The blocks of one tree walked so far, to catch a block reached twice (a cycle or a cross-link).
+ * A bit per metadata block rather than a Set: a Set of a device's nodes grows with the tree (about
+ * 1 MB for 4M mappings, and each doubling of its table leaves the old one for the GC), a bitmap is
+ * 50 KB for 1.6 GiB of metadata. The bitmap is reused by the next walk (some tools walk thousands
+ * of small subtrees), cleared only in the 4 KiB pages of it the walk set bits in.
+ */
+class TreeBlocks {
+  /** Cleared sets, for the next walks (one each while walks nest). */
+  private static readonly spares: TreeBlocks[] = [];
+  private readonly bits: Uint8Array;
+  /** Which 4 KiB pages of `bits` hold a bit set, and a flag per page not to list one twice. */
+  private readonly touched: number[] = [];
+  private readonly pageTouched: Uint8Array;
+  /** Blocks past the metadata's end (damaged metadata only). */
+  private outside: Set<number> | undefined;
+
+  private constructor(readonly nrBlocks: number) {
+    this.bits = new Uint8Array(Math.ceil(nrBlocks / 8));
+    this.pageTouched = new Uint8Array(Math.ceil(this.bits.length / PAGE_BYTES));
+  }
+
+  static take(nrBlocks: number): TreeBlocks {
+    const spare = TreeBlocks.spares.pop();
+    return spare && spare.nrBlocks >= nrBlocks ? spare : new TreeBlocks(nrBlocks);
+  }
+
+  /** Adds `block`; false if it was there already. */
+  add(block: number): boolean {
+    if (block >= this.nrBlocks) {
+      const outside = (this.outside ??= new Set());
+      if (outside.has(block)) return false;
+      outside.add(block);
+      return true;
+    }
+    const byte = block >>> 3;
+    const bit = 1 << (block & 7);
+    if (this.bits[byte] & bit) return false;
+    this.bits[byte] |= bit;
+    const page = byte >>> PAGE_SHIFT;
+    if (!this.pageTouched[page]) {
+      this.pageTouched[page] = 1;
+      this.touched.push(page);
+    }
+    return true;
+  }
+
+  /** Clears the set and keeps it for the next walk. */
+  release(): void {
+    for (const page of this.touched) {
+      this.bits.fill(0, page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT);
+      this.pageTouched[page] = 0;
+    }
+    this.touched.length = 0;
+    this.outside = undefined;
+    TreeBlocks.spares.push(this);
+  }
+}
+
+const PAGE_SHIFT = 12;
+const PAGE_BYTES = 1 << PAGE_SHIFT;
+
+function walkTree(
+  io: BlockReader,
+  root: number,
+  leafValueSize: number,
+  visitor: BTreeVisitor,
+  opts: WalkOptions,
+  inThisTree: TreeBlocks,
+): SubtreeSummary | null {
   const memo = opts.memo;
   // One block buffer per depth: a node's buffer lives while its subtree is walked, and nothing
   // is allocated per node (millions of mappings would otherwise leave megabytes for the GC).
@@ -131,8 +208,7 @@ export function walkBTree(
       visitor.error(new BTreeError(block, reason, lowKey, highKey));
       return null;
     };
-    if (inThisTree.has(block)) return fail('block referenced twice in one tree (cycle or cross-link)');
-    inThisTree.add(block);
+    if (!inThisTree.add(block)) return fail('block referenced twice in one tree (cycle or cross-link)');
 
     if (memo?.has(block)) {
       const s = memo.get(block)!;
