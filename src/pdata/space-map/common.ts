@@ -83,9 +83,10 @@ const BYTE_TO_COUNTS: Uint8Array = (() => {
  * it while the first bitmap decodes, and a tail loop not yet run then threw that code away.
  */
 export function decodeBitmap(buf: Buffer, n: number, out: Uint8Array): void {
-  const bytes = (n + 3) >>> 2;
-  for (let i = 0, o = 0; i < bytes; i++, o += 4) {
-    const t = buf[BITMAP_HEADER_SIZE + i] << 2;
+  // All arithmetic inside the loop: V8 records no type feedback on the first calls' way in, and
+  // code compiled without it was thrown away at the next call.
+  for (let o = 0; o < n; o += 4) {
+    const t = buf[BITMAP_HEADER_SIZE + (o >>> 2)] << 2;
     out[o] = BYTE_TO_COUNTS[t];
     out[o + 1] = BYTE_TO_COUNTS[t + 1];
     out[o + 2] = BYTE_TO_COUNTS[t + 2];
