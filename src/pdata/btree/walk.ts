@@ -215,6 +215,7 @@ class TreeWalk {
   private readonly salvage: boolean;
   private readonly allowUnderfull: boolean;
   private readonly nodeRef: (block: number) => void;
+  private readonly leaf: (node: BTreeNode) => void;
   private readonly internal: (node: BTreeNode) => string | null;
   private readonly buffers: Buffer[];
 
@@ -231,6 +232,7 @@ class TreeWalk {
     this.salvage = opts.salvage === true;
     this.allowUnderfull = opts.allowUnderfull === true || this.salvage;
     this.nodeRef = visitor.nodeRef ?? noNodeRef;
+    this.leaf = visitor.leaf;
     this.internal = visitor.internal ?? noRule;
     this.buffers = inThisTree.buffers;
   }
@@ -274,7 +276,7 @@ class TreeWalk {
     if (misplaced) return this.fail(node.block, lowKey, highKey, misplaced);
     const n = node.nrEntries;
     if (node.isLeaf) {
-      this.visitor.leaf(node);
+      this.leaf.call(this.visitor, node);
       return n === 0
         ? { height: 0, minKey: 0, maxKey: 0, empty: true, entries: 0 }
         : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false, entries: n };
