@@ -18,11 +18,12 @@ import { BTreeNode, NODE_HEADER_SIZE } from '../pdata/btree/node.js';
 import { BTreeError, SubtreeMemo, walkBTree } from '../pdata/btree/walk.js';
 import { U64, U64_MAX } from '../pdata/le.js';
 import { floorBTree } from '../pdata/btree/lookup.js';
+import { sharedMetadataBlocks } from '../pdata/space-map/metadata.js';
 import {
   DeviceDetailsEntry, MAPPING_VALUE_SIZE, readDeviceDetails, readDeviceRoots,
 } from '../thin/mapping-tree.js';
 import { selectSuperblock } from '../thin/read-metadata.js';
-import { dataSpaceMapRoot, readSuperblock } from '../thin/superblock.js';
+import { dataSpaceMapRoot, metadataSpaceMapRoot, readSuperblock } from '../thin/superblock.js';
 
 export const LS_FIELDS = [
   'DEV', 'MAPPED_BLOCKS', 'EXCLUSIVE_BLOCKS', 'SHARED_BLOCKS',
@@ -156,7 +157,10 @@ export function listDevices(
   });
   try {
     if (needHighest) devices.forEach((dev, i) => (dev.highest = highestKey(io, roots[i])));
-    if (needExclusive) countExclusive(io, devices, roots, dataSpaceMapRoot(readSuperblock(io)).nrBlocks, onProgress);
+    if (needExclusive) {
+      const live = readSuperblock(io);
+      countExclusive(io, devices, roots, dataSpaceMapRoot(live).nrBlocks, sharedMetadataBlocks(io, metadataSpaceMapRoot(live)), onProgress);
+    }
   } catch (e) {
     if (e instanceof BTreeError) fail(e);
     throw e;
@@ -169,6 +173,7 @@ function countExclusive(
   devices: LsDevice[],
   roots: number[],
   nrDataBlocks: U64,
+  shared: (block: number) => boolean,
   onProgress?: (done: number, total: number) => void,
 ): void {
   const use = new DataBlockUse(nrDataBlocks);
@@ -180,6 +185,9 @@ function countExclusive(
     onProgress?.(done, total);
   };
   const refs = new Uint8Array(io.nrBlocks);
+  // Only the nodes the space map counts more than once are remembered (an entry per node of the
+  // pool grew by 30 MiB at 20M mappings): one reached twice that it counts once (a damaged space
+  // map) is walked again, its blocks counted again, which makes them shared as they are.
   const memo: SubtreeMemo = new Map();
   const fail = (e: BTreeError): never => {
     throw e;
@@ -194,7 +202,7 @@ function countExclusive(
         if (b < refs.length && refs[b] < 2) refs[b]++;
       },
       error: fail,
-    }, { memo });
+    }, { memo, memoize: shared });
   }
   // Subtrees reached more than once: a second count makes their blocks shared.
   const sharedMemo: SubtreeMemo = new Map();
