@@ -104,39 +104,43 @@ export class PoolWalker {
     const damaged = new Set<number>();
     const { nrDataBlocks, time: poolTime } = this.limits;
     const walkOpts = { memoize: this.shared };
-    for (const { devId, root } of newRoots) {
-      const tree = walkDeviceTree(io, root, {
-        leaf: (node: BTreeNode) => {
-          if (!this.firstVisit(node.block)) return;
-          // Counted a run of consecutive data blocks at a time, decoded from the node's words.
-          const words = node.words;
-          let first = 0;
-          let len = 0;
-          for (let i = 0, v = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries; i < node.nrEntries; i++, v += 2) {
-            const lo = words[v];
-            if ((lo & MAX_TIME) > poolTime) findings.newerThanPool(devId, node.key(i), lo & MAX_TIME, node.block);
-            const dataBlock = words[v + 1] * 256 + (lo >>> 24);
-            if (len > 0 && dataBlock === first + len && dataBlock < nrDataBlocks) {
-              len++;
-              continue;
-            }
-            if (len > 0) counts.dataRefs(first, len);
-            len = 0;
-            if (dataBlock >= nrDataBlocks) findings.beyondDataDevice(devId, node.key(i), dataBlock, node.block);
-            else {
-              first = dataBlock;
-              len = 1;
-            }
+    // One visitor for every device, its device id a variable: a closure made per device was a
+    // new call target for the walk's optimised code each time (a deoptimisation per device).
+    let devId = 0;
+    const visitor = {
+      leaf: (node: BTreeNode) => {
+        if (!this.firstVisit(node.block)) return;
+        // Counted a run of consecutive data blocks at a time, decoded from the node's words.
+        const words = node.words;
+        let first = 0;
+        let len = 0;
+        for (let i = 0, v = (NODE_HEADER_SIZE >>> 2) + 2 * node.maxEntries; i < node.nrEntries; i++, v += 2) {
+          const lo = words[v];
+          if ((lo & MAX_TIME) > poolTime) findings.newerThanPool(devId, node.key(i), lo & MAX_TIME, node.block);
+          const dataBlock = words[v + 1] * 256 + (lo >>> 24);
+          if (len > 0 && dataBlock === first + len && dataBlock < nrDataBlocks) {
+            len++;
+            continue;
           }
           if (len > 0) counts.dataRefs(first, len);
-        },
-        internal,
-        error(err) {
-          damaged.add(devId);
-          findings.deviceDamage(devId, err);
-        },
-      }, this.memos.mapping, walkOpts);
-      this.deviceTrees.set(root, tree);
+          len = 0;
+          if (dataBlock >= nrDataBlocks) findings.beyondDataDevice(devId, node.key(i), dataBlock, node.block);
+          else {
+            first = dataBlock;
+            len = 1;
+          }
+        }
+        if (len > 0) counts.dataRefs(first, len);
+      },
+      internal,
+      error: (err: BTreeError) => {
+        damaged.add(devId);
+        findings.deviceDamage(devId, err);
+      },
+    };
+    for (const device of newRoots) {
+      devId = device.devId;
+      this.deviceTrees.set(device.root, walkDeviceTree(io, device.root, visitor, this.memos.mapping, walkOpts));
     }
     return damaged;
   }

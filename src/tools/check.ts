@@ -422,11 +422,10 @@ function compareSpaceMap(
   };
   sm.forEachBitmap(sink, (first, counts, bitmapBlock) => {
     const expectedCounts = expectedRange(first, counts.length);
-    for (let i = 0; i < counts.length; i++) {
+    allocated += nonZero(counts);
+    for (let i = needsLook(counts, expectedCounts, 0); i < counts.length; i = needsLook(counts, expectedCounts, i + 1)) {
       let actual = counts[i];
       const expected = expectedCounts[i];
-      if (actual !== 0) allocated++;
-      if (actual === expected && actual !== 3) continue;
       const block = first + i;
       if (actual === 3) {
         passOverflowBefore(block);
@@ -446,6 +445,26 @@ function compareSpaceMap(
     rep.error(1, `${kind} block ${block}: the ref-count tree holds a count of ${count}, but its bitmap entry is not 3 (or the block is outside the space map)`);
   }
   return allocated;
+}
+
+/**
+ * The hot loops of the comparison, each a small function of typed arrays: V8 optimises them at
+ * the first bitmap, and the rare cases (counts of 3, differences) run outside them, so a case
+ * first met late no longer throws the optimised loop away.
+ */
+function nonZero(counts: Uint8Array): number {
+  let n = 0;
+  for (let i = 0; i < counts.length; i++) n += counts[i] !== 0 ? 1 : 0;
+  return n;
+}
+
+/** The first entry from `i` whose count differs from the expected one or is 3 (see the tree). */
+function needsLook(counts: Uint8Array, expected: Uint32Array, i: number): number {
+  for (; i < counts.length; i++) {
+    const actual = counts[i];
+    if (actual !== expected[i] || actual === 3) return i;
+  }
+  return i;
 }
 
 function checkSpaceMaps(io: BlockReader, rep: Reporter, sb: Superblock, metaCounts: MetadataCounts, dataCounts: RefCounts): void {

@@ -116,9 +116,12 @@ export class LeafCursor {
       const level = this.levels[depth];
       const { node } = level;
       const i = level.next;
+      // Read whichever child it is: V8 optimises this while the first internal node is read,
+      // and a property first read at its last child threw that code away.
+      const parentHigh = level.highKey;
       if (i < node.nrEntries) {
         level.next++;
-        const highKey = i + 1 < node.nrEntries ? node.key(i + 1) : level.highKey;
+        const highKey = i + 1 < node.nrEntries ? node.key(i + 1) : parentHigh;
         return { block: node.valueBlock(i), lowKey: node.key(i), highKey, depth: depth + 1 };
       }
       this.levels.pop();

@@ -105,7 +105,9 @@ export function nodePlacementDefect(node: BTreeNode, lowKey: U64, highKey: U64, 
     const first = node.key(0);
     const last = node.key(n - 1);
     if (first < lowKey) return `key ${first} outside parent range [${lowKey}, ${rangeEnd(highKey)})`;
-    if (last >= highKey) return `key ${last} outside parent range [${lowKey}, ${rangeEnd(highKey)})`;
+    // The open end (a bigint) apart: the rightmost path of every tree meets it, and a compare
+    // optimised for numbers threw its code away at the first.
+    if (highKey !== NO_LIMIT && last >= highKey) return `key ${last} outside parent range [${lowKey}, ${rangeEnd(highKey)})`;
   }
   if (!node.isLeaf && n === 0) return 'internal node with no entries';
   return null;
@@ -121,7 +123,7 @@ export function walkBTree(
 ): SubtreeSummary | null {
   const inThisTree = TreeBlocks.take(io.nrBlocks);
   try {
-    return walkTree(io, root, leafValueSize, visitor, opts, inThisTree);
+    return new TreeWalk(io, root, leafValueSize, visitor, opts, inThisTree).walk(root, opts.lowKey ?? 0, opts.highKey ?? NO_LIMIT, 0);
   } finally {
     inThisTree.release();
   }
@@ -138,9 +140,14 @@ class TreeBlocks {
   /** Cleared sets, for the next walks (one each while walks nest). */
   private static readonly spares: TreeBlocks[] = [];
   private readonly bits: Uint8Array;
-  /** Which 4 KiB pages of `bits` hold a bit set, and a flag per page not to list one twice. */
-  private readonly touched: number[] = [];
+  /** A flag per 4 KiB page of `bits` that may hold a bit set (set unconditionally: no branch). */
   private readonly pageTouched: Uint8Array;
+  /**
+   * One block buffer per depth: a node's buffer lives while its subtree is walked, and nothing
+   * is allocated per node or per walk (millions of mappings would otherwise leave megabytes for
+   * the GC, and a new array per walk was a new map for the walk's optimised code).
+   */
+  readonly buffers: Buffer[] = [Buffer.allocUnsafe(BLOCK_SIZE)];
   /** Blocks past the metadata's end (damaged metadata only). */
   private outside: Set<number> | undefined;
 
@@ -166,21 +173,19 @@ class TreeBlocks {
     const bit = 1 << (block & 7);
     if (this.bits[byte] & bit) return false;
     this.bits[byte] |= bit;
-    const page = byte >>> PAGE_SHIFT;
-    if (!this.pageTouched[page]) {
-      this.pageTouched[page] = 1;
-      this.touched.push(page);
-    }
+    this.pageTouched[byte >>> PAGE_SHIFT] = 1;
     return true;
   }
 
   /** Clears the set and keeps it for the next walk. */
   release(): void {
-    for (const page of this.touched) {
+    // A page a 32 MiB of metadata: a few to scan.
+    const pageTouched = this.pageTouched;
+    for (let page = 0; page < pageTouched.length; page++) {
+      if (pageTouched[page] === 0) continue;
       this.bits.fill(0, page << PAGE_SHIFT, (page + 1) << PAGE_SHIFT);
-      this.pageTouched[page] = 0;
+      pageTouched[page] = 0;
     }
-    this.touched.length = 0;
     this.outside = undefined;
     TreeBlocks.spares.push(this);
   }
@@ -189,82 +194,95 @@ class TreeBlocks {
 const PAGE_SHIFT = 12;
 const PAGE_BYTES = 1 << PAGE_SHIFT;
 
-function walkTree(
-  io: BlockReader,
-  root: number,
-  leafValueSize: number,
-  visitor: BTreeVisitor,
-  opts: WalkOptions,
-  inThisTree: TreeBlocks,
-): SubtreeSummary | null {
-  const memo = opts.memo;
-  // One block buffer per depth: a node's buffer lives while its subtree is walked, and nothing
-  // is allocated per node (millions of mappings would otherwise leave megabytes for the GC).
-  const buffers: Buffer[] = [];
+/** What a walk without a memo reads as its memo: always empty. */
+const NO_MEMO: SubtreeMemo = new Map();
+const memoizeAll = (): boolean => true;
+const noNodeRef = (): void => {};
+const noRule = (): null => null;
 
-  const walk = (block: number, lowKey: U64, highKey: U64, depth: number): SubtreeSummary | null => {
-    visitor.nodeRef?.(block);
-    const fail = (reason: string): null => {
-      visitor.error(new BTreeError(block, reason, lowKey, highKey));
-      return null;
-    };
-    if (!inThisTree.add(block)) return fail('block referenced twice in one tree (cycle or cross-link)');
+/**
+ * One walk of one tree. A class, not closures made per walk: V8 optimises its methods once for
+ * every tree a tool walks (closures made per call were each a new call target, and the options
+ * and visitors of different shapes each a new map: deoptimisations of the hottest code, every
+ * one followed by recompiling it). Options are copied into fields of fixed shape; the visitor's
+ * optional methods are looked up once.
+ */
+class TreeWalk {
+  // Every field holds one type whatever the options (a Map, a function): a field first
+  // undefined then set makes V8 generalise the class's map, and the optimised code deoptimise.
+  private readonly memo: SubtreeMemo;
+  private readonly memoize: (block: number) => boolean;
+  private readonly salvage: boolean;
+  private readonly allowUnderfull: boolean;
+  private readonly nodeRef: (block: number) => void;
+  private readonly leaf: (node: BTreeNode) => void;
+  private readonly internal: (node: BTreeNode) => string | null;
+  private readonly buffers: Buffer[];
 
-    if (memo?.has(block)) {
+  constructor(
+    private readonly io: BlockReader,
+    private readonly root: number,
+    private readonly leafValueSize: number,
+    private readonly visitor: BTreeVisitor,
+    opts: WalkOptions,
+    private readonly inThisTree: TreeBlocks,
+  ) {
+    this.memo = opts.memo ?? NO_MEMO;
+    this.memoize = opts.memoize ?? memoizeAll;
+    this.salvage = opts.salvage === true;
+    this.allowUnderfull = opts.allowUnderfull === true || this.salvage;
+    this.nodeRef = visitor.nodeRef ?? noNodeRef;
+    this.leaf = visitor.leaf;
+    this.internal = visitor.internal ?? noRule;
+    this.buffers = inThisTree.buffers;
+  }
+
+  private fail(block: number, lowKey: U64, highKey: U64, reason: string): null {
+    this.visitor.error(new BTreeError(block, reason, lowKey, highKey));
+    return null;
+  }
+
+  walk(block: number, lowKey: U64, highKey: U64, depth: number): SubtreeSummary | null {
+    this.nodeRef.call(this.visitor, block);
+    if (!this.inThisTree.add(block)) return this.fail(block, lowKey, highKey, 'block referenced twice in one tree (cycle or cross-link)');
+
+    const memo = this.memo;
+    if (memo.has(block)) {
       const s = memo.get(block)!;
       if (s && !s.empty && (s.minKey < lowKey || s.maxKey >= highKey)) {
-        return fail(`shared node keys [${s.minKey}, ${s.maxKey}] outside parent range`);
+        return this.fail(block, lowKey, highKey, `shared node keys [${s.minKey}, ${s.maxKey}] outside parent range`);
       }
       return s;
     }
 
+    const { io, buffers } = this;
     let node: BTreeNode;
     try {
-      if (block >= io.nrBlocks) return fail(`block ${block} is beyond the end of the metadata device`);
+      if (block >= io.nrBlocks) return this.fail(block, lowKey, highKey, `block ${block} is beyond the end of the metadata device`);
       node = new BTreeNode(block, io.readInto(block, (buffers[depth] ??= Buffer.allocUnsafe(BLOCK_SIZE))));
     } catch (e) {
-      return fail((e as Error).message);
+      return this.fail(block, lowKey, highKey, (e as Error).message);
     }
-    const result = walkNode(node, lowKey, highKey, depth, fail);
-    if (memo && (!opts.memoize || opts.memoize(block))) memo.set(block, result);
+    const result = this.walkNode(node, lowKey, highKey, depth);
+    if (memo !== NO_MEMO && this.memoize(block)) memo.set(block, result);
     return result;
-  };
+  }
 
-  const walkNode = (
-    node: BTreeNode,
-    lowKey: U64,
-    highKey: U64,
-    depth: number,
-    fail: (reason: string) => null,
-  ): SubtreeSummary | null => {
-    const defect = nodeDefect(node, node.block, leafValueSize);
-    if (defect) return fail(defect);
-    if (opts.salvage) {
-      const kept = soundEntries(node, lowKey, highKey);
-      if (kept) {
-        if (visitor.displaced && node.isLeaf && node.firstKeyOutOfOrder() < 0) {
-          // Rising keys: those out of range are the ones below it and the ones above it.
-          const first = kept.length ? kept[0] : countBelow(node, lowKey);
-          const end = kept.length ? kept[kept.length - 1] + 1 : first;
-          if (first > 0) visitor.displaced(node, 0, first);
-          if (end < node.nrEntries) visitor.displaced(node, end, node.nrEntries);
-        } else {
-          visitor.dropped?.(node.block, node.nrEntries - kept.length, 'keys out of order or outside the parent node\'s range');
-        }
-        node = compacted(node, kept);
-      }
-    }
-    const misplaced = nodePlacementDefect(node, lowKey, highKey, node.block === root, opts.allowUnderfull || opts.salvage);
-    if (misplaced) return fail(misplaced);
+  private walkNode(node: BTreeNode, lowKey: U64, highKey: U64, depth: number): SubtreeSummary | null {
+    const defect = nodeDefect(node, node.block, this.leafValueSize);
+    if (defect) return this.fail(node.block, lowKey, highKey, defect);
+    if (this.salvage) node = this.salvaged(node, lowKey, highKey);
+    const misplaced = nodePlacementDefect(node, lowKey, highKey, node.block === this.root, this.allowUnderfull);
+    if (misplaced) return this.fail(node.block, lowKey, highKey, misplaced);
     const n = node.nrEntries;
     if (node.isLeaf) {
-      visitor.leaf(node);
+      this.leaf.call(this.visitor, node);
       return n === 0
         ? { height: 0, minKey: 0, maxKey: 0, empty: true, entries: 0 }
         : { height: 0, minKey: node.key(0), maxKey: node.key(n - 1), empty: false, entries: n };
     }
-    const rejected = visitor.internal?.(node);
-    if (rejected) return fail(rejected);
+    const rejected = this.internal.call(this.visitor, node);
+    if (rejected) return this.fail(node.block, lowKey, highKey, rejected);
     let height = -1;
     let minKey: U64 = 0;
     let maxKey: U64 = 0;
@@ -272,13 +290,13 @@ function walkTree(
     let entries = 0;
     for (let i = 0; i < n; i++) {
       const childHigh = i + 1 < n ? node.key(i + 1) : highKey;
-      const child = walk(node.valueBlock(i), node.key(i), childHigh, depth + 1);
+      const child = this.walk(node.valueBlock(i), node.key(i), childHigh, depth + 1);
       if (!child) continue;
       if (height === -1) height = child.height;
       else if (child.height !== height) {
         // A salvage keeps the leaves already taken: their keys lie in the ranges their parents
         // give, so they stay in key order, and the writer builds a balanced tree from them.
-        if (!opts.salvage) return fail('leaves at different depths');
+        if (!this.salvage) return this.fail(node.block, lowKey, highKey, 'leaves at different depths');
         height = Math.max(height, child.height);
       }
       entries += child.entries ?? 0;
@@ -291,9 +309,24 @@ function walkTree(
     }
     if (height === -1) return { height: 1, minKey: 0, maxKey: 0, empty: true, entries: 0 };
     return { height: height + 1, minKey, maxKey, empty, entries };
-  };
+  }
 
-  return walk(root, opts.lowKey ?? 0, opts.highKey ?? NO_LIMIT, 0);
+  /** A salvage's node: its sound entries only, the others offered to the visitor or dropped. */
+  private salvaged(node: BTreeNode, lowKey: U64, highKey: U64): BTreeNode {
+    const kept = soundEntries(node, lowKey, highKey);
+    if (!kept) return node;
+    const visitor = this.visitor;
+    if (visitor.displaced && node.isLeaf && node.firstKeyOutOfOrder() < 0) {
+      // Rising keys: those out of range are the ones below it and the ones above it.
+      const first = kept.length ? kept[0] : countBelow(node, lowKey);
+      const end = kept.length ? kept[kept.length - 1] + 1 : first;
+      if (first > 0) visitor.displaced(node, 0, first);
+      if (end < node.nrEntries) visitor.displaced(node, end, node.nrEntries);
+    } else {
+      visitor.dropped?.(node.block, node.nrEntries - kept.length, 'keys out of order or outside the parent node\'s range');
+    }
+    return compacted(node, kept);
+  }
 }
 
 /** A range's end for messages: the open end past every u64 reads as 2^64. */
