@@ -210,17 +210,18 @@ function countExclusive(
   for (let b = 0; b < refs.length; b++) {
     if (refs[b] < 2) continue;
     skipShared.set(b, memo.get(b) ?? null);
-    walkBTree(io, b, MAPPING_VALUE_SIZE, { leaf: (node) => use.countLeaf(node), error: fail }, { memo: sharedMemo });
+    walkBTree(io, b, MAPPING_VALUE_SIZE, { leaf: (node) => use.countLeaf(node), error: fail }, { memo: sharedMemo, memoize: shared });
   }
   devices.forEach((dev, i) => {
-    // Each device's own subtrees; the memo makes the walk pass over shared ones.
+    // Each device's own subtrees; the memo makes the walk pass over shared ones, and takes
+    // nothing more (a walk adds every node it may meet again to its memo).
     walkBTree(io, roots[i], MAPPING_VALUE_SIZE, {
       leaf: (node) => {
         dev.exclusive += use.exclusiveIn(node);
         progress(node);
       },
       error: fail,
-    }, { memo: skipShared });
+    }, { memo: skipShared, memoize: () => false });
   });
 }
 
