@@ -5,7 +5,8 @@
 // superblock is written only after every other block is on disk, so an interrupted write never
 // leaves something that looks like valid metadata.
 //
-// Memory: a builder holds a few nodes per tree level; per data block one byte of reference count.
+// Memory: a builder holds a few nodes per tree level; per data block a reference count of 2 to 8
+// bits (RefCounts).
 import { BLOCK_SIZE, BlockWriter, InputError } from '../io/block-io.js';
 import { BTreeBuilder, BuilderOptions, NodeSummary, RunValues } from '../pdata/btree/builder.js';
 import { NODE_HEADER_SIZE, maxEntriesFor } from '../pdata/btree/node.js';

@@ -275,11 +275,14 @@ export class BTreeBuilder {
     this.half = Math.floor(this.leaves.maxEntries / 2);
   }
 
+  /** Refuses a key that is not above every key pushed before. */
+  private mustFollow(key: U64): void {
+    if (key <= this.lastKey) throw new KeyOrderError(`key ${key} out of order: it follows key ${this.lastKey}`);
+  }
+
   /** Adds one entry; `key` must be above every key pushed before. */
   push(key: U64, value: Buffer, valueOff = 0): void {
-    if (key <= this.lastKey) {
-      throw new KeyOrderError(`key ${key} out of order: it follows key ${this.lastKey}`);
-    }
+    this.mustFollow(key);
     this.lastKey = key;
     this.leaves.push(key, value, valueOff);
   }
@@ -287,9 +290,7 @@ export class BTreeBuilder {
   /** `push` for a tree of 4-byte values (the space maps' ref counts): the value as a u32. */
   pushU32(key: number, value: number): void {
     if (this.valueSize !== 4) throw new RangeError(`pushU32 into a tree of ${this.valueSize}-byte values`);
-    if (key <= this.lastKey) {
-      throw new KeyOrderError(`key ${key} out of order: it follows key ${this.lastKey}`);
-    }
+    this.mustFollow(key);
     this.lastKey = key;
     this.leaves.pushU32(key, value);
   }
@@ -300,9 +301,7 @@ export class BTreeBuilder {
    * the fast path of long streams of mappings. Keys must stay below 2^53.
    */
   pushRun(firstKey: number, count: number, values: RunValues): void {
-    if (firstKey <= this.lastKey) {
-      throw new KeyOrderError(`key ${firstKey} out of order: it follows key ${this.lastKey}`);
-    }
+    this.mustFollow(firstKey);
     if (!Number.isSafeInteger(firstKey + count) || count < 1) throw new RangeError(`a run of ${count} keys from ${firstKey}`);
     if (!LITTLE_ENDIAN) return this.pushRunByEntry(firstKey, count, values);
     this.lastKey = firstKey + count - 1;
@@ -331,9 +330,7 @@ export class BTreeBuilder {
   pushLeaves(leaves: NodeSummary[]): void {
     for (const leaf of leaves) {
       if (leaf.nrEntries === 0) continue;
-      if (leaf.firstKey <= this.lastKey) {
-        throw new KeyOrderError(`key ${leaf.firstKey} out of order: it follows key ${this.lastKey}`);
-      }
+      this.mustFollow(leaf.firstKey);
       const pending = this.leaves.len;
       if (leaf.nrEntries < this.half || (pending > 0 && pending < this.half)) {
         const { keys, values } = this.readLeaf(leaf);
